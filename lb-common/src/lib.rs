@@ -1,0 +1,350 @@
+//! Map types shared by Ferry's eBPF datapath (`lb-ebpf`) and its agent
+//! (`lb-userspace`).
+//!
+//! Every type here is `#[repr(C)]` with explicit padding, so that the kernel
+//! side and the user side agree on the layout byte for byte, and every size
+//! is asserted at compile time. Addresses and ports are stored in network
+//! byte order, exactly as the kernel hands them to cgroup sock_addr programs
+//! (`bpf_sock_addr.user_ip4`, `user_ip6`, `user_port`), so the hot path never
+//! converts.
+//!
+//! The layout, one family at a time:
+//! - `FRONTENDS4/6`: frontend (address, port, protocol) → [`FrontendValue`]
+//!   (service id, backend count, flags).
+//! - `SLOTS`: (service id, slot 1..=count) → backend id.
+//! - `BACKENDS4/6`: backend id → address, port, state.
+//! - `CLUSTER_IPS4/6`: every ClusterIP → service id, so that a connect to a
+//!   known ClusterIP on a port the Service does not define is refused.
+//! - `SOCK_REVNAT4/6`: LRU keyed by (socket cookie, backend address, port) →
+//!   the frontend the socket asked for (recvmsg, getpeername).
+//! - `AFFINITY`: LRU keyed by (client netns cookie, service id) → backend id
+//!   and last use, for sessionAffinity ClientIP.
+//! - `COUNTERS`: per-CPU array indexed by service id.
+//! - `SERVICE_NAMES`: service id → a human readable name, read only by
+//!   `ferry services`.
+#![no_std]
+
+/// IANA protocol numbers, as `bpf_sock_addr.protocol` reports them.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Map names, shared so that the agent and the programs cannot disagree.
+pub mod maps {
+    pub const FRONTENDS4: &str = "FRONTENDS4";
+    pub const FRONTENDS6: &str = "FRONTENDS6";
+    pub const SLOTS: &str = "SLOTS";
+    pub const BACKENDS4: &str = "BACKENDS4";
+    pub const BACKENDS6: &str = "BACKENDS6";
+    pub const CLUSTER_IPS4: &str = "CLUSTER_IPS4";
+    pub const CLUSTER_IPS6: &str = "CLUSTER_IPS6";
+    pub const SOCK_REVNAT4: &str = "SOCK_REVNAT4";
+    pub const SOCK_REVNAT6: &str = "SOCK_REVNAT6";
+    pub const AFFINITY: &str = "AFFINITY";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const SERVICE_NAMES: &str = "SERVICE_NAMES";
+    pub const NODEPORT_BINDS: &str = "NODEPORT_BINDS";
+    pub const CONFIG: &str = "CONFIG";
+
+    /// Every map the object defines, for pinning, cleanup and inspection.
+    pub const ALL: [&str; 14] = [
+        FRONTENDS4,
+        FRONTENDS6,
+        SLOTS,
+        BACKENDS4,
+        BACKENDS6,
+        CLUSTER_IPS4,
+        CLUSTER_IPS6,
+        SOCK_REVNAT4,
+        SOCK_REVNAT6,
+        AFFINITY,
+        COUNTERS,
+        SERVICE_NAMES,
+        NODEPORT_BINDS,
+        CONFIG,
+    ];
+}
+
+/// Default capacities. The agent may raise them at load time
+/// (`EbpfLoader::set_max_entries`); these are what the object declares.
+pub mod capacity {
+    /// Frontends per family (ClusterIP, NodePort × node addresses, ...).
+    pub const FRONTENDS: u32 = 262_144;
+    /// Backend sets (service ids); also the size of the counter array.
+    pub const SERVICES: u32 = 131_072;
+    /// Slots over all backend sets.
+    pub const SLOTS: u32 = 1_048_576;
+    /// Distinct backends (address, port, protocol) per family.
+    pub const BACKENDS: u32 = 524_288;
+    /// Translated sockets remembered for reverse translation, per family.
+    pub const SOCK_REVNAT: u32 = 262_144;
+    /// Client/service pairs remembered for session affinity.
+    pub const AFFINITY: u32 = 131_072;
+    /// NodePort (port, protocol) pairs protected against host binds.
+    pub const NODEPORT_BINDS: u32 = 65_536;
+    /// The largest backend count one backend set may have.
+    pub const MAX_BACKENDS_PER_SERVICE: u32 = 65_535;
+}
+
+/// Key of `FRONTENDS4`: a Service frontend as the socket addresses it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Frontend4Key {
+    /// IPv4 address, network byte order (as in `bpf_sock_addr.user_ip4`).
+    pub addr: u32,
+    /// Port, network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Key of `FRONTENDS6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Frontend6Key {
+    /// IPv6 address as four network-order words (as in `user_ip6`).
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// What kind of Service frontend an entry is; informational for the datapath
+/// (it is shown by `ferry services` and used for counters), stored in the low
+/// bits of [`FrontendValue::flags`].
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FrontendKind {
+    ClusterIp = 1,
+    NodePort = 2,
+    ExternalIp = 3,
+    LoadBalancer = 4,
+}
+
+impl FrontendKind {
+    pub const MASK: u16 = 0x0f;
+
+    pub fn from_flags(flags: u16) -> Option<Self> {
+        match flags & Self::MASK {
+            1 => Some(Self::ClusterIp),
+            2 => Some(Self::NodePort),
+            3 => Some(Self::ExternalIp),
+            4 => Some(Self::LoadBalancer),
+            _ => None,
+        }
+    }
+}
+
+/// With `count == 0`: the Service has endpoints, none usable from this node
+/// (kube-proxy DROPs). Without the flag a zero count means no endpoints at
+/// all, and the connect is refused (kube-proxy REJECTs).
+pub const FRONTEND_F_DROP: u16 = 1 << 4;
+/// sessionAffinity ClientIP: reuse the client's previous backend while
+/// `affinity_timeout_secs` has not passed since its last connect.
+pub const FRONTEND_F_AFFINITY: u16 = 1 << 5;
+
+/// Value of `FRONTENDS4/6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FrontendValue {
+    /// The backend set this frontend serves from: key of `SLOTS` and index
+    /// of `COUNTERS`. Frontends of one service port with the same endpoint
+    /// selection share a set.
+    pub service_id: u32,
+    /// Usable backends, in slots `1..=count`.
+    pub count: u16,
+    /// [`FrontendKind`] in the low bits, `FRONTEND_F_*` above them.
+    pub flags: u16,
+    /// sessionAffinityConfig.clientIP.timeoutSeconds.
+    pub affinity_timeout_secs: u32,
+    pub _pad: u32,
+}
+
+/// Key of `SLOTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotKey {
+    pub service_id: u32,
+    /// 1-based; slot 0 is never used.
+    pub slot: u32,
+}
+
+/// The backend is serving but terminating (used only as a fallback).
+pub const BACKEND_F_TERMINATING: u8 = 1 << 0;
+/// The backend runs on this node.
+pub const BACKEND_F_LOCAL: u8 = 1 << 1;
+
+/// Value of `BACKENDS4`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Backend4 {
+    pub addr: u32,
+    pub port: u16,
+    pub proto: u8,
+    /// `BACKEND_F_*`.
+    pub flags: u8,
+}
+
+/// Value of `BACKENDS6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Backend6 {
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub proto: u8,
+    pub flags: u8,
+}
+
+/// Key of `SOCK_REVNAT4`: which backend a socket was sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevNat4Key {
+    pub cookie: u64,
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Value of `SOCK_REVNAT4`: the frontend the socket asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevNat4Value {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+    /// Checked against the frontend's current entry before use, so that a
+    /// stale entry never rewrites an address.
+    pub service_id: u32,
+}
+
+/// Key of `SOCK_REVNAT6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevNat6Key {
+    pub cookie: u64,
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub _pad: [u16; 3],
+}
+
+/// Value of `SOCK_REVNAT6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevNat6Value {
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub _pad: u16,
+    pub service_id: u32,
+}
+
+/// Key of `AFFINITY`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    /// The client's network namespace cookie: at the socket layer a pod is
+    /// its network namespace.
+    pub netns_cookie: u64,
+    pub service_id: u32,
+    pub _pad: u32,
+}
+
+/// Value of `AFFINITY`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` of the last connect that used it.
+    pub last_used_ns: u64,
+}
+
+/// Value of `COUNTERS` (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceCounters {
+    /// Connects and datagrams sent to a backend.
+    pub translated: u64,
+    /// Connects and datagrams refused (no backend, or undefined port).
+    pub refused: u64,
+}
+
+/// Key of `NODEPORT_BINDS`: a NodePort that host-namespace binds may not take.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodePortKey {
+    /// Host byte order, as `bpf_sock.src_port` reports it.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Length of a `SERVICE_NAMES` value: "namespace/name:port/PROTO", cut.
+pub const SERVICE_NAME_LEN: usize = 128;
+
+/// Value of `SERVICE_NAMES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceName {
+    pub len: u32,
+    pub bytes: [u8; SERVICE_NAME_LEN],
+}
+
+impl Default for ServiceName {
+    fn default() -> Self {
+        Self {
+            len: 0,
+            bytes: [0; SERVICE_NAME_LEN],
+        }
+    }
+}
+
+/// Index 0 of the `CONFIG` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Config {
+    /// Network namespace cookie of the node's own (host) namespace: binds in
+    /// it may not take a NodePort. 0 disables the protection.
+    pub host_netns_cookie: u64,
+}
+
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<Frontend4Key>() == 8);
+    assert!(size_of::<Frontend6Key>() == 20);
+    assert!(size_of::<FrontendValue>() == 16);
+    assert!(size_of::<SlotKey>() == 8);
+    assert!(size_of::<Backend4>() == 8);
+    assert!(size_of::<Backend6>() == 20);
+    assert!(size_of::<SockRevNat4Key>() == 16);
+    assert!(size_of::<SockRevNat4Value>() == 12);
+    assert!(size_of::<SockRevNat6Key>() == 32);
+    assert!(size_of::<SockRevNat6Value>() == 24);
+    assert!(size_of::<AffinityKey>() == 16);
+    assert!(size_of::<AffinityValue>() == 16);
+    assert!(size_of::<ServiceCounters>() == 16);
+    assert!(size_of::<NodePortKey>() == 4);
+    assert!(size_of::<ServiceName>() == 4 + SERVICE_NAME_LEN);
+    assert!(size_of::<Config>() == 8);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), Copy, contain no pointers and have
+    // their padding spelled out as fields, so every byte is initialised.
+    unsafe impl aya::Pod for Frontend4Key {}
+    unsafe impl aya::Pod for Frontend6Key {}
+    unsafe impl aya::Pod for FrontendValue {}
+    unsafe impl aya::Pod for SlotKey {}
+    unsafe impl aya::Pod for Backend4 {}
+    unsafe impl aya::Pod for Backend6 {}
+    unsafe impl aya::Pod for SockRevNat4Key {}
+    unsafe impl aya::Pod for SockRevNat4Value {}
+    unsafe impl aya::Pod for SockRevNat6Key {}
+    unsafe impl aya::Pod for SockRevNat6Value {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityValue {}
+    unsafe impl aya::Pod for ServiceCounters {}
+    unsafe impl aya::Pod for NodePortKey {}
+    unsafe impl aya::Pod for ServiceName {}
+    unsafe impl aya::Pod for Config {}
+}

@@ -1,0 +1,256 @@
+//! The model's output: what the datapath should hold, independent of how it
+//! is stored. Pure data; `crate::datapath` turns it into map entries.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+pub use lb_common::FrontendKind;
+
+/// L4 protocol of a service port. SCTP is not supported by this datapath and
+/// is reported as invalid input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => lb_common::PROTO_TCP,
+            Protocol::Udp => lb_common::PROTO_UDP,
+        }
+    }
+
+    pub fn from_number(n: u8) -> Option<Self> {
+        match n {
+            lb_common::PROTO_TCP => Some(Protocol::Tcp),
+            lb_common::PROTO_UDP => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IpFamily {
+    V4,
+    V6,
+}
+
+impl IpFamily {
+    pub fn of(ip: &IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => IpFamily::V4,
+            IpAddr::V6(_) => IpFamily::V6,
+        }
+    }
+}
+
+/// namespace/name of a Service.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ServiceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Which of CategorizeEndpoints' endpoint selections a backend set holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Selection {
+    /// `clusterEndpoints`: ready (topology-filtered) endpoints, else
+    /// serving+terminating ones.
+    Cluster,
+    /// `localEndpoints`: this node's ready endpoints, else its
+    /// serving+terminating ones.
+    Local,
+}
+
+/// Identity of one backend set: one service port, one family, one selection.
+/// Stable across recomputations, so the datapath keeps the same service id.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendSetKey {
+    pub service: ServiceRef,
+    /// The service port's name ("" when unnamed).
+    pub port_name: String,
+    pub protocol: Protocol,
+    pub family: IpFamily,
+    pub selection: Selection,
+}
+
+impl fmt::Display for BackendSetKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.service)?;
+        if !self.port_name.is_empty() {
+            write!(f, ":{}", self.port_name)?;
+        }
+        write!(f, "/{}", self.protocol)?;
+        if self.family == IpFamily::V6 {
+            f.write_str("/v6")?;
+        }
+        if self.selection == Selection::Local {
+            f.write_str("/local")?;
+        }
+        Ok(())
+    }
+}
+
+/// What a connect to a frontend whose set has no usable backend gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum EmptyOutcome {
+    /// No endpoints at all: kube-proxy REJECTs (ECONNREFUSED).
+    #[default]
+    Reject,
+    /// Endpoints exist but none is usable from here: kube-proxy DROPs.
+    Drop,
+}
+
+/// One endpoint as a backend of a set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Backend {
+    pub ip: IpAddr,
+    /// The endpoint's own port (named targetPorts resolve per endpoint).
+    pub port: u16,
+    pub protocol: Protocol,
+    /// Serving but terminating: only chosen because nothing ready exists.
+    pub terminating: bool,
+    /// nodeName equals this node.
+    pub local: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct BackendSet {
+    /// The usable backends, sorted and deduplicated.
+    pub backends: Vec<Backend>,
+    /// Meaningful only when `backends` is empty.
+    pub empty_outcome: EmptyOutcome,
+    /// sessionAffinity ClientIP timeout in seconds, None for affinity None.
+    pub affinity_timeout_secs: Option<u32>,
+}
+
+/// A frontend address as sockets see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FrontendAddr {
+    pub ip: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for FrontendAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.ip {
+            IpAddr::V4(ip) => write!(f, "{ip}:{}/{}", self.port, self.protocol),
+            IpAddr::V6(ip) => write!(f, "[{ip}]:{}/{}", self.port, self.protocol),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frontend {
+    pub kind: FrontendKind,
+    pub set: BackendSetKey,
+}
+
+/// A health check node port the agent serves (type LoadBalancer with
+/// externalTrafficPolicy Local).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub service: ServiceRef,
+    pub node_port: u16,
+    /// Distinct local ready endpoint IPs over all ports of the Service.
+    pub local_endpoints: usize,
+}
+
+/// Everything the datapath should hold for this node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DesiredState {
+    pub backend_sets: BTreeMap<BackendSetKey, BackendSet>,
+    pub frontends: BTreeMap<FrontendAddr, Frontend>,
+    /// Every ClusterIP, with one of its Service's sets (for counting
+    /// refusals of undefined ports).
+    pub cluster_ips: BTreeMap<IpAddr, BackendSetKey>,
+    /// NodePorts that host binds may not take.
+    pub node_ports: BTreeSet<(u16, Protocol)>,
+    /// Keyed by the health check node port.
+    pub health_checks: BTreeMap<u16, HealthCheck>,
+}
+
+/// Kubernetes object kinds the model reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ObjectKind {
+    Service,
+    EndpointSlice,
+    Node,
+}
+
+impl fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ObjectKind::Service => "Service",
+            ObjectKind::EndpointSlice => "EndpointSlice",
+            ObjectKind::Node => "Node",
+        })
+    }
+}
+
+/// Bad input, reported with the object's identity and skipped.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InvalidObject {
+    pub kind: ObjectKind,
+    pub namespace: String,
+    pub name: String,
+    pub reason: String,
+}
+
+impl fmt::Display for InvalidObject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}: {}", self.kind, self.name, self.reason)
+        } else {
+            write!(
+                f,
+                "{} {}/{}: {}",
+                self.kind, self.namespace, self.name, self.reason
+            )
+        }
+    }
+}
+
+/// What this node is, for locality, NodePorts and topology.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    /// Addresses NodePorts answer on (127.0.0.1 and ::1 are added by the
+    /// model for local clients).
+    pub addresses: Vec<IpAddr>,
+    /// Label topology.kubernetes.io/zone of the Node, if any.
+    pub zone: Option<String>,
+}
+
+/// The model's input: the objects as read (from the API server or files).
+#[derive(Clone, Debug, Default)]
+pub struct ClusterState {
+    pub services: Vec<k8s_openapi::api::core::v1::Service>,
+    pub endpoint_slices: Vec<k8s_openapi::api::discovery::v1::EndpointSlice>,
+}
+
+/// The model's result: desired state plus every object it had to skip.
+#[derive(Clone, Debug, Default)]
+pub struct Computed {
+    pub desired: DesiredState,
+    pub invalid: Vec<InvalidObject>,
+}
