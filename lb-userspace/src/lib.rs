@@ -2,3 +2,4 @@
 //! datapath to serve it.
 
 pub mod model;
+pub mod source;

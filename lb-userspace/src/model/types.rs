@@ -244,8 +244,8 @@ pub struct NodeInfo {
 /// The model's input: the objects as read (from the API server or files).
 #[derive(Clone, Debug, Default)]
 pub struct ClusterState {
-    pub services: Vec<k8s_openapi::api::core::v1::Service>,
-    pub endpoint_slices: Vec<k8s_openapi::api::discovery::v1::EndpointSlice>,
+    pub services: Vec<std::sync::Arc<k8s_openapi::api::core::v1::Service>>,
+    pub endpoint_slices: Vec<std::sync::Arc<k8s_openapi::api::discovery::v1::EndpointSlice>>,
 }
 
 /// The model's result: desired state plus every object it had to skip.
