@@ -252,7 +252,9 @@ pub struct AffinityKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AffinityValue {
     pub backend_id: u32,
-    pub _pad: u32,
+    /// The slot the backend had when chosen: the affinity holds only while
+    /// that slot is still within the count and still holds this backend.
+    pub slot: u32,
     /// `bpf_ktime_get_ns()` of the last connect that used it.
     pub last_used_ns: u64,
 }
@@ -277,8 +279,10 @@ pub struct NodePortKey {
     pub _pad: u8,
 }
 
-/// Length of a `SERVICE_NAMES` value: "namespace/name:port/PROTO", cut.
-pub const SERVICE_NAME_LEN: usize = 128;
+/// Length of a `SERVICE_NAMES` value: a backend set's name
+/// ("namespace/name:port/PROTO[/v6][/local]"), which fits: namespace and
+/// name are at most 63 bytes each and a port name 15.
+pub const SERVICE_NAME_LEN: usize = 192;
 
 /// Value of `SERVICE_NAMES`.
 #[repr(C)]

@@ -1,7 +1,21 @@
+//! Ferry's eBPF datapath: cgroup sock_addr programs that translate a
+//! socket's destination from a Kubernetes Service frontend to one of its
+//! backends, and back for recvmsg/getpeername; and post_bind programs that
+//! keep host processes off NodePorts.
 #![no_std]
 #![no_main]
+
+mod family;
+mod lb;
+mod maps;
+mod sock;
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

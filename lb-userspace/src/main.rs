@@ -1,1 +1,124 @@
-fn main() {}
+use std::{path::PathBuf, sync::Arc};
+
+use anyhow::{Context as _, Result};
+use clap::Parser as _;
+use lb_userspace::{
+    cli::{Cli, Command, DatapathArgs, LogFormat, OutputFormat},
+    datapath::{self, BpffsDir, Datapath},
+    netutil,
+    reconcile::{self, NodeConfig},
+    source,
+};
+use tokio::sync::watch;
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn cgroup_of(args: &DatapathArgs) -> Result<PathBuf> {
+    match &args.cgroup {
+        Some(c) => Ok(c.clone()),
+        None => Ok(datapath::cgroup2_root()?),
+    }
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+async fn shutdown_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+async fn standalone(
+    manifests: PathBuf,
+    datapath_args: DatapathArgs,
+    node_name: Option<String>,
+    node_ips: Vec<std::net::IpAddr>,
+    host_netns: Option<PathBuf>,
+) -> Result<()> {
+    let cgroup = cgroup_of(&datapath_args)?;
+    let bpffs = BpffsDir::new(&datapath_args.bpffs_dir);
+    let node = NodeConfig {
+        name: node_name.unwrap_or_else(netutil::hostname),
+        ips: node_ips,
+        host_ips: netutil::host_addresses().context("listing the host's addresses")?,
+    };
+    let host_cookie = netutil::netns_cookie(host_netns.as_deref())
+        .context("reading the node network namespace's cookie")?;
+    let dp = Datapath::start(&bpffs, &cgroup, host_cookie)
+        .with_context(|| format!("starting the datapath on cgroup {}", cgroup.display()))?;
+    tracing::info!(
+        cgroup = %cgroup.display(),
+        bpffs = %bpffs.root.display(),
+        node = %node.name,
+        adopted_frontends = dp.installed.frontends.len(),
+        "datapath attached"
+    );
+
+    let (tx, rx) = watch::channel(None::<Arc<source::Snapshot>>);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let source_task = tokio::spawn(source::manifests::run(manifests, node.name.clone(), tx));
+    let loop_task = tokio::spawn(reconcile::run(dp, node, rx, stop_rx, |pass| {
+        tracing::info!(
+            changes = pass.report.changes,
+            frontends = pass.computed.desired.frontends.len(),
+            invalid = pass.computed.invalid.len(),
+            duration_us = pass.duration.as_micros() as u64,
+            "synced"
+        );
+    }));
+    shutdown_signal().await?;
+    tracing::info!("stopping; the datapath stays in place (ferry cleanup removes it)");
+    let _ = stop_tx.send(true);
+    source_task.abort();
+    let _ = loop_task.await;
+    Ok(())
+}
+
+fn services(bpffs_dir: PathBuf, output: OutputFormat) -> Result<()> {
+    let maps = datapath::Maps::open(&BpffsDir::new(bpffs_dir))?;
+    let views = datapath::inspect::frontends(&maps);
+    match output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&views)?),
+        OutputFormat::Table => print!("{}", datapath::inspect::table(&views)),
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Standalone {
+            manifests,
+            datapath,
+            node_name,
+            node_ips,
+            host_netns,
+        } => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+            .block_on(standalone(manifests, datapath, node_name, node_ips, host_netns)),
+        Command::Services { bpffs_dir, output } => services(bpffs_dir, output),
+        Command::Cleanup { datapath } => {
+            datapath::cleanup(&BpffsDir::new(&datapath.bpffs_dir))?;
+            Ok(())
+        }
+        Command::Demo { requests } => lb_userspace::demo::run(requests),
+    }
+}

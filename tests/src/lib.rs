@@ -1,0 +1,148 @@
+//! Privileged end-to-end test harness for Ferry.
+//!
+//! Everything here needs root (network namespaces, cgroup v2, bpffs). Tests
+//! that use it run one at a time:
+//!
+//! ```text
+//! cargo test -p tests -- --test-threads=1
+//! ```
+//!
+//! and every test starts with [`require_root()`] and holds [`serial()`] for
+//! its whole body, so a run without the flag is still serialised (and the
+//! first test of a process sweeps leftovers of killed runs, see
+//! [`sweep_stale()`]).
+//!
+//! # Safety rules the harness enforces
+//!
+//! * Every resource is owned by a guard that removes it on `Drop`, also when
+//!   the test panics: [`Netns`], [`Cgroup`], [`Topology`], [`BpffsDir`],
+//!   [`Manifests`], [`Ferry`], the servers and clients.
+//! * Names are `ft<pid>-<n>...` (cgroups, namespaces) and
+//!   `ferry-test-<pid>-<n>` (bpffs dirs, temp dirs), so [`sweep_stale()`]
+//!   can remove what a killed run left behind.
+//! * Nothing is ever attached to the host's root cgroup: [`Ferry`] refuses a
+//!   `--cgroup` that is not one of the harness' own `ft*` cgroups.
+//! * Namespaces have no default route and no link to the outside; traffic
+//!   only goes to addresses inside namespaces the test made.
+//! * Every wait and loop is bounded in count and in time.
+//!
+//! # Typical e2e test
+//!
+//! ```no_run
+//! use tests::*;
+//! # fn main() -> anyhow::Result<()> {
+//! require_root();
+//! let _serial = serial();
+//! // Declaration order matters: guards drop in reverse order, so Ferry
+//! // (declared last) is stopped and cleaned up before the bpffs dir, the
+//! // cgroup and the namespaces go away.
+//! let topo = Topology::new(3)?;
+//! let _servers = topo.start_servers(8080)?;
+//! let mut cgroup = Cgroup::new()?;
+//! cgroup.enter_self()?; // this process (all threads) is now under Ferry's programs
+//! let bpffs = BpffsDir::new()?;
+//! let manifests = Manifests::new()?;
+//! manifests.write_objects(
+//!     "web.yaml",
+//!     &[
+//!         Service::new("default", "web")
+//!             .cluster_ip("10.96.0.10")
+//!             .port(ServicePort::tcp(80).target(8080))
+//!             .to_value(),
+//!         EndpointSlice::new("default", "web-1", "web", AddressType::IPv4)
+//!             .port("", 8080, "TCP")
+//!             .endpoint(Endpoint::new(topo.backend("b0").v4.to_string()).node("node-1"))
+//!             .to_value(),
+//!     ],
+//! )?;
+//! let mut ferry = Ferry::start(
+//!     FerryOptions::new(manifests.dir(), cgroup.path(), bpffs.path())
+//!         .node("node-1", [NODE_V4.into(), NODE_V6.into()]),
+//! )?;
+//! ferry.wait_for_frontend("10.96.0.10:80".parse()?)?;
+//! let reply = topo.node().run(|| tcp_request("10.96.0.10:80".parse().unwrap()))?;
+//! assert_eq!(reply.server, "b0");
+//! # Ok(()) }
+//! ```
+
+pub mod bpffs;
+pub mod cgroup;
+pub mod client;
+pub mod ferry;
+pub mod manifests;
+pub mod netns;
+pub mod servers;
+pub mod sweep;
+pub mod topology;
+mod util;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard, Once, PoisonError};
+
+pub use bpffs::{BpffsDir, ensure_bpffs_mounted};
+pub use cgroup::{Cgroup, cgroup2_root, own_cgroup};
+pub use client::{
+    ConnectError, ContinuousClient, ContinuousMode, ContinuousOptions, ContinuousStats, Reply,
+    TcpSession, tcp_connect, tcp_connect_err, tcp_request, tcp_request_from, udp_connected_request,
+    udp_connected_request_from, udp_unconnected_request, udp_unconnected_request_from,
+};
+pub use ferry::{Ferry, FerryOptions, ferry_binary, json_mentions_frontend};
+pub use manifests::{
+    AddressType, Endpoint, EndpointSlice, Manifests, Node, Service, ServicePort, to_yaml,
+    to_yaml_docs,
+};
+pub use netns::Netns;
+pub use servers::{ServerSet, TcpServer, UdpServer};
+pub use sweep::{SweepReport, sweep_stale};
+pub use topology::{Backend, NODE_V4, NODE_V6, Topology, TopologyBuilder};
+pub use util::{command_output, command_stdout};
+
+/// Prefix of every namespace and cgroup the harness creates.
+pub const PREFIX: &str = "ft";
+/// Prefix of bpffs dirs and temp dirs the harness creates.
+pub const DIR_PREFIX: &str = "ferry-test-";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A number unique within this process.
+pub fn unique_id() -> u32 {
+    COUNTER.fetch_add(1, Ordering::Relaxed)
+}
+
+/// `ft<pid>-<n>`, unique per process and run; the pid lets
+/// [`sweep_stale()`] tell leftovers of dead runs from live ones.
+pub fn unique_name() -> String {
+    format!("{PREFIX}{}-{}", std::process::id(), unique_id())
+}
+
+static SERIAL: Mutex<()> = Mutex::new(());
+static SWEEP: Once = Once::new();
+
+/// Serialises the privileged tests of this process (hold the guard for the
+/// whole test). A test that panicked while holding it does not block the
+/// others. The first call also sweeps leftovers of killed runs.
+pub fn serial() -> MutexGuard<'static, ()> {
+    let guard = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    SWEEP.call_once(|| {
+        let report = sweep_stale();
+        if !report.is_empty() {
+            eprintln!("tests: swept leftovers of dead runs: {report:?}");
+        }
+    });
+    guard
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Fails the test loudly when not root: these tests are meant to run (in CI
+/// too) as root, and skipping silently would hide that they never ran.
+pub fn require_root() {
+    assert!(
+        is_root(),
+        "this test needs root (network namespaces, cgroup v2, bpffs); run as root: \
+         cargo test -p tests -- --test-threads=1"
+    );
+}

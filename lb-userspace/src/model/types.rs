@@ -195,6 +195,9 @@ pub enum ObjectKind {
     Service,
     EndpointSlice,
     Node,
+    /// A manifest document that is none of the above: unreadable or
+    /// unparseable input, or an unsupported kind.
+    Manifest,
 }
 
 impl fmt::Display for ObjectKind {
@@ -203,6 +206,7 @@ impl fmt::Display for ObjectKind {
             ObjectKind::Service => "Service",
             ObjectKind::EndpointSlice => "EndpointSlice",
             ObjectKind::Node => "Node",
+            ObjectKind::Manifest => "Manifest",
         })
     }
 }

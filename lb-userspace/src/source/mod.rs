@@ -3,6 +3,8 @@
 //! reconciler recomputes the desired state from the latest one and diffs it
 //! against the datapath, so no watch delta is ever applied to maps directly.
 
+pub mod manifests;
+
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Node;

@@ -1,0 +1,255 @@
+//! Loading the programs, attaching them to the cgroup and pinning
+//! everything, so that translation goes on while no agent runs.
+//!
+//! A restart never leaves a gap: the new programs are attached next to the
+//! old ones (cgroup bpf_links always run every attached program in order,
+//! and a destination the first one translated is no frontend for the
+//! second), and only then are the old links unpinned, which detaches them.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use aya::{
+    EbpfLoader,
+    maps::MapInfo,
+    programs::{
+        CgroupAttachMode, CgroupSock, CgroupSockAddr,
+        links::{FdLink, PinnedLink},
+    },
+};
+use lb_common::maps as names;
+use thiserror::Error;
+
+use super::{
+    object::{OBJECT, SOCK_ADDR_PROGRAMS, SOCK_PROGRAMS},
+    paths::{BpffsDir, PathError},
+};
+
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error("this ferry was built without its eBPF object (AYA_BUILD_SKIP)")]
+    NoObject,
+    #[error(transparent)]
+    Path(#[from] PathError),
+    #[error("loading the eBPF object: {0}")]
+    Ebpf(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("program {name} missing from the eBPF object")]
+    MissingProgram { name: &'static str },
+    #[error("program {name}: {source}")]
+    Link {
+        name: &'static str,
+        source: aya::programs::links::LinkError,
+    },
+    #[error("pinning the link of {name}: {source}")]
+    Pin {
+        name: &'static str,
+        source: aya::pin::PinError,
+    },
+    #[error("opening cgroup {path}: {source}")]
+    Cgroup {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Expected (key size, value size, max entries) of each pinned map. A pin
+/// whose layout differs was left by another version of Ferry: aya would
+/// reuse it blindly, so it is removed and recreated instead.
+fn expected_layout(name: &str) -> Option<(u32, u32, u32)> {
+    use core::mem::size_of;
+    use lb_common::*;
+    use lb_common::capacity;
+    fn sz<T>() -> u32 {
+        size_of::<T>() as u32
+    }
+    Some(match name {
+        names::FRONTENDS4 => (sz::<Frontend4Key>(), sz::<FrontendValue>(), capacity::FRONTENDS),
+        names::FRONTENDS6 => (sz::<Frontend6Key>(), sz::<FrontendValue>(), capacity::FRONTENDS),
+        names::SLOTS => (sz::<SlotKey>(), 4, capacity::SLOTS),
+        names::BACKENDS4 => (4, sz::<Backend4>(), capacity::BACKENDS),
+        names::BACKENDS6 => (4, sz::<Backend6>(), capacity::BACKENDS),
+        names::CLUSTER_IPS4 => (4, 4, capacity::FRONTENDS),
+        names::CLUSTER_IPS6 => (16, 4, capacity::FRONTENDS),
+        names::SOCK_REVNAT4 => (
+            sz::<SockRevNat4Key>(),
+            sz::<SockRevNat4Value>(),
+            capacity::SOCK_REVNAT,
+        ),
+        names::SOCK_REVNAT6 => (
+            sz::<SockRevNat6Key>(),
+            sz::<SockRevNat6Value>(),
+            capacity::SOCK_REVNAT,
+        ),
+        names::AFFINITY => (sz::<AffinityKey>(), sz::<AffinityValue>(), capacity::AFFINITY),
+        names::COUNTERS => (4, sz::<ServiceCounters>(), capacity::SERVICES),
+        names::SERVICE_NAMES => (4, sz::<ServiceName>(), capacity::SERVICES),
+        names::NODEPORT_BINDS => (sz::<NodePortKey>(), 1, capacity::NODEPORT_BINDS),
+        names::CONFIG => (4, sz::<Config>(), 1),
+        _ => return None,
+    })
+}
+
+fn drop_incompatible_pins(bpffs: &BpffsDir) {
+    for name in names::ALL {
+        let path = bpffs.map(name);
+        if !path.exists() {
+            continue;
+        }
+        let Some(expected) = expected_layout(name) else {
+            continue;
+        };
+        let found = MapInfo::from_pin(&path)
+            .map(|i| (i.key_size(), i.value_size(), i.max_entries()))
+            .ok();
+        if found != Some(expected) {
+            tracing::warn!(
+                map = name,
+                ?found,
+                ?expected,
+                "pinned map has another layout (left by another Ferry version); recreating it"
+            );
+            let _ = fs::remove_file(&path);
+        }
+    }
+}
+
+fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+}
+
+/// Pinned link files of one program: `links/<program>@<generation>`.
+fn pinned_links_of(bpffs: &BpffsDir, program: &str) -> Vec<PathBuf> {
+    let prefix = format!("{program}@");
+    let Ok(entries) = fs::read_dir(bpffs.links()) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Unpins a link; the kernel detaches it when the last reference goes.
+fn unpin_link(path: &Path) {
+    match PinnedLink::from_pin(path) {
+        Ok(link) => match link.unpin() {
+            Ok(fd_link) => drop(fd_link),
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "unpinning link"),
+        },
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "opening pinned link; removing the pin");
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+/// Loads program `$name` as `$ty`, attaches it to the cgroup and returns its
+/// link as an `FdLink`, ready to pin. (A macro because the program types
+/// share these methods without sharing a trait.)
+macro_rules! attach_as {
+    ($ebpf:expr, $name:expr, $ty:ty, $cgroup:expr) => {{
+        let name = $name;
+        let err = |source| LoadError::Program { name, source };
+        let prog: &mut $ty = $ebpf
+            .program_mut(name)
+            .ok_or(LoadError::MissingProgram { name })?
+            .try_into()
+            .map_err(err)?;
+        prog.load().map_err(err)?;
+        // bpf_link attachments to cgroups are always multi-program; the
+        // kernel rejects any flag for them, hence Single (no flag).
+        let id = prog.attach($cgroup, CgroupAttachMode::Single).map_err(err)?;
+        let link = prog.take_link(id).map_err(err)?;
+        FdLink::try_from(link).map_err(|source| LoadError::Link { name, source })?
+    }};
+}
+
+/// Loads the object with its maps pinned under `bpffs`, attaches every
+/// program to `cgroup`, pins the new links and then detaches the links of
+/// any previous generation.
+pub fn load_and_attach(bpffs: &BpffsDir, cgroup: &Path) -> Result<(), LoadError> {
+    if OBJECT.is_empty() {
+        return Err(LoadError::NoObject);
+    }
+    bpffs.prepare()?;
+    drop_incompatible_pins(bpffs);
+
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(bpffs.maps())
+        .load(OBJECT)?;
+
+    let cgroup_fd = fs::File::open(cgroup).map_err(|source| LoadError::Cgroup {
+        path: cgroup.to_path_buf(),
+        source,
+    })?;
+    let generation = now_nanos();
+    let mut old_links = Vec::new();
+
+    let programs = SOCK_ADDR_PROGRAMS
+        .iter()
+        .map(|n| (*n, true))
+        .chain(SOCK_PROGRAMS.iter().map(|n| (*n, false)));
+    for (name, sock_addr) in programs {
+        let link = if sock_addr {
+            attach_as!(ebpf, name, CgroupSockAddr, &cgroup_fd)
+        } else {
+            attach_as!(ebpf, name, CgroupSock, &cgroup_fd)
+        };
+        old_links.extend(pinned_links_of(bpffs, name));
+        link.pin(bpffs.link(&format!("{name}@{generation}")))
+            .map_err(|source| LoadError::Pin { name, source })?;
+    }
+    // The new generation is attached and pinned: retire the old one.
+    for path in old_links {
+        unpin_link(&path);
+    }
+    Ok(())
+}
+
+/// Detaches every program (by unpinning its links) and removes every pinned
+/// map and the directory. Idempotent.
+pub fn cleanup(bpffs: &BpffsDir) -> Result<(), LoadError> {
+    if let Ok(entries) = fs::read_dir(bpffs.links()) {
+        for entry in entries.filter_map(Result::ok) {
+            unpin_link(&entry.path());
+        }
+    }
+    if let Ok(entries) = fs::read_dir(bpffs.maps()) {
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            fs::remove_file(&path).map_err(|source| LoadError::Io { path, source })?;
+        }
+    }
+    for dir in [bpffs.links(), bpffs.maps(), bpffs.root.clone()] {
+        match fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(LoadError::Io { path: dir, source }),
+        }
+    }
+    Ok(())
+}
+
+/// Whether any program generation is pinned (a previous agent's state).
+pub fn has_pinned_links(bpffs: &BpffsDir) -> bool {
+    fs::read_dir(bpffs.links())
+        .map(|mut entries| entries.next().is_some())
+        .unwrap_or(false)
+}
