@@ -115,7 +115,7 @@ impl Cgroup {
     }
 
     /// The name relative to the cgroup2 root, e.g. "/ft123-4", as
-    /// /proc/<pid>/cgroup shows it.
+    /// `/proc/<pid>/cgroup` shows it.
     pub fn relative(&self) -> String {
         format!(
             "/{}",
@@ -151,6 +151,13 @@ impl Cgroup {
             move_pid(&root, pid)?;
         }
         Ok(())
+    }
+
+    /// Where this process was before [`Cgroup::enter_self`] (None while
+    /// outside). Use it with [`place_command_in`] to start a program that
+    /// Ferry's programs must *not* affect.
+    pub fn original(&self) -> Option<&Path> {
+        self.original.as_deref()
     }
 
     /// Whether this process is in the cgroup now.

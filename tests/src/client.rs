@@ -321,7 +321,7 @@ pub struct ContinuousStats {
     pub attempts: u64,
     pub successes: u64,
     pub failures: u64,
-    /// The first few failures: "#<attempt> after <ms> ms: <error>".
+    /// The first few failures: `#<attempt> after <ms> ms: <error>`.
     pub first_errors: Vec<String>,
     /// Successes per answering server.
     pub per_server: BTreeMap<String, u64>,

@@ -3,8 +3,8 @@
 //! [`Ferry::start`] runs
 //! `ferry standalone --manifests DIR --cgroup CGROUP --bpffs-dir DIR
 //! --node-name NAME [--node-ip IP]... [EXTRA]...`
-//! with stdout and stderr appended to a log file in a temp dir (printed when
-//! the guard drops during a panic). Drop stops it (SIGTERM, bounded wait,
+//! with stdout and stderr appended to a log file in a temp dir (printed to
+//! stderr when the guard drops; libtest shows it only for failing tests). Drop stops it (SIGTERM, bounded wait,
 //! SIGKILL) and then runs `ferry cleanup --bpffs-dir DIR --cgroup CGROUP`,
 //! so no pin or link outlives the test. The child also gets
 //! `PR_SET_PDEATHSIG(SIGKILL)`: if the test process is killed, Ferry dies
@@ -24,8 +24,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
-use crate::bpffs::BPFFS_ROOT;
+use crate::bpffs::{BPFFS_ROOT, BpffsDir};
+use crate::cgroup::Cgroup;
 use crate::cgroup::cgroup2_root;
+use crate::manifests::Manifests;
+use crate::topology::{NODE_V4, NODE_V6, Topology};
 use crate::util::{command_output, describe};
 use crate::{DIR_PREFIX, PREFIX};
 
@@ -120,6 +123,25 @@ impl FerryOptions {
         self
     }
 
+    /// The usual e2e setup: node "node-1" with addresses [`NODE_V4`] and
+    /// [`NODE_V6`], and the topology's node namespace as `--host-netns` (where
+    /// binds may not take a NodePort).
+    pub fn for_topology(
+        topo: &Topology,
+        manifests: &Manifests,
+        cgroup: &Cgroup,
+        bpffs: &BpffsDir,
+    ) -> FerryOptions {
+        FerryOptions::new(manifests.dir(), cgroup.path(), bpffs.path())
+            .node("node-1", [NODE_V4.into(), NODE_V6.into()])
+            .host_netns(topo.node().path())
+    }
+
+    /// `--host-netns PATH`.
+    pub fn host_netns(self, path: &Path) -> Self {
+        self.arg("--host-netns").arg(&path.to_string_lossy())
+    }
+
     pub fn binary(mut self, path: &Path) -> Self {
         self.binary = Some(path.to_path_buf());
         self
@@ -185,6 +207,7 @@ pub struct Ferry {
     child: Option<Child>,
     /// How the last run ended, once it has.
     last_exit: Option<ExitStatus>,
+    /// Runs started (successfully spawned) so far.
     starts: u32,
     log_path: PathBuf,
     // Last: the log dir outlives everything else in drop.
@@ -245,11 +268,10 @@ impl Ferry {
             .append(true)
             .open(&self.log_path)
             .with_context(|| format!("opening {}", self.log_path.display()))?;
-        self.starts += 1;
         writeln!(
             log,
             "=== harness: start #{}: {}",
-            self.starts,
+            self.starts + 1,
             describe(&cmd)
         )?;
         cmd.stdin(Stdio::null())
@@ -267,6 +289,7 @@ impl Ferry {
         let child = cmd
             .spawn()
             .with_context(|| format!("spawning {}", describe(&cmd)))?;
+        self.starts += 1;
         self.child = Some(child);
         self.last_exit = None;
         Ok(())
@@ -408,6 +431,14 @@ impl Ferry {
         })
     }
 
+    /// Waits until `ferry services -o json` mentions `"<frontend>/<PROTO>"`
+    /// (e.g. "10.96.0.10:53/UDP", the notation of today's output), to tell a
+    /// UDP frontend from a TCP one on the same address.
+    pub fn wait_for_frontend_proto(&mut self, frontend: SocketAddr, proto: &str) -> Result<Value> {
+        let needle = format!("{frontend}/{proto}");
+        self.wait_for(&format!("frontend {needle}"), |v| json_mentions(v, &needle))
+    }
+
     /// Waits until the frontend is gone from `ferry services -o json`.
     pub fn wait_for_frontend_gone(&mut self, frontend: SocketAddr) -> Result<Value> {
         self.wait_for(&format!("frontend {frontend} to go"), |v| {
@@ -483,18 +514,19 @@ impl Ferry {
 }
 
 impl Drop for Ferry {
+    /// Stops Ferry, runs `ferry cleanup`, and prints the log to stderr:
+    /// libtest shows captured output only for failing tests, so the log
+    /// appears exactly when a test fails (by panic or by returning `Err`).
     fn drop(&mut self) {
-        let panicking = thread::panicking();
         if let Err(e) = self.terminate() {
             eprintln!("tests: stopping ferry: {e:#}");
         }
-        let cleanup = self.cleanup();
-        if let Err(e) = &cleanup {
+        if self.starts > 0
+            && let Err(e) = self.cleanup()
+        {
             eprintln!("tests: {e:#}");
         }
-        if panicking || cleanup.is_err() {
-            self.dump_log();
-        }
+        self.dump_log();
     }
 }
 
@@ -508,6 +540,17 @@ fn contains_token(haystack: &str, needle: &str) -> bool {
         let after = haystack[i + needle.len()..].chars().next();
         !glued(before) && !after.is_some_and(|c| c.is_ascii_digit())
     })
+}
+
+/// Whether some string in `v` contains `needle` as a whole address (not
+/// glued to more address characters).
+pub fn json_mentions(v: &Value, needle: &str) -> bool {
+    match v {
+        Value::String(s) => contains_token(s, needle),
+        Value::Array(a) => a.iter().any(|x| json_mentions(x, needle)),
+        Value::Object(o) => o.values().any(|x| json_mentions(x, needle)),
+        _ => false,
+    }
 }
 
 /// Whether `services` JSON mentions `frontend`, whatever its exact shape:

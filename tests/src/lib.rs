@@ -26,6 +26,25 @@
 //!   only goes to addresses inside namespaces the test made.
 //! * Every wait and loop is bounded in count and in time.
 //!
+//! # Things to know
+//!
+//! * [`Cgroup::enter_self`] moves the *whole test process* (every thread)
+//!   into the cgroup, so every client and server thread, in whatever
+//!   namespace, runs under Ferry's programs. A client that must not be
+//!   translated is a separate program started in the original cgroup:
+//!   [`cgroup::place_command_in`]`(&mut cmd, cgroup.original().unwrap())`
+//!   plus [`Netns::command`].
+//! * Start [`Ferry`] from the test's own thread, never inside
+//!   [`Netns::run`]: it must run in the host namespace, and its
+//!   parent-death signal is tied to the spawning thread.
+//! * Declare guards in the order topology, servers, cgroup, bpffs dir,
+//!   manifests, Ferry: drop runs in reverse, so Ferry is stopped and
+//!   cleaned up before the rest goes.
+//! * A backend sees clients of the node namespace as [`NODE_V4`] /
+//!   [`NODE_V6`] (remote backends: [`Backend::gateway_v4`] / `_v6`).
+//! * Addresses outside the topology (a ClusterIP Ferry does not translate)
+//!   fail with ENETUNREACH: there is no default route anywhere.
+//!
 //! # Typical e2e test
 //!
 //! ```no_run
@@ -55,10 +74,8 @@
 //!             .to_value(),
 //!     ],
 //! )?;
-//! let mut ferry = Ferry::start(
-//!     FerryOptions::new(manifests.dir(), cgroup.path(), bpffs.path())
-//!         .node("node-1", [NODE_V4.into(), NODE_V6.into()]),
-//! )?;
+//! // node-1 with NODE_V4/NODE_V6, --host-netns = the node namespace.
+//! let mut ferry = Ferry::start(FerryOptions::for_topology(&topo, &manifests, &cgroup, &bpffs))?;
 //! ferry.wait_for_frontend("10.96.0.10:80".parse()?)?;
 //! let reply = topo.node().run(|| tcp_request("10.96.0.10:80".parse().unwrap()))?;
 //! assert_eq!(reply.server, "b0");
@@ -86,7 +103,7 @@ pub use client::{
     TcpSession, tcp_connect, tcp_connect_err, tcp_request, tcp_request_from, udp_connected_request,
     udp_connected_request_from, udp_unconnected_request, udp_unconnected_request_from,
 };
-pub use ferry::{Ferry, FerryOptions, ferry_binary, json_mentions_frontend};
+pub use ferry::{Ferry, FerryOptions, ferry_binary, json_mentions, json_mentions_frontend};
 pub use manifests::{
     AddressType, Endpoint, EndpointSlice, Manifests, Node, Service, ServicePort, to_yaml,
     to_yaml_docs,

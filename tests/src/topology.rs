@@ -42,7 +42,7 @@ const MAX_PER_SET: usize = 200;
 /// One backend namespace.
 #[derive(Debug)]
 pub struct Backend {
-    /// "b<i>" (local) or "r<i>" (remote); also the name its servers reply with.
+    /// `b<i>` (local) or `r<i>` (remote); also the name its servers reply with.
     pub name: String,
     pub ns: Netns,
     pub v4: Ipv4Addr,
@@ -96,13 +96,13 @@ pub struct TopologyBuilder {
 }
 
 impl TopologyBuilder {
-    /// Local backends "b0".."b<n-1>".
+    /// Local backends `b0`..`b<n-1>`.
     pub fn backends(mut self, n: usize) -> Self {
         self.local = n;
         self
     }
 
-    /// Remote backends "r0".."r<n-1>".
+    /// Remote backends `r0`..`r<n-1>`.
     pub fn remote_backends(mut self, n: usize) -> Self {
         self.remote = n;
         self
@@ -155,7 +155,7 @@ impl Topology {
         TopologyBuilder::default()
     }
 
-    /// A node namespace and `n` local backends "b0".."b<n-1>".
+    /// A node namespace and `n` local backends `b0`..`b<n-1>`.
     pub fn new(n: usize) -> Result<Topology> {
         Topology::builder().backends(n).build()
     }
@@ -237,7 +237,7 @@ impl Topology {
         self.wait_ready()
     }
 
-    /// Adds `n` remote backends "r<i>" in 10.244.1.0/24 / fd00:244:1::/64
+    /// Adds `n` remote backends `r<i>` in 10.244.1.0/24 / fd00:244:1::/64
     /// (the bridge gets 10.244.1.1/24 and fd00:244:1::1/64 the first time).
     pub fn add_remote_backends(&mut self, n: usize) -> Result<()> {
         if n == 0 {

@@ -56,7 +56,7 @@ pub fn command_output(cmd: &mut Command, timeout: Duration) -> Result<Output> {
     })
 }
 
-/// Like [`command_output`] with [`COMMAND_TIMEOUT`], but a non-zero exit is an
+/// Like [`command_output`] with a 10 s bound, but a non-zero exit is an
 /// error carrying stderr; returns stdout as text.
 pub fn command_stdout(cmd: &mut Command) -> Result<String> {
     let desc = describe(cmd);

@@ -10,6 +10,8 @@ pub mod object;
 pub mod paths;
 pub mod store;
 pub mod sync;
+#[cfg(test)]
+mod sync_tests;
 
 pub use loader::{LoadError, cleanup, load_and_attach};
 pub use maps::Maps;

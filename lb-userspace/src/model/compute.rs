@@ -57,14 +57,22 @@ fn read_services(services: &[Arc<Service>], invalid: &mut Vec<InvalidObject>) ->
         .filter_map(|s| read_service(s, invalid))
         .collect();
     read.sort_by(|a, b| a.service.cmp(&b.service));
-    // Two objects with one namespace/name can only come from files.
+    // Two objects with one namespace/name can only come from files. Which
+    // one is meant cannot be told (input order must not matter), so every
+    // copy is ignored.
     let mut unique: Vec<ServiceInfo> = Vec::with_capacity(read.len());
+    let mut duplicated: Option<ServiceRef> = None;
     for svc in read {
+        if duplicated.as_ref() == Some(&svc.service) {
+            continue;
+        }
         if unique.last().is_some_and(|u| u.service == svc.service) {
+            unique.pop();
             invalid.push(service_invalid(
                 &svc.service,
-                "defined more than once; the first definition is used".into(),
+                "defined more than once; every definition is ignored".into(),
             ));
+            duplicated = Some(svc.service);
         } else {
             unique.push(svc);
         }

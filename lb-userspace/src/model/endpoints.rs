@@ -96,7 +96,28 @@ impl EndpointsIndex {
         let mut merged: BTreeMap<(ServiceRef, IpFamily), (Merged, BTreeSet<IpAddr>)> =
             BTreeMap::new();
 
-        for slice in sorted {
+        for (i, slice) in sorted.iter().enumerate() {
+            // Two slices with one namespace/name can only come from files;
+            // which one is meant cannot be told, so every copy is ignored.
+            let same = |other: Option<&&EndpointSlice>| {
+                other.is_some_and(|o| {
+                    (&o.metadata.namespace, &o.metadata.name)
+                        == (&slice.metadata.namespace, &slice.metadata.name)
+                })
+            };
+            let previous = i.checked_sub(1).and_then(|p| sorted.get(p));
+            if same(previous) {
+                continue;
+            }
+            if same(sorted.get(i + 1)) {
+                invalid.push(InvalidObject {
+                    kind: ObjectKind::EndpointSlice,
+                    namespace: namespace_or_default(slice.metadata.namespace.as_deref()),
+                    name: slice.metadata.name.clone().unwrap_or_default(),
+                    reason: "defined more than once; every definition is ignored".into(),
+                });
+                continue;
+            }
             let Some(read) = read_slice(slice, node_name, invalid) else {
                 continue;
             };
@@ -189,6 +210,10 @@ fn read_slice(
             reason,
         });
     };
+    if name.is_empty() {
+        report("metadata.name is empty".into());
+        return None;
+    }
 
     // Slices without the label belong to no Service (custom controllers make
     // such slices for their own purposes): ignored, not invalid.

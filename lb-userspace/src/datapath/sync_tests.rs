@@ -1,0 +1,297 @@
+//! The ordering rules of `sync`, checked after every single write against
+//! an in-memory store: at no moment may a frontend's count reach a slot that
+//! is empty or a backend that does not exist.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use lb_common::{FRONTEND_F_DROP, FrontendKind, FrontendValue};
+
+use super::store::{BackendAddr, Store};
+use super::sync::{Installed, assign_slots};
+use crate::model::{
+    Backend, BackendSet, BackendSetKey, DesiredState, EmptyOutcome, Frontend, FrontendAddr,
+    IpFamily, Protocol, Selection, ServiceRef,
+};
+
+#[derive(Default)]
+struct MemStore {
+    backends: HashMap<u32, BackendAddr>,
+    slots: HashMap<(u32, u32), u32>,
+    frontends: HashMap<FrontendAddr, FrontendValue>,
+    cluster_ips: HashMap<IpAddr, u32>,
+    names: HashMap<u32, String>,
+    /// Fail every write after this many succeeded (None: never).
+    fail_after: Option<usize>,
+    writes: usize,
+    violations: Vec<String>,
+}
+
+impl MemStore {
+    fn check(&mut self, op: &str) {
+        for (fe, v) in &self.frontends {
+            for slot in 1..=v.count as u32 {
+                match self.slots.get(&(v.service_id, slot)) {
+                    None => self
+                        .violations
+                        .push(format!("after {op}: {fe} count {} but slot {slot} empty", v.count)),
+                    Some(b) if !self.backends.contains_key(b) => self
+                        .violations
+                        .push(format!("after {op}: {fe} slot {slot} → missing backend {b}")),
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+
+    fn write(&mut self) -> Result<(), String> {
+        if self.fail_after.is_some_and(|n| self.writes >= n) {
+            return Err("injected failure".into());
+        }
+        self.writes += 1;
+        Ok(())
+    }
+
+    /// What a connect to `fe` could reach right now.
+    fn reachable(&self, fe: &FrontendAddr) -> Vec<(IpAddr, u16)> {
+        let Some(v) = self.frontends.get(fe) else {
+            return vec![];
+        };
+        let mut out: Vec<_> = (1..=v.count as u32)
+            .filter_map(|s| self.slots.get(&(v.service_id, s)))
+            .filter_map(|b| self.backends.get(b))
+            .map(|a| (a.ip, a.port))
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+macro_rules! op {
+    ($self:ident, $name:expr, $body:block) => {{
+        $self.write()?;
+        $body;
+        $self.check($name);
+        Ok(())
+    }};
+}
+
+impl Store for MemStore {
+    type Error = String;
+    fn put_backend(&mut self, id: u32, addr: &BackendAddr, _flags: u8) -> Result<(), String> {
+        op!(self, "put_backend", { self.backends.insert(id, *addr) })
+    }
+    fn del_backend(&mut self, id: u32, _addr: &BackendAddr) -> Result<(), String> {
+        op!(self, "del_backend", { self.backends.remove(&id) })
+    }
+    fn put_slot(&mut self, service_id: u32, slot: u32, backend_id: u32) -> Result<(), String> {
+        op!(self, "put_slot", { self.slots.insert((service_id, slot), backend_id) })
+    }
+    fn del_slot(&mut self, service_id: u32, slot: u32) -> Result<(), String> {
+        op!(self, "del_slot", { self.slots.remove(&(service_id, slot)) })
+    }
+    fn put_frontend(&mut self, fe: &FrontendAddr, value: &FrontendValue) -> Result<(), String> {
+        op!(self, "put_frontend", { self.frontends.insert(*fe, *value) })
+    }
+    fn del_frontend(&mut self, fe: &FrontendAddr) -> Result<(), String> {
+        op!(self, "del_frontend", { self.frontends.remove(fe) })
+    }
+    fn put_cluster_ip(&mut self, ip: IpAddr, service_id: u32) -> Result<(), String> {
+        op!(self, "put_cluster_ip", { self.cluster_ips.insert(ip, service_id) })
+    }
+    fn del_cluster_ip(&mut self, ip: IpAddr) -> Result<(), String> {
+        op!(self, "del_cluster_ip", { self.cluster_ips.remove(&ip) })
+    }
+    fn put_node_port(&mut self, _port: u16, _protocol: Protocol) -> Result<(), String> {
+        op!(self, "put_node_port", {})
+    }
+    fn del_node_port(&mut self, _port: u16, _protocol: Protocol) -> Result<(), String> {
+        op!(self, "del_node_port", {})
+    }
+    fn put_name(&mut self, service_id: u32, name: &str) -> Result<(), String> {
+        op!(self, "put_name", { self.names.insert(service_id, name.to_string()) })
+    }
+    fn del_name(&mut self, service_id: u32) -> Result<(), String> {
+        op!(self, "del_name", { self.names.remove(&service_id) })
+    }
+    fn reset_counters(&mut self, _service_id: u32) -> Result<(), String> {
+        op!(self, "reset_counters", {})
+    }
+}
+
+fn key(name: &str) -> BackendSetKey {
+    BackendSetKey {
+        service: ServiceRef {
+            namespace: "default".into(),
+            name: name.into(),
+        },
+        port_name: "http".into(),
+        protocol: Protocol::Tcp,
+        family: IpFamily::V4,
+        selection: Selection::Cluster,
+    }
+}
+
+fn fe(ip: &str) -> FrontendAddr {
+    FrontendAddr {
+        ip: ip.parse().unwrap(),
+        port: 80,
+        protocol: Protocol::Tcp,
+    }
+}
+
+fn backend(i: u8) -> Backend {
+    Backend {
+        ip: IpAddr::from([10, 244, 0, i]),
+        port: 8080,
+        protocol: Protocol::Tcp,
+        terminating: false,
+        local: false,
+    }
+}
+
+/// One ClusterIP Service per (name, ip, backend numbers).
+fn desired(services: &[(&str, &str, &[u8])]) -> DesiredState {
+    let mut d = DesiredState::default();
+    for (name, ip, backends) in services {
+        d.backend_sets.insert(
+            key(name),
+            BackendSet {
+                backends: backends.iter().map(|i| backend(*i)).collect(),
+                empty_outcome: EmptyOutcome::Reject,
+                affinity_timeout_secs: None,
+            },
+        );
+        d.frontends.insert(
+            fe(ip),
+            Frontend {
+                kind: FrontendKind::ClusterIp,
+                set: key(name),
+            },
+        );
+        d.cluster_ips.insert(ip.parse().unwrap(), key(name));
+    }
+    d
+}
+
+fn ips(backends: &[u8]) -> Vec<(IpAddr, u16)> {
+    let mut v: Vec<_> = backends
+        .iter()
+        .map(|i| (IpAddr::from([10, 244, 0, *i]), 8080))
+        .collect();
+    v.sort();
+    v
+}
+
+fn run(steps: &[DesiredState]) -> (MemStore, Installed) {
+    let mut store = MemStore::default();
+    let mut installed = Installed::default();
+    for d in steps {
+        let report = installed.sync(&mut store, d);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert!(store.violations.is_empty(), "{:#?}", store.violations);
+    }
+    (store, installed)
+}
+
+#[test]
+fn install_then_scale_up_down_and_replace_without_exposing_gaps() {
+    let steps = [
+        desired(&[("a", "10.96.0.1", &[1, 2]), ("b", "10.96.0.2", &[3])]),
+        desired(&[("a", "10.96.0.1", &[1, 2, 4, 5, 6]), ("b", "10.96.0.2", &[3])]),
+        desired(&[("a", "10.96.0.1", &[6]), ("b", "10.96.0.2", &[3])]),
+        desired(&[("a", "10.96.0.1", &[7, 8]), ("b", "10.96.0.2", &[3, 1])]),
+    ];
+    for n in 1..=steps.len() {
+        let (store, _) = run(&steps[..n]);
+        let want: [&[u8]; 4] = [&[1, 2], &[1, 2, 4, 5, 6], &[6], &[7, 8]];
+        assert_eq!(store.reachable(&fe("10.96.0.1")), ips(want[n - 1]), "step {n}");
+    }
+    let (store, _) = run(&steps);
+    assert_eq!(store.reachable(&fe("10.96.0.2")), ips(&[1, 3]));
+    // Backends 2, 4, 5, 6 are referenced by nothing any more: swept.
+    assert_eq!(store.backends.len(), 4, "{:?}", store.backends);
+}
+
+#[test]
+fn a_second_sync_of_the_same_state_writes_nothing() {
+    let d = desired(&[("a", "10.96.0.1", &[1, 2, 3])]);
+    let mut store = MemStore::default();
+    let mut installed = Installed::default();
+    assert!(installed.sync(&mut store, &d).changes > 0);
+    let again = installed.sync(&mut store, &d);
+    assert_eq!(again.changes, 0);
+    assert!(again.errors.is_empty());
+}
+
+#[test]
+fn removing_a_service_sweeps_all_its_entries() {
+    let (store, installed) = run(&[
+        desired(&[("a", "10.96.0.1", &[1, 2]), ("b", "10.96.0.2", &[3])]),
+        desired(&[("b", "10.96.0.2", &[3])]),
+    ]);
+    assert!(!store.frontends.contains_key(&fe("10.96.0.1")));
+    assert_eq!(store.cluster_ips.len(), 1);
+    assert_eq!(store.names.len(), 1);
+    assert_eq!(store.slots.len(), 1);
+    assert_eq!(store.backends.len(), 1);
+    assert_eq!(installed.sets.len(), 1);
+}
+
+#[test]
+fn empty_sets_reject_or_drop() {
+    let mut d = desired(&[("a", "10.96.0.1", &[])]);
+    let (store, _) = run(std::slice::from_ref(&d));
+    let v = store.frontends[&fe("10.96.0.1")];
+    assert_eq!((v.count, v.flags & FRONTEND_F_DROP), (0, 0));
+    d.backend_sets.get_mut(&key("a")).unwrap().empty_outcome = EmptyOutcome::Drop;
+    let (store, _) = run(&[desired(&[("a", "10.96.0.1", &[1])]), d]);
+    let v = store.frontends[&fe("10.96.0.1")];
+    assert_eq!(v.count, 0);
+    assert_ne!(v.flags & FRONTEND_F_DROP, 0);
+}
+
+#[test]
+fn a_failed_write_leaves_the_frontend_serving_and_is_retried() {
+    let first = desired(&[("a", "10.96.0.1", &[1, 2])]);
+    let second = desired(&[("a", "10.96.0.1", &[3, 4, 5])]);
+    let mut store = MemStore::default();
+    let mut installed = Installed::default();
+    installed.sync(&mut store, &first);
+    // Let one more write through, then fail everything.
+    store.fail_after = Some(store.writes + 1);
+    let report = installed.sync(&mut store, &second);
+    assert!(!report.errors.is_empty());
+    assert!(store.violations.is_empty(), "{:#?}", store.violations);
+    assert_eq!(store.frontends[&fe("10.96.0.1")].count, 2);
+    assert_eq!(store.reachable(&fe("10.96.0.1")).len(), 2);
+    store.fail_after = None;
+    let report = installed.sync(&mut store, &second);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(store.reachable(&fe("10.96.0.1")), ips(&[3, 4, 5]));
+    assert!(store.violations.is_empty(), "{:#?}", store.violations);
+}
+
+#[test]
+fn slots_keep_their_backends_where_they_can() {
+    // 2 stays in slot 2; 3 sat in slot 3, past the new count of 2, so it
+    // moves into the hole that 1 left.
+    assert_eq!(assign_slots(&[1, 2, 3], &[2, 3]), vec![3, 2]);
+    assert_eq!(assign_slots(&[1, 2], &[1, 2, 9]), vec![1, 2, 9]);
+    assert_eq!(assign_slots(&[5, 0, 7], &[7, 5, 8]), vec![5, 8, 7]);
+    assert_eq!(assign_slots(&[1, 2], &[]), Vec::<u32>::new());
+    assert_eq!(assign_slots(&[], &[4, 4, 5]), vec![4, 5]);
+}
+
+#[test]
+fn set_ids_are_stable_and_names_recorded() {
+    let (store, installed) = run(&[
+        desired(&[("a", "10.96.0.1", &[1]), ("b", "10.96.0.2", &[2])]),
+        desired(&[("a", "10.96.0.1", &[1, 3]), ("b", "10.96.0.2", &[2])]),
+    ]);
+    let names: BTreeMap<_, _> = store.names.iter().map(|(id, n)| (n.clone(), *id)).collect();
+    assert_eq!(names.len(), 2);
+    for (name, set) in &installed.sets {
+        assert_eq!(names[name], set.id);
+    }
+}
