@@ -9,6 +9,8 @@
 pub mod cli;
 pub mod datapath;
 pub mod demo;
+pub mod healthcheck;
+pub mod http;
 pub mod model;
 pub mod netutil;
 pub mod reconcile;

@@ -93,8 +93,13 @@ fn service_invalid(service: &ServiceRef, reason: String) -> InvalidObject {
 /// node's port space).
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum NodePortUse {
-    ServicePort { service: ServiceRef, port_name: String },
-    HealthCheck { service: ServiceRef },
+    ServicePort {
+        service: ServiceRef,
+        port_name: String,
+    },
+    HealthCheck {
+        service: ServiceRef,
+    },
 }
 
 impl NodePortUse {
@@ -106,7 +111,9 @@ impl NodePortUse {
             NodePortUse::ServicePort { service, port_name } => {
                 format!("Service {service} port {port_name:?}")
             }
-            NodePortUse::HealthCheck { service } => format!("the health check of Service {service}"),
+            NodePortUse::HealthCheck { service } => {
+                format!("the health check of Service {service}")
+            }
         }
     }
 }
@@ -135,9 +142,15 @@ struct PortContext<'s> {
 impl<'a> Builder<'a> {
     fn new(node: &'a NodeInfo, endpoints: &'a EndpointsIndex) -> Self {
         let mut node_addresses: BTreeMap<IpFamily, BTreeSet<IpAddr>> = BTreeMap::new();
-        let loopback = [IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)];
+        let loopback = [
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ];
         for ip in node.addresses.iter().chain(loopback.iter()) {
-            node_addresses.entry(IpFamily::of(ip)).or_default().insert(*ip);
+            node_addresses
+                .entry(IpFamily::of(ip))
+                .or_default()
+                .insert(*ip);
         }
         Builder {
             node,
@@ -160,7 +173,8 @@ impl<'a> Builder<'a> {
                     None
                 }
                 _ => {
-                    self.cluster_ip_owners.insert(cluster_ip, svc.service.clone());
+                    self.cluster_ip_owners
+                        .insert(cluster_ip, svc.service.clone());
                     Some(cluster_ip)
                 }
             };
@@ -184,7 +198,9 @@ impl<'a> Builder<'a> {
     }
 
     fn add_service_port(&mut self, ctx: &PortContext<'_>, invalid: &mut Vec<InvalidObject>) {
-        let PortContext { svc, port, family, .. } = *ctx;
+        let PortContext {
+            svc, port, family, ..
+        } = *ctx;
         let no_endpoints: &[Endpoint] = &[];
         let endpoints = self
             .endpoints
@@ -199,7 +215,12 @@ impl<'a> Builder<'a> {
             svc.external_policy_local,
             externally_accessible,
         );
-        let categorized = categorize_endpoints(endpoints, policy, &self.node.name, self.node.zone.as_deref());
+        let categorized = categorize_endpoints(
+            endpoints,
+            policy,
+            &self.node.name,
+            self.node.zone.as_deref(),
+        );
 
         let cluster_ip_selection = if svc.internal_policy_local {
             Selection::Local
@@ -252,20 +273,36 @@ impl<'a> Builder<'a> {
             protocol: port.protocol,
         };
         if let Some(ip) = ctx.cluster_ip {
-            candidates.push((addr(ip, port.port), FrontendKind::ClusterIp, cluster_ip_selection));
+            candidates.push((
+                addr(ip, port.port),
+                FrontendKind::ClusterIp,
+                cluster_ip_selection,
+            ));
         }
         if let Some(node_port) = port.node_port {
             if self.claim_node_port(svc, port, node_port, invalid) {
                 for ip in self.node_addresses.get(&family).into_iter().flatten() {
-                    candidates.push((addr(*ip, node_port), FrontendKind::NodePort, Selection::Cluster));
+                    candidates.push((
+                        addr(*ip, node_port),
+                        FrontendKind::NodePort,
+                        Selection::Cluster,
+                    ));
                 }
             }
         }
         for ip in ctx.external_ips {
-            candidates.push((addr(*ip, port.port), FrontendKind::ExternalIp, Selection::Cluster));
+            candidates.push((
+                addr(*ip, port.port),
+                FrontendKind::ExternalIp,
+                Selection::Cluster,
+            ));
         }
         for ip in ctx.load_balancer_ips {
-            candidates.push((addr(*ip, port.port), FrontendKind::LoadBalancer, Selection::Cluster));
+            candidates.push((
+                addr(*ip, port.port),
+                FrontendKind::LoadBalancer,
+                Selection::Cluster,
+            ));
         }
 
         for (frontend_addr, kind, selection) in candidates {
@@ -295,15 +332,13 @@ impl<'a> Builder<'a> {
                     .or_insert_with(|| set_key.clone());
             }
             if kind == FrontendKind::NodePort {
-                self.desired.node_ports.insert((frontend_addr.port, port.protocol));
+                self.desired
+                    .node_ports
+                    .insert((frontend_addr.port, port.protocol));
             }
-            self.desired.frontends.insert(
-                frontend_addr,
-                Frontend {
-                    kind,
-                    set: set_key,
-                },
-            );
+            self.desired
+                .frontends
+                .insert(frontend_addr, Frontend { kind, set: set_key });
         }
     }
 
@@ -333,7 +368,8 @@ impl<'a> Builder<'a> {
                 false
             }
             _ => {
-                self.node_port_owners.insert((node_port, port.protocol), claim);
+                self.node_port_owners
+                    .insert((node_port, port.protocol), claim);
                 true
             }
         }

@@ -244,7 +244,9 @@ fn read_slice(
             // No Service port of ours can be SCTP (reported on the Service).
             "SCTP" => continue,
             other => {
-                report(format!("ports[{i}] ({port_name:?}): unknown protocol {other:?}"));
+                report(format!(
+                    "ports[{i}] ({port_name:?}): unknown protocol {other:?}"
+                ));
                 continue;
             }
         };
@@ -385,12 +387,17 @@ mod tests {
         ];
         for ((r, s, t), want) in cases {
             let e = ep("10.0.0.1").conds_opt(*r, *s, *t);
-            let (index, invalid) = index(vec![slice("ns", "s1", "svc", "IPv4")
-                .port("p", "TCP", 80)
-                .endpoint(e)
-                .build()]);
+            let (index, invalid) = index(vec![
+                slice("ns", "s1", "svc", "IPv4")
+                    .port("p", "TCP", 80)
+                    .endpoint(e)
+                    .build(),
+            ]);
             assert!(invalid.is_empty());
-            let got = &index.get(&svc_ref("ns", "svc"), IpFamily::V4).unwrap().port("p", Protocol::Tcp)[0];
+            let got = &index
+                .get(&svc_ref("ns", "svc"), IpFamily::V4)
+                .unwrap()
+                .port("p", Protocol::Tcp)[0];
             assert_eq!(
                 (got.ready, got.serving, got.terminating),
                 *want,
@@ -400,12 +407,20 @@ mod tests {
         // No conditions object at all.
         let mut e = ep("10.0.0.1");
         e.conditions = None;
-        let (index, _) = index(vec![slice("ns", "s1", "svc", "IPv4")
-            .port("p", "TCP", 80)
-            .endpoint(e)
-            .build()]);
-        let got = &index.get(&svc_ref("ns", "svc"), IpFamily::V4).unwrap().port("p", Protocol::Tcp)[0];
-        assert_eq!((got.ready, got.serving, got.terminating), (true, true, false));
+        let (index, _) = index(vec![
+            slice("ns", "s1", "svc", "IPv4")
+                .port("p", "TCP", 80)
+                .endpoint(e)
+                .build(),
+        ]);
+        let got = &index
+            .get(&svc_ref("ns", "svc"), IpFamily::V4)
+            .unwrap()
+            .port("p", Protocol::Tcp)[0];
+        assert_eq!(
+            (got.ready, got.serving, got.terminating),
+            (true, true, false)
+        );
     }
 
     #[test]
@@ -449,7 +464,10 @@ mod tests {
                 .build(),
         ]);
         assert!(invalid.is_empty(), "{invalid:?}");
-        assert_eq!(eps_of(&index, "svc", IpFamily::V4, "p", Protocol::Tcp), ["10.0.0.1:80"]);
+        assert_eq!(
+            eps_of(&index, "svc", IpFamily::V4, "p", Protocol::Tcp),
+            ["10.0.0.1:80"]
+        );
         assert_eq!(
             index
                 .get(&svc_ref("other", "svc"), IpFamily::V4)
@@ -463,8 +481,18 @@ mod tests {
     #[test]
     fn slice_port_filters() {
         // (port name, protocol, number) → attached as (name, protocol)?
-        let cases: &[(Option<&str>, Option<&str>, Option<i32>, Option<(&str, Protocol)>)] = &[
-            (Some("http"), Some("TCP"), Some(80), Some(("http", Protocol::Tcp))),
+        let cases: &[(
+            Option<&str>,
+            Option<&str>,
+            Option<i32>,
+            Option<(&str, Protocol)>,
+        )] = &[
+            (
+                Some("http"),
+                Some("TCP"),
+                Some(80),
+                Some(("http", Protocol::Tcp)),
+            ),
             // Nil name is the API default "", nil protocol is TCP.
             (None, None, Some(80), Some(("", Protocol::Tcp))),
             (Some(""), Some("UDP"), Some(53), Some(("", Protocol::Udp))),
@@ -474,10 +502,12 @@ mod tests {
             (Some("s"), Some("SCTP"), Some(80), None),
         ];
         for (name, protocol, number, want) in cases {
-            let (index, invalid) = index(vec![slice("ns", "s", "svc", "IPv4")
-                .raw_port(*name, *protocol, *number)
-                .endpoint(ep("10.0.0.1"))
-                .build()]);
+            let (index, invalid) = index(vec![
+                slice("ns", "s", "svc", "IPv4")
+                    .raw_port(*name, *protocol, *number)
+                    .endpoint(ep("10.0.0.1"))
+                    .build(),
+            ]);
             assert!(invalid.is_empty(), "{invalid:?}");
             let ports: Vec<(String, Protocol)> = index
                 .get(&svc_ref("ns", "svc"), IpFamily::V4)
@@ -598,13 +628,18 @@ mod tests {
 
     #[test]
     fn only_the_first_address_is_used_and_empty_endpoints_are_ignored() {
-        let (index, invalid) = index(vec![slice("ns", "s", "svc", "IPv4")
-            .port("p", "TCP", 80)
-            .endpoint(ep("10.0.0.1").addresses(&["10.0.0.1", "10.0.0.9"]))
-            .endpoint(ep("10.0.0.2").addresses(&[]))
-            .build()]);
+        let (index, invalid) = index(vec![
+            slice("ns", "s", "svc", "IPv4")
+                .port("p", "TCP", 80)
+                .endpoint(ep("10.0.0.1").addresses(&["10.0.0.1", "10.0.0.9"]))
+                .endpoint(ep("10.0.0.2").addresses(&[]))
+                .build(),
+        ]);
         assert!(invalid.is_empty());
-        assert_eq!(eps_of(&index, "svc", IpFamily::V4, "p", Protocol::Tcp), ["10.0.0.1:80"]);
+        assert_eq!(
+            eps_of(&index, "svc", IpFamily::V4, "p", Protocol::Tcp),
+            ["10.0.0.1:80"]
+        );
     }
 
     #[test]
@@ -684,13 +719,19 @@ mod tests {
         for (ep_node, this_node, want) in cases {
             let mut e = ep("10.0.0.1");
             e.node_name = ep_node.map(str::to_owned);
-            let slices = vec![slice("ns", "s", "svc", "IPv4")
-                .port("p", "TCP", 80)
-                .endpoint(e)
-                .build()];
+            let slices = vec![
+                slice("ns", "s", "svc", "IPv4")
+                    .port("p", "TCP", 80)
+                    .endpoint(e)
+                    .build(),
+            ];
             let mut invalid = Vec::new();
             let index = EndpointsIndex::build(&slices, this_node, &mut invalid);
-            let got = index.get(&svc_ref("ns", "svc"), IpFamily::V4).unwrap().port("p", Protocol::Tcp)[0].local;
+            let got = index
+                .get(&svc_ref("ns", "svc"), IpFamily::V4)
+                .unwrap()
+                .port("p", Protocol::Tcp)[0]
+                .local;
             assert_eq!(got, *want, "nodeName {ep_node:?} on node {this_node:?}");
         }
     }
@@ -708,20 +749,34 @@ mod tests {
                 .endpoint(ep("10.0.0.2"))
                 .build(),
         ]);
-        assert_eq!(eps_of(&index, "svc", IpFamily::V4, "p", Protocol::Tcp), ["10.0.0.1:80"]);
-        assert_eq!(eps_of(&index, "svc", IpFamily::V6, "p", Protocol::Tcp), ["[fd00::1]:80"]);
+        assert_eq!(
+            eps_of(&index, "svc", IpFamily::V4, "p", Protocol::Tcp),
+            ["10.0.0.1:80"]
+        );
+        assert_eq!(
+            eps_of(&index, "svc", IpFamily::V6, "p", Protocol::Tcp),
+            ["[fd00::1]:80"]
+        );
         assert_eq!(invalid.len(), 1, "{invalid:?}");
     }
 
     #[test]
     fn hints_are_read() {
-        let (index, _) = index(vec![slice("ns", "s", "svc", "IPv4")
-            .port("p", "TCP", 80)
-            .endpoint(ep("10.0.0.1").zone_hints(&["a", "b"]).node_hints(&["n1"]))
-            .endpoint(ep("10.0.0.2"))
-            .build()]);
-        let eps = index.get(&svc_ref("ns", "svc"), IpFamily::V4).unwrap().port("p", Protocol::Tcp);
-        assert_eq!(eps[0].zone_hints, BTreeSet::from(["a".to_string(), "b".to_string()]));
+        let (index, _) = index(vec![
+            slice("ns", "s", "svc", "IPv4")
+                .port("p", "TCP", 80)
+                .endpoint(ep("10.0.0.1").zone_hints(&["a", "b"]).node_hints(&["n1"]))
+                .endpoint(ep("10.0.0.2"))
+                .build(),
+        ]);
+        let eps = index
+            .get(&svc_ref("ns", "svc"), IpFamily::V4)
+            .unwrap()
+            .port("p", Protocol::Tcp);
+        assert_eq!(
+            eps[0].zone_hints,
+            BTreeSet::from(["a".to_string(), "b".to_string()])
+        );
         assert_eq!(eps[0].node_hints, BTreeSet::from(["n1".to_string()]));
         assert!(eps[1].zone_hints.is_empty() && eps[1].node_hints.is_empty());
     }
@@ -750,30 +805,36 @@ mod tests {
             ),
             (
                 "three local ready, one local not ready, one remote",
-                vec![slice("ns", "a", "svc", "IPv4")
-                    .port("p", "TCP", 80)
-                    .endpoint(ep("10.0.1.1").local())
-                    .endpoint(ep("10.0.1.2").local())
-                    .endpoint(ep("10.0.1.3").local())
-                    .endpoint(ep("10.0.1.4").local().conds(false, false, false))
-                    .endpoint(ep("10.0.1.5").node("node1"))
-                    .build()],
+                vec![
+                    slice("ns", "a", "svc", "IPv4")
+                        .port("p", "TCP", 80)
+                        .endpoint(ep("10.0.1.1").local())
+                        .endpoint(ep("10.0.1.2").local())
+                        .endpoint(ep("10.0.1.3").local())
+                        .endpoint(ep("10.0.1.4").local().conds(false, false, false))
+                        .endpoint(ep("10.0.1.5").node("node1"))
+                        .build(),
+                ],
                 3,
             ),
             (
                 "all local endpoints terminating (ready=false)",
-                vec![slice("ns", "a", "svc", "IPv4")
-                    .port("p", "TCP", 80)
-                    .endpoint(ep("10.0.1.1").local().conds(false, true, true))
-                    .endpoint(ep("10.0.1.2").local().conds(false, true, true))
-                    .build()],
+                vec![
+                    slice("ns", "a", "svc", "IPv4")
+                        .port("p", "TCP", 80)
+                        .endpoint(ep("10.0.1.1").local().conds(false, true, true))
+                        .endpoint(ep("10.0.1.2").local().conds(false, true, true))
+                        .build(),
+                ],
                 0,
             ),
             (
                 "slice without a usable port",
-                vec![slice("ns", "a", "svc", "IPv4")
-                    .endpoint(ep("10.0.1.1").local())
-                    .build()],
+                vec![
+                    slice("ns", "a", "svc", "IPv4")
+                        .endpoint(ep("10.0.1.1").local())
+                        .build(),
+                ],
                 0,
             ),
         ];

@@ -17,9 +17,9 @@ mod topology;
 mod types;
 
 #[cfg(test)]
-mod testutil;
-#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod testutil;
 
 pub use compute::compute;
 pub use node::node_info;

@@ -107,7 +107,13 @@ mod tests {
                 vec!["10.0.0.1", "fd00::1"],
                 Some("zone-a"),
             ),
-            ("no Node, override only", None, vec![ip("10.0.0.1")], vec!["10.0.0.1"], None),
+            (
+                "no Node, override only",
+                None,
+                vec![ip("10.0.0.1")],
+                vec!["10.0.0.1"],
+                None,
+            ),
             ("no Node, nothing", None, vec![], vec![], None),
         ];
         for (what, node, overrides, want_addrs, want_zone) in cases {
@@ -131,7 +137,11 @@ mod tests {
         ];
         for (label, want) in cases {
             let n = node(&[], label);
-            assert_eq!(node_info(Some(&n), "n", &[]).zone.as_deref(), want, "{label:?}");
+            assert_eq!(
+                node_info(Some(&n), "n", &[]).zone.as_deref(),
+                want,
+                "{label:?}"
+            );
         }
     }
 }

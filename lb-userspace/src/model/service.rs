@@ -38,7 +38,8 @@ pub const MAX_AFFINITY_TIMEOUT_SECS: u32 = 86_400;
 /// kube-proxy lists Services and EndpointSlices with the selector
 /// `!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless`.
 pub fn has_skip_label(labels: Option<&BTreeMap<String, String>>) -> bool {
-    labels.is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME) || l.contains_key(LABEL_HEADLESS))
+    labels
+        .is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME) || l.contains_key(LABEL_HEADLESS))
 }
 
 /// An object without a namespace lives in "default" (what `kubectl apply`
@@ -108,7 +109,10 @@ impl ServiceInfo {
 }
 
 fn of_family(ips: &[IpAddr], family: IpFamily) -> Vec<IpAddr> {
-    ips.iter().copied().filter(|ip| IpFamily::of(ip) == family).collect()
+    ips.iter()
+        .copied()
+        .filter(|ip| IpFamily::of(ip) == family)
+        .collect()
 }
 
 /// Reads one Service. Returns None for a Service kube-proxy does not serve
@@ -211,7 +215,10 @@ fn read_spec(svc: &Service, spec: &ServiceSpec) -> Result<Option<ReadSpec>, Stri
     };
     let has_external_ips = spec.external_ips.as_ref().is_some_and(|v| !v.is_empty());
     let external_policy_local = external_traffic_local
-        && (matches!(service_type, ServiceType::NodePort | ServiceType::LoadBalancer) || has_external_ips);
+        && (matches!(
+            service_type,
+            ServiceType::NodePort | ServiceType::LoadBalancer
+        ) || has_external_ips);
 
     let affinity_timeout_secs = match spec.session_affinity.as_deref() {
         None | Some("None") => None,
@@ -245,7 +252,10 @@ fn read_spec(svc: &Service, spec: &ServiceSpec) -> Result<Option<ReadSpec>, Stri
             Ok(p) => {
                 // Backend sets are keyed by (port name, protocol): a second
                 // port with the same pair could not be told apart.
-                if ports.iter().any(|q| q.name == p.name && q.protocol == p.protocol) {
+                if ports
+                    .iter()
+                    .any(|q| q.name == p.name && q.protocol == p.protocol)
+                {
                     partial_errors.push(format!(
                         "{label}: duplicate port name {:?} for {}",
                         p.name, p.protocol
@@ -301,11 +311,14 @@ fn read_spec(svc: &Service, spec: &ServiceSpec) -> Result<Option<ReadSpec>, Stri
     if service_type == ServiceType::LoadBalancer && external_traffic_local {
         match spec.health_check_node_port {
             None | Some(0) => partial_errors.push(
-                "type LoadBalancer with externalTrafficPolicy Local has no healthCheckNodePort".into(),
+                "type LoadBalancer with externalTrafficPolicy Local has no healthCheckNodePort"
+                    .into(),
             ),
             Some(n) => match valid_port(n) {
                 Some(p) => health_check_node_port = Some(p),
-                None => partial_errors.push(format!("healthCheckNodePort {n} is out of range 1-65535")),
+                None => {
+                    partial_errors.push(format!("healthCheckNodePort {n} is out of range 1-65535"))
+                }
             },
         }
     }
@@ -389,15 +402,18 @@ fn port_label(i: usize, port: &ServicePort) -> String {
     }
 }
 
-fn read_service_port(port: &ServicePort, service_type: ServiceType) -> Result<ServicePortInfo, String> {
+fn read_service_port(
+    port: &ServicePort,
+    service_type: ServiceType,
+) -> Result<ServicePortInfo, String> {
     let protocol = match port.protocol.as_deref().unwrap_or("TCP") {
         "TCP" => Protocol::Tcp,
         "UDP" => Protocol::Udp,
         "SCTP" => return Err("protocol SCTP is not supported".into()),
         other => return Err(format!("unknown protocol {other:?}")),
     };
-    let number =
-        valid_port(port.port).ok_or_else(|| format!("port {} is out of range 1-65535", port.port))?;
+    let number = valid_port(port.port)
+        .ok_or_else(|| format!("port {} is out of range 1-65535", port.port))?;
     // The backend port always comes from the EndpointSlice; targetPort is
     // only validated, a named one resolves per endpoint.
     if let Some(IntOrString::Int(t)) = port.target_port {
@@ -407,7 +423,9 @@ fn read_service_port(port: &ServicePort, service_type: ServiceType) -> Result<Se
         // The API server only allocates NodePorts for these types; a stray
         // value on a ClusterIP Service is ignored, not served.
         (ServiceType::ClusterIp, _) | (_, None) | (_, Some(0)) => None,
-        (_, Some(n)) => Some(valid_port(n).ok_or_else(|| format!("nodePort {n} is out of range 1-65535"))?),
+        (_, Some(n)) => {
+            Some(valid_port(n).ok_or_else(|| format!("nodePort {n} is out of range 1-65535"))?)
+        }
     };
     Ok(ServicePortInfo {
         name: port.name.clone().unwrap_or_default(),
@@ -438,16 +456,30 @@ mod tests {
     #[test]
     fn services_kube_proxy_does_not_serve_are_skipped_silently() {
         let cases: Vec<(&str, Service)> = vec![
-            ("clusterIP None", service("ns", "s", "None").port("p", "TCP", 80).build_raw()),
-            ("clusterIP empty", service("ns", "s", "").port("p", "TCP", 80).build_raw()),
+            (
+                "clusterIP None",
+                service("ns", "s", "None").port("p", "TCP", 80).build_raw(),
+            ),
+            (
+                "clusterIP empty",
+                service("ns", "s", "").port("p", "TCP", 80).build_raw(),
+            ),
             (
                 "clusterIP absent",
-                service("ns", "s", "").with(|s| s.spec.as_mut().unwrap().cluster_ip = None).build_raw(),
+                service("ns", "s", "")
+                    .with(|s| s.spec.as_mut().unwrap().cluster_ip = None)
+                    .build_raw(),
             ),
-            ("no spec", service("ns", "s", "").with(|s| s.spec = None).build_raw()),
+            (
+                "no spec",
+                service("ns", "s", "").with(|s| s.spec = None).build_raw(),
+            ),
             (
                 "ExternalName, even with a clusterIP",
-                service("ns", "s", "172.30.0.1").type_("ExternalName").port("p", "TCP", 80).build_raw(),
+                service("ns", "s", "172.30.0.1")
+                    .type_("ExternalName")
+                    .port("p", "TCP", 80)
+                    .build_raw(),
             ),
             (
                 "service-proxy-name label",
@@ -458,7 +490,10 @@ mod tests {
             ),
             (
                 "headless label",
-                service("ns", "s", "172.30.0.1").label(LABEL_HEADLESS, "").port("p", "TCP", 80).build_raw(),
+                service("ns", "s", "172.30.0.1")
+                    .label(LABEL_HEADLESS, "")
+                    .port("p", "TCP", 80)
+                    .build_raw(),
             ),
         ];
         for (what, svc) in cases {
@@ -467,7 +502,11 @@ mod tests {
             assert!(reasons.is_empty(), "{what}: {reasons:?}");
         }
         // Control: an ordinary Service is read.
-        let (info, reasons) = read(&service("ns", "s", "172.30.0.1").port("p", "TCP", 80).build_raw());
+        let (info, reasons) = read(
+            &service("ns", "s", "172.30.0.1")
+                .port("p", "TCP", 80)
+                .build_raw(),
+        );
         assert!(info.is_some() && reasons.is_empty());
     }
 
@@ -487,13 +526,21 @@ mod tests {
             ),
             (
                 "dual stack, IPv4 primary",
-                service("ns", "s", "172.30.0.1").families(&["IPv4", "IPv6"], &["172.30.0.1", "fd00::1"]),
-                Ok((vec![(IpFamily::V4, "172.30.0.1"), (IpFamily::V6, "fd00::1")], IpFamily::V4)),
+                service("ns", "s", "172.30.0.1")
+                    .families(&["IPv4", "IPv6"], &["172.30.0.1", "fd00::1"]),
+                Ok((
+                    vec![(IpFamily::V4, "172.30.0.1"), (IpFamily::V6, "fd00::1")],
+                    IpFamily::V4,
+                )),
             ),
             (
                 "dual stack, IPv6 primary",
-                service("ns", "s", "fd00::1").families(&["IPv6", "IPv4"], &["fd00::1", "172.30.0.1"]),
-                Ok((vec![(IpFamily::V4, "172.30.0.1"), (IpFamily::V6, "fd00::1")], IpFamily::V6)),
+                service("ns", "s", "fd00::1")
+                    .families(&["IPv6", "IPv4"], &["fd00::1", "172.30.0.1"]),
+                Ok((
+                    vec![(IpFamily::V4, "172.30.0.1"), (IpFamily::V6, "fd00::1")],
+                    IpFamily::V6,
+                )),
             ),
             (
                 "ipFamilies set, clusterIPs empty: falls back to clusterIP",
@@ -508,17 +555,25 @@ mod tests {
             (
                 "no ipFamilies, two clusterIPs: each its own family",
                 service("ns", "s", "172.30.0.1").families(&[], &["172.30.0.1", "fd00::1"]),
-                Ok((vec![(IpFamily::V4, "172.30.0.1"), (IpFamily::V6, "fd00::1")], IpFamily::V4)),
+                Ok((
+                    vec![(IpFamily::V4, "172.30.0.1"), (IpFamily::V6, "fd00::1")],
+                    IpFamily::V4,
+                )),
             ),
             (
                 "leading zeros",
                 service("ns", "s", "172.30.0.041"),
                 Ok((vec![(IpFamily::V4, "172.30.0.41")], IpFamily::V4)),
             ),
-            ("invalid clusterIP", service("ns", "s", "172.30.0.300"), Err("invalid clusterIP \"172.30.0.300\"")),
+            (
+                "invalid clusterIP",
+                service("ns", "s", "172.30.0.300"),
+                Err("invalid clusterIP \"172.30.0.300\""),
+            ),
             (
                 "invalid entry in clusterIPs",
-                service("ns", "s", "172.30.0.1").families(&["IPv4", "IPv6"], &["172.30.0.1", "fd00::g"]),
+                service("ns", "s", "172.30.0.1")
+                    .families(&["IPv4", "IPv6"], &["172.30.0.1", "fd00::g"]),
                 Err("invalid clusterIP \"fd00::g\""),
             ),
             (
@@ -533,7 +588,8 @@ mod tests {
             ),
             (
                 "family twice",
-                service("ns", "s", "172.30.0.1").families(&["IPv4", "IPv4"], &["172.30.0.1", "172.30.0.2"]),
+                service("ns", "s", "172.30.0.1")
+                    .families(&["IPv4", "IPv4"], &["172.30.0.1", "172.30.0.2"]),
                 Err("ipFamilies lists IPv4 twice"),
             ),
         ];
@@ -542,7 +598,8 @@ mod tests {
             match want {
                 Ok((ips, primary)) => {
                     let info = info.unwrap_or_else(|| panic!("{what}: {reasons:?}"));
-                    let want: BTreeMap<IpFamily, IpAddr> = ips.into_iter().map(|(f, s)| (f, ip(s))).collect();
+                    let want: BTreeMap<IpFamily, IpAddr> =
+                        ips.into_iter().map(|(f, s)| (f, ip(s))).collect();
                     assert_eq!(info.cluster_ips, want, "{what}");
                     assert_eq!(info.primary_family, primary, "{what}");
                     assert!(reasons.is_empty(), "{what}: {reasons:?}");
@@ -560,18 +617,40 @@ mod tests {
         // (port builder, type) → Ok((name, protocol, port, nodePort)) or the reason.
         type Want = Result<(&'static str, Protocol, u16, Option<u16>), &'static str>;
         let cases: Vec<(&str, ServiceBuilder, Want)> = vec![
-            ("named TCP", svc().port("http", "TCP", 80), Ok(("http", Protocol::Tcp, 80, None))),
-            ("protocol defaults to TCP", svc().raw_port(Some("p"), None, 80), Ok(("p", Protocol::Tcp, 80, None))),
-            ("unnamed is \"\"", svc().raw_port(None, Some("UDP"), 53), Ok(("", Protocol::Udp, 53, None))),
-            ("port 65535", svc().port("p", "TCP", 65535), Ok(("p", Protocol::Tcp, 65535, None))),
+            (
+                "named TCP",
+                svc().port("http", "TCP", 80),
+                Ok(("http", Protocol::Tcp, 80, None)),
+            ),
+            (
+                "protocol defaults to TCP",
+                svc().raw_port(Some("p"), None, 80),
+                Ok(("p", Protocol::Tcp, 80, None)),
+            ),
+            (
+                "unnamed is \"\"",
+                svc().raw_port(None, Some("UDP"), 53),
+                Ok(("", Protocol::Udp, 53, None)),
+            ),
+            (
+                "port 65535",
+                svc().port("p", "TCP", 65535),
+                Ok(("p", Protocol::Tcp, 65535, None)),
+            ),
             (
                 "nodePort on NodePort",
-                svc().type_("NodePort").port("p", "TCP", 80).node_port(30080),
+                svc()
+                    .type_("NodePort")
+                    .port("p", "TCP", 80)
+                    .node_port(30080),
                 Ok(("p", Protocol::Tcp, 80, Some(30080))),
             ),
             (
                 "nodePort on LoadBalancer",
-                svc().type_("LoadBalancer").port("p", "UDP", 80).node_port(30080),
+                svc()
+                    .type_("LoadBalancer")
+                    .port("p", "UDP", 80)
+                    .node_port(30080),
                 Ok(("p", Protocol::Udp, 80, Some(30080))),
             ),
             (
@@ -584,14 +663,37 @@ mod tests {
                 svc().port("p", "TCP", 80).node_port(70000),
                 Ok(("p", Protocol::Tcp, 80, None)),
             ),
-            ("targetPort number", svc().port("p", "TCP", 443).target(8443), Ok(("p", Protocol::Tcp, 443, None))),
-            ("named targetPort", svc().port("p", "TCP", 443).target_name("https"), Ok(("p", Protocol::Tcp, 443, None))),
-            ("port 0", svc().port("p", "TCP", 0), Err("spec.ports[0] (\"p\"): port 0 is out of range 1-65535")),
-            ("port 65536", svc().port("p", "TCP", 65536), Err("spec.ports[0] (\"p\"): port 65536 is out of range 1-65535")),
-            ("unnamed port -1", svc().raw_port(None, None, -1), Err("spec.ports[0] (-1): port -1 is out of range 1-65535")),
+            (
+                "targetPort number",
+                svc().port("p", "TCP", 443).target(8443),
+                Ok(("p", Protocol::Tcp, 443, None)),
+            ),
+            (
+                "named targetPort",
+                svc().port("p", "TCP", 443).target_name("https"),
+                Ok(("p", Protocol::Tcp, 443, None)),
+            ),
+            (
+                "port 0",
+                svc().port("p", "TCP", 0),
+                Err("spec.ports[0] (\"p\"): port 0 is out of range 1-65535"),
+            ),
+            (
+                "port 65536",
+                svc().port("p", "TCP", 65536),
+                Err("spec.ports[0] (\"p\"): port 65536 is out of range 1-65535"),
+            ),
+            (
+                "unnamed port -1",
+                svc().raw_port(None, None, -1),
+                Err("spec.ports[0] (-1): port -1 is out of range 1-65535"),
+            ),
             (
                 "nodePort 70000",
-                svc().type_("NodePort").port("p", "TCP", 80).node_port(70000),
+                svc()
+                    .type_("NodePort")
+                    .port("p", "TCP", 80)
+                    .node_port(70000),
                 Err("spec.ports[0] (\"p\"): nodePort 70000 is out of range 1-65535"),
             ),
             (
@@ -599,14 +701,26 @@ mod tests {
                 svc().type_("NodePort").port("p", "TCP", 80).node_port(-5),
                 Err("spec.ports[0] (\"p\"): nodePort -5 is out of range 1-65535"),
             ),
-            ("targetPort 0", svc().port("p", "TCP", 80).target(0), Err("spec.ports[0] (\"p\"): targetPort 0 is out of range 1-65535")),
+            (
+                "targetPort 0",
+                svc().port("p", "TCP", 80).target(0),
+                Err("spec.ports[0] (\"p\"): targetPort 0 is out of range 1-65535"),
+            ),
             (
                 "targetPort 65536",
                 svc().port("p", "TCP", 80).target(65536),
                 Err("spec.ports[0] (\"p\"): targetPort 65536 is out of range 1-65535"),
             ),
-            ("SCTP", svc().port("p", "SCTP", 80), Err("spec.ports[0] (\"p\"): protocol SCTP is not supported")),
-            ("unknown protocol", svc().port("p", "tcp", 80), Err("spec.ports[0] (\"p\"): unknown protocol \"tcp\"")),
+            (
+                "SCTP",
+                svc().port("p", "SCTP", 80),
+                Err("spec.ports[0] (\"p\"): protocol SCTP is not supported"),
+            ),
+            (
+                "unknown protocol",
+                svc().port("p", "tcp", 80),
+                Err("spec.ports[0] (\"p\"): unknown protocol \"tcp\""),
+            ),
         ];
         for (what, b, want) in cases {
             let (info, reasons) = read(&b.build_raw());
@@ -645,7 +759,11 @@ mod tests {
                 .build_raw(),
         );
         let info = info.unwrap();
-        let got: Vec<(&str, Protocol, u16)> = info.ports.iter().map(|p| (p.name.as_str(), p.protocol, p.port)).collect();
+        let got: Vec<(&str, Protocol, u16)> = info
+            .ports
+            .iter()
+            .map(|p| (p.name.as_str(), p.protocol, p.port))
+            .collect();
         assert_eq!(got, [("a", Protocol::Tcp, 80), ("a", Protocol::Udp, 80)]);
         assert_eq!(
             reasons,
@@ -661,11 +779,23 @@ mod tests {
     fn session_affinity_table() {
         let cases: Vec<(&str, ServiceBuilder, Result<Option<u32>, &str>)> = vec![
             ("unset", svc(), Ok(None)),
-            ("None", svc().with(|s| s.spec.as_mut().unwrap().session_affinity = Some("None".into())), Ok(None)),
-            ("ClientIP without config: default", svc().affinity(None), Ok(Some(10_800))),
+            (
+                "None",
+                svc().with(|s| s.spec.as_mut().unwrap().session_affinity = Some("None".into())),
+                Ok(None),
+            ),
+            (
+                "ClientIP without config: default",
+                svc().affinity(None),
+                Ok(Some(10_800)),
+            ),
             ("ClientIP 300", svc().affinity(Some(300)), Ok(Some(300))),
             ("ClientIP 1", svc().affinity(Some(1)), Ok(Some(1))),
-            ("ClientIP max", svc().affinity(Some(86_400)), Ok(Some(86_400))),
+            (
+                "ClientIP max",
+                svc().affinity(Some(86_400)),
+                Ok(Some(86_400)),
+            ),
             (
                 "ClientIP above max",
                 svc().affinity(Some(86_401)),
@@ -705,17 +835,87 @@ mod tests {
     #[test]
     fn traffic_policy_table() {
         // (type, externalIPs, iTP, eTP) → (internal local, external local) or reason.
-        let cases: Vec<(&str, Option<&str>, &[&str], Option<&str>, Option<&str>, Result<(bool, bool), &str>)> = vec![
+        let cases: Vec<(
+            &str,
+            Option<&str>,
+            &[&str],
+            Option<&str>,
+            Option<&str>,
+            Result<(bool, bool), &str>,
+        )> = vec![
             ("defaults", None, &[], None, None, Ok((false, false))),
-            ("iTP Local", None, &[], Some("Local"), None, Ok((true, false))),
-            ("iTP Cluster", None, &[], Some("Cluster"), None, Ok((false, false))),
-            ("eTP Local on NodePort", Some("NodePort"), &[], None, Some("Local"), Ok((false, true))),
-            ("eTP Local on LoadBalancer", Some("LoadBalancer"), &[], None, Some("Local"), Ok((false, true))),
-            ("eTP Local on ClusterIP: no external traffic", None, &[], None, Some("Local"), Ok((false, false))),
-            ("eTP Local on ClusterIP with externalIPs", None, &["1.2.3.4"], None, Some("Local"), Ok((false, true))),
-            ("unknown iTP", None, &[], Some("local"), None, Err("unknown internalTrafficPolicy \"local\"")),
-            ("unknown eTP", Some("NodePort"), &[], None, Some("Global"), Err("unknown externalTrafficPolicy \"Global\"")),
-            ("unknown type", Some("Magic"), &[], None, None, Err("unknown type \"Magic\"")),
+            (
+                "iTP Local",
+                None,
+                &[],
+                Some("Local"),
+                None,
+                Ok((true, false)),
+            ),
+            (
+                "iTP Cluster",
+                None,
+                &[],
+                Some("Cluster"),
+                None,
+                Ok((false, false)),
+            ),
+            (
+                "eTP Local on NodePort",
+                Some("NodePort"),
+                &[],
+                None,
+                Some("Local"),
+                Ok((false, true)),
+            ),
+            (
+                "eTP Local on LoadBalancer",
+                Some("LoadBalancer"),
+                &[],
+                None,
+                Some("Local"),
+                Ok((false, true)),
+            ),
+            (
+                "eTP Local on ClusterIP: no external traffic",
+                None,
+                &[],
+                None,
+                Some("Local"),
+                Ok((false, false)),
+            ),
+            (
+                "eTP Local on ClusterIP with externalIPs",
+                None,
+                &["1.2.3.4"],
+                None,
+                Some("Local"),
+                Ok((false, true)),
+            ),
+            (
+                "unknown iTP",
+                None,
+                &[],
+                Some("local"),
+                None,
+                Err("unknown internalTrafficPolicy \"local\""),
+            ),
+            (
+                "unknown eTP",
+                Some("NodePort"),
+                &[],
+                None,
+                Some("Global"),
+                Err("unknown externalTrafficPolicy \"Global\""),
+            ),
+            (
+                "unknown type",
+                Some("Magic"),
+                &[],
+                None,
+                None,
+                Err("unknown type \"Magic\""),
+            ),
         ];
         for (what, ty, ext, itp, etp, want) in cases {
             let mut b = svc().port("p", "TCP", 80).external_ips(ext);
@@ -733,7 +933,11 @@ mod tests {
             match want {
                 Ok(want) => {
                     let info = info.unwrap_or_else(|| panic!("{what}: {reasons:?}"));
-                    assert_eq!((info.internal_policy_local, info.external_policy_local), want, "{what}");
+                    assert_eq!(
+                        (info.internal_policy_local, info.external_policy_local),
+                        want,
+                        "{what}"
+                    );
                 }
                 Err(reason) => {
                     assert!(info.is_none(), "{what}");
@@ -747,10 +951,31 @@ mod tests {
     fn health_check_node_port_table() {
         // (type, eTP, healthCheckNodePort) → (port, reasons)
         let cases: Vec<(&str, &str, Option<&str>, Option<i32>, Option<u16>, &[&str])> = vec![
-            ("LB eTP Local", "LoadBalancer", Some("Local"), Some(30001), Some(30001), &[]),
-            ("LB eTP Cluster", "LoadBalancer", Some("Cluster"), Some(30001), None, &[]),
+            (
+                "LB eTP Local",
+                "LoadBalancer",
+                Some("Local"),
+                Some(30001),
+                Some(30001),
+                &[],
+            ),
+            (
+                "LB eTP Cluster",
+                "LoadBalancer",
+                Some("Cluster"),
+                Some(30001),
+                None,
+                &[],
+            ),
             ("LB eTP unset", "LoadBalancer", None, Some(30001), None, &[]),
-            ("NodePort eTP Local gets none", "NodePort", Some("Local"), Some(30001), None, &[]),
+            (
+                "NodePort eTP Local gets none",
+                "NodePort",
+                Some("Local"),
+                Some(30001),
+                None,
+                &[],
+            ),
             (
                 "LB eTP Local without port",
                 "LoadBalancer",
@@ -812,8 +1037,14 @@ mod tests {
         assert_eq!(info.external_ips, [ip("1.2.3.4"), ip("fd00::5")]);
         assert_eq!(info.external_ips_of(IpFamily::V4), [ip("1.2.3.4")]);
         assert_eq!(info.external_ips_of(IpFamily::V6), [ip("fd00::5")]);
-        assert_eq!(info.load_balancer_ips, [ip("5.6.7.8"), ip("5.6.7.9"), ip("fd00::9")]);
-        assert_eq!(info.load_balancer_ips_of(IpFamily::V4), [ip("5.6.7.8"), ip("5.6.7.9")]);
+        assert_eq!(
+            info.load_balancer_ips,
+            [ip("5.6.7.8"), ip("5.6.7.9"), ip("fd00::9")]
+        );
+        assert_eq!(
+            info.load_balancer_ips_of(IpFamily::V4),
+            [ip("5.6.7.8"), ip("5.6.7.9")]
+        );
         assert_eq!(info.load_balancer_ips_of(IpFamily::V6), [ip("fd00::9")]);
         assert_eq!(
             reasons,
@@ -827,9 +1058,17 @@ mod tests {
 
     #[test]
     fn namespace_and_name() {
-        let (info, _) = read(&service("", "s", "172.30.0.1").port("p", "TCP", 80).build_raw());
+        let (info, _) = read(
+            &service("", "s", "172.30.0.1")
+                .port("p", "TCP", 80)
+                .build_raw(),
+        );
         assert_eq!(info.unwrap().service.namespace, "default");
-        let (info, reasons) = read(&service("ns", "", "172.30.0.1").port("p", "TCP", 80).build_raw());
+        let (info, reasons) = read(
+            &service("ns", "", "172.30.0.1")
+                .port("p", "TCP", 80)
+                .build_raw(),
+        );
         assert!(info.is_none());
         assert_eq!(reasons, ["metadata.name is empty"]);
     }

@@ -20,7 +20,11 @@ fn run(services: Vec<Arc<Service>>, slices: Vec<Arc<EndpointSlice>>) -> Computed
     run_on(&node(), services, slices)
 }
 
-fn run_on(node: &NodeInfo, services: Vec<Arc<Service>>, slices: Vec<Arc<EndpointSlice>>) -> Computed {
+fn run_on(
+    node: &NodeInfo,
+    services: Vec<Arc<Service>>,
+    slices: Vec<Arc<EndpointSlice>>,
+) -> Computed {
     let state = ClusterState {
         services,
         endpoint_slices: slices,
@@ -34,11 +38,19 @@ fn run_on(node: &NodeInfo, services: Vec<Arc<Service>>, slices: Vec<Arc<Endpoint
 fn check_invariants(d: &DesiredState) {
     let mut used = BTreeSet::new();
     for (addr, f) in &d.frontends {
-        assert!(d.backend_sets.contains_key(&f.set), "{addr}: set {} missing", f.set);
+        assert!(
+            d.backend_sets.contains_key(&f.set),
+            "{addr}: set {} missing",
+            f.set
+        );
         assert_eq!(addr.protocol, f.set.protocol, "{addr}");
         assert_eq!(IpFamily::of(&addr.ip), f.set.family, "{addr}");
         if f.kind != FrontendKind::ClusterIp {
-            assert_eq!(f.set.selection, Selection::Cluster, "{addr}: external frontends use Cluster");
+            assert_eq!(
+                f.set.selection,
+                Selection::Cluster,
+                "{addr}: external frontends use Cluster"
+            );
         }
         if f.kind == FrontendKind::NodePort {
             assert!(d.node_ports.contains(&(addr.port, addr.protocol)), "{addr}");
@@ -50,7 +62,10 @@ fn check_invariants(d: &DesiredState) {
         let mut sorted = set.backends.clone();
         sorted.sort();
         sorted.dedup();
-        assert_eq!(set.backends, sorted, "{key}: backends sorted and deduplicated");
+        assert_eq!(
+            set.backends, sorted,
+            "{key}: backends sorted and deduplicated"
+        );
         assert!(set.backends.len() <= lb_common::capacity::MAX_BACKENDS_PER_SERVICE as usize);
         for b in &set.backends {
             assert_eq!(IpFamily::of(&b.ip), key.family, "{key}");
@@ -72,9 +87,9 @@ fn check_invariants(d: &DesiredState) {
     }
     for (np, proto) in &d.node_ports {
         assert!(
-            d.frontends
-                .iter()
-                .any(|(a, f)| a.port == *np && a.protocol == *proto && f.kind == FrontendKind::NodePort),
+            d.frontends.iter().any(|(a, f)| a.port == *np
+                && a.protocol == *proto
+                && f.kind == FrontendKind::NodePort),
             "node port {np}/{proto} has no frontend"
         );
     }
@@ -93,7 +108,11 @@ fn fe(s: &str) -> FrontendAddr {
     };
     let (ip, port) = addr.rsplit_once(':').expect("ip:port");
     FrontendAddr {
-        ip: ip.trim_start_matches('[').trim_end_matches(']').parse().expect("ip"),
+        ip: ip
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .expect("ip"),
         port: port.parse().expect("port"),
         protocol,
     }
@@ -129,7 +148,11 @@ fn served(c: &Computed, frontend: &str) -> Served {
                     EmptyOutcome::Drop => Served::Drop,
                 }
             } else {
-                let mut v: Vec<String> = set.backends.iter().map(|b| addr_port(b.ip, b.port)).collect();
+                let mut v: Vec<String> = set
+                    .backends
+                    .iter()
+                    .map(|b| addr_port(b.ip, b.port))
+                    .collect();
                 v.sort();
                 Served::To(v)
             }
@@ -179,7 +202,9 @@ fn assert_served(c: &Computed, table: &[(&str, Served)], what: &str) {
 fn upstream_cluster_ip_general() {
     let c = run(
         vec![
-            service("ns1", "svc1", "172.30.0.41").port("p80", "TCP", 80).build(),
+            service("ns1", "svc1", "172.30.0.41")
+                .port("p80", "TCP", 80)
+                .build(),
             service("ns2", "svc2", "172.30.0.42")
                 .port("http", "TCP", 80)
                 .port("https", "TCP", 443)
@@ -209,10 +234,22 @@ fn upstream_cluster_ip_general() {
         &c,
         &[
             ("172.30.0.41:80/TCP", to(&["10.180.0.1:80"])),
-            ("172.30.0.42:80/TCP", to(&["10.180.0.1:80", "10.180.2.1:80"])),
-            ("172.30.0.42:443/TCP", to(&["10.180.0.1:8443", "10.180.2.1:8443"])),
-            ("172.30.0.42:53/TCP", to(&["10.180.0.1:5353", "10.180.2.1:5353"])),
-            ("172.30.0.42:53/UDP", to(&["10.180.0.1:53", "10.180.2.1:53"])),
+            (
+                "172.30.0.42:80/TCP",
+                to(&["10.180.0.1:80", "10.180.2.1:80"]),
+            ),
+            (
+                "172.30.0.42:443/TCP",
+                to(&["10.180.0.1:8443", "10.180.2.1:8443"]),
+            ),
+            (
+                "172.30.0.42:53/TCP",
+                to(&["10.180.0.1:5353", "10.180.2.1:5353"]),
+            ),
+            (
+                "172.30.0.42:53/UDP",
+                to(&["10.180.0.1:53", "10.180.2.1:53"]),
+            ),
             // UDP to a TCP-only port, and an undefined port: refused.
             ("172.30.0.42:80/UDP", Served::RefusedPort),
             ("172.30.0.41:443/TCP", Served::RefusedPort),
@@ -221,7 +258,10 @@ fn upstream_cluster_ip_general() {
         ],
         "ClusterIP general",
     );
-    assert_eq!(frontend_of(&c, "172.30.0.41:80/TCP").kind, FrontendKind::ClusterIp);
+    assert_eq!(
+        frontend_of(&c, "172.30.0.41:80/TCP").kind,
+        FrontendKind::ClusterIp
+    );
     assert_eq!(c.desired.frontends.len(), 5);
     assert!(c.desired.node_ports.is_empty() && c.desired.health_checks.is_empty());
 }
@@ -355,7 +395,11 @@ fn external_local_selection(slices: &[Arc<EndpointSlice>]) -> Served {
     let cat = categorize_endpoints(&eps, PortPolicy::new(false, true, true), NODE, None);
     let local = cat.local.unwrap_or_default();
     if local.is_empty() {
-        return if cat.has_any { Served::Drop } else { Served::Reject };
+        return if cat.has_any {
+            Served::Drop
+        } else {
+            Served::Reject
+        };
     }
     let mut v: Vec<String> = local.iter().map(|e| addr_port(e.ip, e.port)).collect();
     v.sort();
@@ -394,14 +438,20 @@ fn upstream_terminating_external_policy_local() {
         ),
         (
             "only remote serving+terminating",
-            vec![("10.0.1.4", true, NotServing), ("10.0.1.5", false, ServingTerminating)],
+            vec![
+                ("10.0.1.4", true, NotServing),
+                ("10.0.1.5", false, ServingTerminating),
+            ],
             to(&["10.0.1.5:80"]),
             Served::Drop,
             0,
         ),
         (
             "only non-serving",
-            vec![("10.0.1.4", true, NotServing), ("10.0.1.5", false, NotServing)],
+            vec![
+                ("10.0.1.4", true, NotServing),
+                ("10.0.1.5", false, NotServing),
+            ],
             Served::Reject,
             Served::Reject,
             0,
@@ -412,12 +462,31 @@ fn upstream_terminating_external_policy_local() {
         let c = run(vec![etp_local_lb("Local")], slices.clone());
         assert!(c.invalid.is_empty(), "{what}: {:?}", reasons(&c));
         // Local clients: ClusterIP, and (short-circuited) LB and NodePort.
-        assert_eq!(served(&c, "172.30.1.1:80/TCP"), pod_to_cluster_ip, "{what}: ClusterIP");
-        assert_eq!(served(&c, "1.2.3.4:80/TCP"), pod_to_cluster_ip, "{what}: LB IP from a pod");
-        assert_eq!(served(&c, "192.168.0.2:30080/TCP"), pod_to_cluster_ip, "{what}: NodePort from a pod");
+        assert_eq!(
+            served(&c, "172.30.1.1:80/TCP"),
+            pod_to_cluster_ip,
+            "{what}: ClusterIP"
+        );
+        assert_eq!(
+            served(&c, "1.2.3.4:80/TCP"),
+            pod_to_cluster_ip,
+            "{what}: LB IP from a pod"
+        );
+        assert_eq!(
+            served(&c, "192.168.0.2:30080/TCP"),
+            pod_to_cluster_ip,
+            "{what}: NodePort from a pod"
+        );
         // External clients would get the Local selection.
-        assert_eq!(external_local_selection(&slices), external_to_lb, "{what}: external → LB");
-        assert_eq!(c.desired.health_checks[&30000].local_endpoints, health, "{what}: health");
+        assert_eq!(
+            external_local_selection(&slices),
+            external_to_lb,
+            "{what}: external → LB"
+        );
+        assert_eq!(
+            c.desired.health_checks[&30000].local_endpoints, health,
+            "{what}: health"
+        );
     }
 }
 
@@ -448,13 +517,21 @@ fn upstream_terminating_external_policy_cluster() {
         ),
         (
             "none serving: REJECT",
-            vec![("10.0.1.5", true, NotServing), ("10.0.1.6", false, NotServing)],
+            vec![
+                ("10.0.1.5", true, NotServing),
+                ("10.0.1.6", false, NotServing),
+            ],
             Served::Reject,
         ),
     ];
     for (what, eps, want) in cases {
         let c = run(vec![etp_local_lb("Cluster")], vec![terminating_slice(&eps)]);
-        for frontend in ["172.30.1.1:80/TCP", "1.2.3.4:80/TCP", "192.168.0.2:30080/TCP", "127.0.0.1:30080/TCP"] {
+        for frontend in [
+            "172.30.1.1:80/TCP",
+            "1.2.3.4:80/TCP",
+            "192.168.0.2:30080/TCP",
+            "127.0.0.1:30080/TCP",
+        ] {
             assert_eq!(served(&c, frontend), want, "{what}: {frontend}");
         }
         assert!(c.desired.health_checks.is_empty(), "{what}");
@@ -468,9 +545,23 @@ fn upstream_topology_through_compute() {
     let hinted = |ready6: bool| {
         slice("ns1", "svc1-abc", "svc1", "IPv4")
             .port("", "TCP", 80)
-            .endpoint(ep("10.1.2.3").zone_hints(&["zone-a"]).node_hints(&[NODE]).local())
-            .endpoint(ep("10.1.2.4").zone_hints(&["zone-b"]).node_hints(&["node-2"]).local())
-            .endpoint(ep("10.1.2.5").zone_hints(&["zone-c"]).node_hints(&["node-3"]))
+            .endpoint(
+                ep("10.1.2.3")
+                    .zone_hints(&["zone-a"])
+                    .node_hints(&[NODE])
+                    .local(),
+            )
+            .endpoint(
+                ep("10.1.2.4")
+                    .zone_hints(&["zone-b"])
+                    .node_hints(&["node-2"])
+                    .local(),
+            )
+            .endpoint(
+                ep("10.1.2.5")
+                    .zone_hints(&["zone-c"])
+                    .node_hints(&["node-3"]),
+            )
             .endpoint(
                 ep("10.1.2.6")
                     .zone_hints(&["zone-a"])
@@ -530,17 +621,32 @@ fn upstream_topology_through_compute() {
         ),
     ];
     for (what, node, s, want) in cases {
-        let c = run_on(&node, vec![service("ns1", "svc1", "172.30.1.1").port("", "TCP", 80).build()], vec![s]);
+        let c = run_on(
+            &node,
+            vec![
+                service("ns1", "svc1", "172.30.1.1")
+                    .port("", "TCP", 80)
+                    .build(),
+            ],
+            vec![s],
+        );
         assert_eq!(served(&c, "172.30.1.1:80/TCP"), want, "{what}");
     }
 
     // eTP=Local with hints: cluster {.3,.6} for every local client, local
     // {.3,.4} for external clients, health counts the two local ones.
-    let c = run_on(&node_in(Some("zone-a"), NODE), vec![etp_local_lb("Local")], vec![zone_only.clone()]);
+    let c = run_on(
+        &node_in(Some("zone-a"), NODE),
+        vec![etp_local_lb("Local")],
+        vec![zone_only.clone()],
+    );
     let cluster = to(&["10.1.2.3:80", "10.1.2.6:80"]);
     assert_eq!(served(&c, "172.30.1.1:80/TCP"), cluster);
     assert_eq!(served(&c, "1.2.3.4:80/TCP"), cluster);
-    assert_eq!(external_local_selection(&[zone_only]), to(&["10.1.2.3:80", "10.1.2.4:80"]));
+    assert_eq!(
+        external_local_selection(&[zone_only]),
+        to(&["10.1.2.3:80", "10.1.2.4:80"])
+    );
     assert_eq!(c.desired.health_checks[&30000].local_endpoints, 2);
 }
 
@@ -562,18 +668,22 @@ fn upstream_health_check_count() {
             .endpoint(ep("10.1.1.9").node("node1"))
             .build(),
     ];
-    let three_and_unready = vec![slice("ns1", "svc1-a", "svc1", "IPv4")
-        .port("a", "TCP", 80)
-        .endpoint(ep("10.0.1.1").local())
-        .endpoint(ep("10.0.1.2").local())
-        .endpoint(ep("10.0.1.3").local())
-        .endpoint(ep("10.0.1.4").local().conds(false, false, false))
-        .build()];
-    let all_terminating = vec![slice("ns1", "svc1-a", "svc1", "IPv4")
-        .port("a", "TCP", 80)
-        .endpoint(ep("10.0.1.1").local().conds(false, true, true))
-        .endpoint(ep("10.0.1.2").local().conds(false, true, true))
-        .build()];
+    let three_and_unready = vec![
+        slice("ns1", "svc1-a", "svc1", "IPv4")
+            .port("a", "TCP", 80)
+            .endpoint(ep("10.0.1.1").local())
+            .endpoint(ep("10.0.1.2").local())
+            .endpoint(ep("10.0.1.3").local())
+            .endpoint(ep("10.0.1.4").local().conds(false, false, false))
+            .build(),
+    ];
+    let all_terminating = vec![
+        slice("ns1", "svc1-a", "svc1", "IPv4")
+            .port("a", "TCP", 80)
+            .endpoint(ep("10.0.1.1").local().conds(false, true, true))
+            .endpoint(ep("10.0.1.2").local().conds(false, true, true))
+            .build(),
+    ];
     let cases = vec![
         ("two slices, two ports, two local IPs", two_slices, 2),
         ("three local ready, one not ready", three_and_unready, 3),
@@ -619,23 +729,39 @@ fn services_kube_proxy_skips_get_nothing() {
             .build()
     };
     let cases: Vec<(&str, Arc<Service>)> = vec![
-        ("clusterIP None", lb(service("ns", "s", "None"), "LoadBalancer")),
-        ("clusterIP empty", lb(service("ns", "s", ""), "LoadBalancer")),
-        ("ExternalName with a clusterIP", lb(service("ns", "s", "172.30.0.1"), "ExternalName")),
+        (
+            "clusterIP None",
+            lb(service("ns", "s", "None"), "LoadBalancer"),
+        ),
+        (
+            "clusterIP empty",
+            lb(service("ns", "s", ""), "LoadBalancer"),
+        ),
+        (
+            "ExternalName with a clusterIP",
+            lb(service("ns", "s", "172.30.0.1"), "ExternalName"),
+        ),
         (
             "service-proxy-name label",
             lb(
-                service("ns", "s", "172.30.0.1").label("service.kubernetes.io/service-proxy-name", "x"),
+                service("ns", "s", "172.30.0.1")
+                    .label("service.kubernetes.io/service-proxy-name", "x"),
                 "LoadBalancer",
             ),
         ),
         (
             "headless label",
-            lb(service("ns", "s", "172.30.0.1").label("service.kubernetes.io/headless", ""), "LoadBalancer"),
+            lb(
+                service("ns", "s", "172.30.0.1").label("service.kubernetes.io/headless", ""),
+                "LoadBalancer",
+            ),
         ),
     ];
     for (what, svc) in cases {
-        let s = slice("ns", "s-1", "s", "IPv4").port("p", "TCP", 80).endpoint(ep("10.0.0.1").local()).build();
+        let s = slice("ns", "s-1", "s", "IPv4")
+            .port("p", "TCP", 80)
+            .endpoint(ep("10.0.0.1").local())
+            .build();
         let c = run(vec![svc], vec![s]);
         assert_eq!(c.desired, DesiredState::default(), "{what}");
         assert!(c.invalid.is_empty(), "{what}: {:?}", reasons(&c));
@@ -643,7 +769,12 @@ fn services_kube_proxy_skips_get_nothing() {
     // Control: without the skip reason the same Service is served.
     let c = run(
         vec![lb(service("ns", "s", "172.30.0.1"), "LoadBalancer")],
-        vec![slice("ns", "s-1", "s", "IPv4").port("p", "TCP", 80).endpoint(ep("10.0.0.1").local()).build()],
+        vec![
+            slice("ns", "s-1", "s", "IPv4")
+                .port("p", "TCP", 80)
+                .endpoint(ep("10.0.0.1").local())
+                .build(),
+        ],
     );
     assert_eq!(served(&c, "5.6.7.8:80/TCP"), to(&["10.0.0.1:80"]));
     assert_eq!(c.desired.health_checks.len(), 1);
@@ -685,13 +816,21 @@ fn endpoints_attach_by_port_name_and_protocol_never_number() {
         "by name and protocol",
     );
     // TCP and UDP of one number are independent sets.
-    assert_ne!(frontend_of(&c, "172.30.0.1:80/TCP").set, frontend_of(&c, "172.30.0.1:80/UDP").set);
+    assert_ne!(
+        frontend_of(&c, "172.30.0.1:80/TCP").set,
+        frontend_of(&c, "172.30.0.1:80/UDP").set
+    );
 }
 
 #[test]
 fn named_target_port_resolves_per_endpoint() {
     let c = run(
-        vec![service("ns", "s", "172.30.0.1").port("http", "TCP", 80).target_name("web").build()],
+        vec![
+            service("ns", "s", "172.30.0.1")
+                .port("http", "TCP", 80)
+                .target_name("web")
+                .build(),
+        ],
         vec![
             slice("ns", "s-1", "s", "IPv4")
                 .port("http", "TCP", 8080)
@@ -716,8 +855,14 @@ fn slices_are_merged_and_duplicates_keep_the_non_terminating_copy() {
         (
             "two slices, disjoint",
             vec![
-                slice("ns", "s-1", "s", "IPv4").port("p", "TCP", 80).endpoint(ep("10.0.0.1")).build(),
-                slice("ns", "s-2", "s", "IPv4").port("p", "TCP", 80).endpoint(ep("10.0.0.2")).build(),
+                slice("ns", "s-1", "s", "IPv4")
+                    .port("p", "TCP", 80)
+                    .endpoint(ep("10.0.0.1"))
+                    .build(),
+                slice("ns", "s-2", "s", "IPv4")
+                    .port("p", "TCP", 80)
+                    .endpoint(ep("10.0.0.2"))
+                    .build(),
             ],
             vec![("10.0.0.1:80", false), ("10.0.0.2:80", false)],
         ),
@@ -753,7 +898,14 @@ fn slices_are_merged_and_duplicates_keep_the_non_terminating_copy() {
         ),
     ];
     for (what, slices, want) in cases {
-        let c = run(vec![service("ns", "s", "172.30.0.1").port("p", "TCP", 80).build()], slices);
+        let c = run(
+            vec![
+                service("ns", "s", "172.30.0.1")
+                    .port("p", "TCP", 80)
+                    .build(),
+            ],
+            slices,
+        );
         let got: Vec<(String, bool)> = set_of(&c, "172.30.0.1:80/TCP")
             .backends
             .iter()
@@ -767,7 +919,11 @@ fn slices_are_merged_and_duplicates_keep_the_non_terminating_copy() {
 #[test]
 fn backends_are_sorted_deduplicated_and_flagged() {
     let c = run(
-        vec![service("ns", "s", "172.30.0.1").port("p", "TCP", 80).build()],
+        vec![
+            service("ns", "s", "172.30.0.1")
+                .port("p", "TCP", 80)
+                .build(),
+        ],
         vec![
             slice("ns", "s-2", "s", "IPv4")
                 .port("p", "TCP", 80)
@@ -783,7 +939,10 @@ fn backends_are_sorted_deduplicated_and_flagged() {
         ],
     );
     let backends = &set_of(&c, "172.30.0.1:80/TCP").backends;
-    let got: Vec<(IpAddr, bool, bool)> = backends.iter().map(|b| (b.ip, b.local, b.terminating)).collect();
+    let got: Vec<(IpAddr, bool, bool)> = backends
+        .iter()
+        .map(|b| (b.ip, b.local, b.terminating))
+        .collect();
     assert_eq!(
         got,
         [
@@ -794,11 +953,17 @@ fn backends_are_sorted_deduplicated_and_flagged() {
     );
     // Only-terminating: flagged terminating.
     let c = run(
-        vec![service("ns", "s", "172.30.0.1").port("p", "TCP", 80).build()],
-        vec![slice("ns", "s-1", "s", "IPv4")
-            .port("p", "TCP", 80)
-            .endpoint(ep("10.0.0.1").local().conds(false, true, true))
-            .build()],
+        vec![
+            service("ns", "s", "172.30.0.1")
+                .port("p", "TCP", 80)
+                .build(),
+        ],
+        vec![
+            slice("ns", "s-1", "s", "IPv4")
+                .port("p", "TCP", 80)
+                .endpoint(ep("10.0.0.1").local().conds(false, true, true))
+                .build(),
+        ],
     );
     assert_eq!(
         set_of(&c, "172.30.0.1:80/TCP").backends,
@@ -817,13 +982,33 @@ fn missing_conditions_and_locality_through_compute() {
     // (conditions, nodeName) → served from the iTP=Local ClusterIP.
     type Conds = (Option<bool>, Option<bool>, Option<bool>);
     let cases: Vec<(&str, Option<Conds>, Option<&str>, Served)> = vec![
-        ("no conditions, local", None, Some(NODE), to(&["10.0.0.1:80"])),
-        ("empty conditions, local", Some((None, None, None)), Some(NODE), to(&["10.0.0.1:80"])),
+        (
+            "no conditions, local",
+            None,
+            Some(NODE),
+            to(&["10.0.0.1:80"]),
+        ),
+        (
+            "empty conditions, local",
+            Some((None, None, None)),
+            Some(NODE),
+            to(&["10.0.0.1:80"]),
+        ),
         ("no nodeName is remote", None, None, Served::Drop),
         ("other node", None, Some("node1"), Served::Drop),
         // serving nil reads as true: a terminating endpoint is a fallback.
-        ("terminating, serving nil", Some((Some(false), None, Some(true))), Some(NODE), to(&["10.0.0.1:80"])),
-        ("not ready, not terminating", Some((Some(false), None, None)), Some(NODE), Served::Reject),
+        (
+            "terminating, serving nil",
+            Some((Some(false), None, Some(true))),
+            Some(NODE),
+            to(&["10.0.0.1:80"]),
+        ),
+        (
+            "not ready, not terminating",
+            Some((Some(false), None, None)),
+            Some(NODE),
+            Served::Reject,
+        ),
     ];
     for (what, conds, node_name, want) in cases {
         let mut e = ep("10.0.0.1");
@@ -832,8 +1017,18 @@ fn missing_conditions_and_locality_through_compute() {
         }
         e.node_name = node_name.map(Into::into);
         let c = run(
-            vec![service("ns", "s", "172.30.0.1").port("p", "TCP", 80).itp("Local").build()],
-            vec![slice("ns", "s-1", "s", "IPv4").port("p", "TCP", 80).endpoint(e).build()],
+            vec![
+                service("ns", "s", "172.30.0.1")
+                    .port("p", "TCP", 80)
+                    .itp("Local")
+                    .build(),
+            ],
+            vec![
+                slice("ns", "s-1", "s", "IPv4")
+                    .port("p", "TCP", 80)
+                    .endpoint(e)
+                    .build(),
+            ],
         );
         assert_eq!(served(&c, "172.30.0.1:80/TCP"), want, "{what}");
     }
@@ -866,10 +1061,22 @@ fn dual_stack_is_computed_per_family() {
         .lb_ingress(Some("2001:db8::9"), None)
         .build();
     let slices = vec![
-        slice("ns", "dual-v4", "dual", "IPv4").port("p", "TCP", 8080).endpoint(ep("10.0.0.1")).build(),
-        slice("ns", "dual-v6", "dual", "IPv6").port("p", "TCP", 8080).endpoint(ep("fd00:10::1")).build(),
-        slice("ns", "single-v6", "single", "IPv6").port("p", "TCP", 8080).endpoint(ep("fd00:10::2")).build(),
-        slice("ns", "single-v4", "single", "IPv4").port("p", "TCP", 8080).endpoint(ep("10.0.0.2")).build(),
+        slice("ns", "dual-v4", "dual", "IPv4")
+            .port("p", "TCP", 8080)
+            .endpoint(ep("10.0.0.1"))
+            .build(),
+        slice("ns", "dual-v6", "dual", "IPv6")
+            .port("p", "TCP", 8080)
+            .endpoint(ep("fd00:10::1"))
+            .build(),
+        slice("ns", "single-v6", "single", "IPv6")
+            .port("p", "TCP", 8080)
+            .endpoint(ep("fd00:10::2"))
+            .build(),
+        slice("ns", "single-v4", "single", "IPv4")
+            .port("p", "TCP", 8080)
+            .endpoint(ep("10.0.0.2"))
+            .build(),
     ];
     let c = run_on(&node, vec![dual, single], slices);
     assert!(c.invalid.is_empty(), "{:?}", reasons(&c));
@@ -898,7 +1105,10 @@ fn dual_stack_is_computed_per_family() {
         ],
         "dual stack",
     );
-    assert_eq!(frontend_of(&c, "[fd00:30::1]:80/TCP").set.family, IpFamily::V6);
+    assert_eq!(
+        frontend_of(&c, "[fd00:30::1]:80/TCP").set.family,
+        IpFamily::V6
+    );
     assert_eq!(c.desired.frontends.len(), 10 + 3);
 }
 
@@ -951,13 +1161,21 @@ fn frontends_by_service_type() {
             .lb_ingress(Some("5.6.7.8"), None)
             .build();
         let c = run_on(&node, vec![svc], vec![]);
-        let got: Vec<(String, FrontendKind)> =
-            c.desired.frontends.iter().map(|(a, f)| (a.to_string(), f.kind)).collect();
-        let mut want: Vec<(String, FrontendKind)> = want.iter().map(|(a, k)| (fe(a).to_string(), *k)).collect();
+        let got: Vec<(String, FrontendKind)> = c
+            .desired
+            .frontends
+            .iter()
+            .map(|(a, f)| (a.to_string(), f.kind))
+            .collect();
+        let mut want: Vec<(String, FrontendKind)> =
+            want.iter().map(|(a, k)| (fe(a).to_string(), *k)).collect();
         want.sort_by_key(|(a, _)| fe(a));
         assert_eq!(got, want, "{ty}");
-        let want_node_ports: BTreeSet<(u16, Protocol)> =
-            if ty == "ClusterIP" { BTreeSet::new() } else { [(30080, Protocol::Tcp)].into() };
+        let want_node_ports: BTreeSet<(u16, Protocol)> = if ty == "ClusterIP" {
+            BTreeSet::new()
+        } else {
+            [(30080, Protocol::Tcp)].into()
+        };
         assert_eq!(c.desired.node_ports, want_node_ports, "{ty}");
     }
 }
@@ -965,18 +1183,22 @@ fn frontends_by_service_type() {
 #[test]
 fn node_ports_for_tcp_and_udp_on_one_number_are_two_frontends() {
     let c = run(
-        vec![service("ns", "s", "172.30.0.1")
-            .type_("NodePort")
-            .port("tcp", "TCP", 53)
-            .node_port(30053)
-            .port("udp", "UDP", 53)
-            .node_port(30053)
-            .build()],
-        vec![slice("ns", "s-1", "s", "IPv4")
-            .port("tcp", "TCP", 53)
-            .port("udp", "UDP", 53)
-            .endpoint(ep("10.0.0.1"))
-            .build()],
+        vec![
+            service("ns", "s", "172.30.0.1")
+                .type_("NodePort")
+                .port("tcp", "TCP", 53)
+                .node_port(30053)
+                .port("udp", "UDP", 53)
+                .node_port(30053)
+                .build(),
+        ],
+        vec![
+            slice("ns", "s-1", "s", "IPv4")
+                .port("tcp", "TCP", 53)
+                .port("udp", "UDP", 53)
+                .endpoint(ep("10.0.0.1"))
+                .build(),
+        ],
     );
     assert!(c.invalid.is_empty(), "{:?}", reasons(&c));
     assert_eq!(
@@ -996,7 +1218,9 @@ fn load_balancer_ingress_ip_mode_table() {
         (None, None, false),
     ];
     for (lb_ip, mode, want) in cases {
-        let mut svc = service("ns", "s", "172.30.0.1").type_("LoadBalancer").port("p", "TCP", 80);
+        let mut svc = service("ns", "s", "172.30.0.1")
+            .type_("LoadBalancer")
+            .port("p", "TCP", 80);
         svc = svc.lb_ingress(lb_ip, mode);
         let c = run(vec![svc.build()], vec![]);
         let lb_frontends = c
@@ -1015,12 +1239,19 @@ fn load_balancer_ingress_ip_mode_table() {
 #[test]
 fn lenient_ip_parsing_in_objects() {
     let c = run(
-        vec![service("ns", "s", "172.30.0.041")
-            .port("p", "TCP", 80)
-            .external_ips(&["1.2.3.004"])
-            .lb_ingress(Some("5.6.7.008"), None)
-            .build()],
-        vec![slice("ns", "s-1", "s", "IPv4").port("p", "TCP", 80).endpoint(ep("10.0.0.01")).build()],
+        vec![
+            service("ns", "s", "172.30.0.041")
+                .port("p", "TCP", 80)
+                .external_ips(&["1.2.3.004"])
+                .lb_ingress(Some("5.6.7.008"), None)
+                .build(),
+        ],
+        vec![
+            slice("ns", "s-1", "s", "IPv4")
+                .port("p", "TCP", 80)
+                .endpoint(ep("10.0.0.01"))
+                .build(),
+        ],
     );
     assert!(c.invalid.is_empty(), "{:?}", reasons(&c));
     for frontend in ["172.30.0.41:80/TCP", "1.2.3.4:80/TCP", "5.6.7.8:80/TCP"] {
@@ -1035,11 +1266,29 @@ fn traffic_policies_for_local_clients() {
     let both = to(&["10.0.0.1:80", "10.0.0.2:80"]);
     let local = to(&["10.0.0.1:80"]);
     let cases: Vec<(&str, &str, Selection, Served, Served)> = vec![
-        ("Cluster", "Cluster", Selection::Cluster, both.clone(), both.clone()),
+        (
+            "Cluster",
+            "Cluster",
+            Selection::Cluster,
+            both.clone(),
+            both.clone(),
+        ),
         // eTP Local is short-circuited for local clients.
-        ("Cluster", "Local", Selection::Cluster, both.clone(), both.clone()),
+        (
+            "Cluster",
+            "Local",
+            Selection::Cluster,
+            both.clone(),
+            both.clone(),
+        ),
         // iTP applies to the ClusterIP only.
-        ("Local", "Cluster", Selection::Local, local.clone(), both.clone()),
+        (
+            "Local",
+            "Cluster",
+            Selection::Local,
+            local.clone(),
+            both.clone(),
+        ),
         ("Local", "Local", Selection::Local, local, both),
     ];
     for (itp, etp, cluster_ip_selection, cluster_ip_served, node_port_served) in cases {
@@ -1056,17 +1305,24 @@ fn traffic_policies_for_local_clients() {
         }
         let c = run(
             vec![b.build()],
-            vec![slice("ns", "s-1", "s", "IPv4")
-                .port("p", "TCP", 80)
-                .endpoint(ep("10.0.0.1").local())
-                .endpoint(ep("10.0.0.2").node("node1"))
-                .build()],
+            vec![
+                slice("ns", "s-1", "s", "IPv4")
+                    .port("p", "TCP", 80)
+                    .endpoint(ep("10.0.0.1").local())
+                    .endpoint(ep("10.0.0.2").node("node1"))
+                    .build(),
+            ],
         );
         let what = format!("iTP {itp} eTP {etp}");
         let cip = frontend_of(&c, "172.30.0.1:80/TCP");
         assert_eq!(cip.set.selection, cluster_ip_selection, "{what}");
         assert_eq!(served(&c, "172.30.0.1:80/TCP"), cluster_ip_served, "{what}");
-        let external = ["192.168.0.2:30080/TCP", "127.0.0.1:30080/TCP", "1.2.3.4:80/TCP", "5.6.7.8:80/TCP"];
+        let external = [
+            "192.168.0.2:30080/TCP",
+            "127.0.0.1:30080/TCP",
+            "1.2.3.4:80/TCP",
+            "5.6.7.8:80/TCP",
+        ];
         for frontend in external {
             let f = frontend_of(&c, frontend);
             assert_eq!(f.set.selection, Selection::Cluster, "{what}: {frontend}");
@@ -1093,34 +1349,45 @@ fn empty_outcome_table() {
         (
             "only unready endpoints",
             None,
-            vec![slice("ns", "s-1", "s", "IPv4")
-                .port("p", "TCP", 80)
-                .endpoint(ep("10.0.0.1").conds(false, false, false))
-                .build()],
+            vec![
+                slice("ns", "s-1", "s", "IPv4")
+                    .port("p", "TCP", 80)
+                    .endpoint(ep("10.0.0.1").conds(false, false, false))
+                    .build(),
+            ],
             Served::Reject,
         ),
         (
             "iTP Local, only remote endpoints",
             Some("Local"),
-            vec![slice("ns", "s-1", "s", "IPv4").port("p", "TCP", 80).endpoint(ep("10.0.0.1")).build()],
+            vec![
+                slice("ns", "s-1", "s", "IPv4")
+                    .port("p", "TCP", 80)
+                    .endpoint(ep("10.0.0.1"))
+                    .build(),
+            ],
             Served::Drop,
         ),
         (
             "iTP Local, only remote serving+terminating",
             Some("Local"),
-            vec![slice("ns", "s-1", "s", "IPv4")
-                .port("p", "TCP", 80)
-                .endpoint(ep("10.0.0.1").conds(false, true, true))
-                .build()],
+            vec![
+                slice("ns", "s-1", "s", "IPv4")
+                    .port("p", "TCP", 80)
+                    .endpoint(ep("10.0.0.1").conds(false, true, true))
+                    .build(),
+            ],
             Served::Drop,
         ),
         (
             "iTP Local, only unready local",
             Some("Local"),
-            vec![slice("ns", "s-1", "s", "IPv4")
-                .port("p", "TCP", 80)
-                .endpoint(ep("10.0.0.1").local().conds(false, false, false))
-                .build()],
+            vec![
+                slice("ns", "s-1", "s", "IPv4")
+                    .port("p", "TCP", 80)
+                    .endpoint(ep("10.0.0.1").local().conds(false, false, false))
+                    .build(),
+            ],
             Served::Reject,
         ),
     ];
@@ -1138,10 +1405,26 @@ fn empty_outcome_table() {
 fn session_affinity_applies_to_every_set_of_the_service() {
     let cases: Vec<(&str, ServiceBuilder, Option<Option<u32>>)> = vec![
         ("none", service("ns", "s", "172.30.0.1"), Some(None)),
-        ("ClientIP default", service("ns", "s", "172.30.0.1").affinity(None), Some(Some(10_800))),
-        ("ClientIP 300", service("ns", "s", "172.30.0.1").affinity(Some(300)), Some(Some(300))),
-        ("ClientIP 86400", service("ns", "s", "172.30.0.1").affinity(Some(86_400)), Some(Some(86_400))),
-        ("ClientIP 86401: invalid", service("ns", "s", "172.30.0.1").affinity(Some(86_401)), None),
+        (
+            "ClientIP default",
+            service("ns", "s", "172.30.0.1").affinity(None),
+            Some(Some(10_800)),
+        ),
+        (
+            "ClientIP 300",
+            service("ns", "s", "172.30.0.1").affinity(Some(300)),
+            Some(Some(300)),
+        ),
+        (
+            "ClientIP 86400",
+            service("ns", "s", "172.30.0.1").affinity(Some(86_400)),
+            Some(Some(86_400)),
+        ),
+        (
+            "ClientIP 86401: invalid",
+            service("ns", "s", "172.30.0.1").affinity(Some(86_401)),
+            None,
+        ),
     ];
     for (what, b, want) in cases {
         let svc = b
@@ -1164,7 +1447,9 @@ fn session_affinity_applies_to_every_set_of_the_service() {
                 assert!(c.desired.frontends.is_empty(), "{what}");
                 assert_eq!(
                     reasons(&c),
-                    ["Service ns/s: sessionAffinityConfig.clientIP.timeoutSeconds 86401 is out of range 1-86400"],
+                    [
+                        "Service ns/s: sessionAffinityConfig.clientIP.timeoutSeconds 86401 is out of range 1-86400"
+                    ],
                     "{what}"
                 );
             }
@@ -1183,13 +1468,22 @@ fn health_checks_table() {
         ("LoadBalancer", "Local", None, false),
     ];
     for (ty, etp, hc, want) in cases {
-        let mut b = service("ns", "s", "172.30.0.1").type_(ty).port("p", "TCP", 80).node_port(30080).etp(etp);
+        let mut b = service("ns", "s", "172.30.0.1")
+            .type_(ty)
+            .port("p", "TCP", 80)
+            .node_port(30080)
+            .etp(etp);
         if let Some(hc) = hc {
             b = b.health_check_node_port(hc);
         }
         let c = run(
             vec![b.build()],
-            vec![slice("ns", "s-1", "s", "IPv4").port("p", "TCP", 80).endpoint(ep("10.0.0.1").local()).build()],
+            vec![
+                slice("ns", "s-1", "s", "IPv4")
+                    .port("p", "TCP", 80)
+                    .endpoint(ep("10.0.0.1").local())
+                    .build(),
+            ],
         );
         let want_map: Vec<(u16, HealthCheck)> = if want {
             vec![(
@@ -1204,14 +1498,22 @@ fn health_checks_table() {
             vec![]
         };
         assert_eq!(
-            c.desired.health_checks.clone().into_iter().collect::<Vec<_>>(),
+            c.desired
+                .health_checks
+                .clone()
+                .into_iter()
+                .collect::<Vec<_>>(),
             want_map,
             "{ty} {etp} {hc:?}"
         );
         // The health check port is not a NodePort.
         assert!(!c.desired.node_ports.contains(&(30000, Protocol::Tcp)));
         // The Service is served either way.
-        assert_eq!(served(&c, "172.30.0.1:80/TCP"), to(&["10.0.0.1:80"]), "{ty} {etp} {hc:?}");
+        assert_eq!(
+            served(&c, "172.30.0.1:80/TCP"),
+            to(&["10.0.0.1:80"]),
+            "{ty} {etp} {hc:?}"
+        );
     }
 }
 
@@ -1227,13 +1529,23 @@ fn cluster_ips_and_node_ports_are_listed() {
                 .port("y", "UDP", 53)
                 .node_port(30053)
                 .build(),
-            service("ns", "b", "172.30.0.2").itp("Local").port("z", "TCP", 80).build(),
+            service("ns", "b", "172.30.0.2")
+                .itp("Local")
+                .port("z", "TCP", 80)
+                .build(),
             // No valid port: its ClusterIP has no set to point at.
-            service("ns", "c", "172.30.0.3").port("bad", "SCTP", 80).build(),
+            service("ns", "c", "172.30.0.3")
+                .port("bad", "SCTP", 80)
+                .build(),
         ],
         vec![],
     );
-    let got: Vec<(IpAddr, String)> = c.desired.cluster_ips.iter().map(|(ip, k)| (*ip, k.to_string())).collect();
+    let got: Vec<(IpAddr, String)> = c
+        .desired
+        .cluster_ips
+        .iter()
+        .map(|(ip, k)| (*ip, k.to_string()))
+        .collect();
     assert_eq!(
         got,
         [
@@ -1253,8 +1565,19 @@ fn cluster_ips_and_node_ports_are_listed() {
 /// served exactly as without the bad input.
 #[test]
 fn invalid_input_is_reported_and_disturbs_nothing_else() {
-    let ok_svc = || service("ns", "ok", "172.30.0.100").type_("NodePort").port("p", "TCP", 80).node_port(30100).build();
-    let ok_slice = || slice("ns", "ok-1", "ok", "IPv4").port("p", "TCP", 80).endpoint(ep("10.0.0.100")).build();
+    let ok_svc = || {
+        service("ns", "ok", "172.30.0.100")
+            .type_("NodePort")
+            .port("p", "TCP", 80)
+            .node_port(30100)
+            .build()
+    };
+    let ok_slice = || {
+        slice("ns", "ok-1", "ok", "IPv4")
+            .port("p", "TCP", 80)
+            .endpoint(ep("10.0.0.100"))
+            .build()
+    };
     let baseline = run(vec![ok_svc()], vec![ok_slice()]);
 
     struct Case {
@@ -1269,91 +1592,164 @@ fn invalid_input_is_reported_and_disturbs_nothing_else() {
     let cases = vec![
         Case {
             name: "invalid ClusterIP",
-            services: vec![service("ns", "bad", "172.30.0.256").port("p", "TCP", 80).build()],
+            services: vec![
+                service("ns", "bad", "172.30.0.256")
+                    .port("p", "TCP", 80)
+                    .build(),
+            ],
             slices: vec![],
             reasons: vec!["Service ns/bad: invalid clusterIP \"172.30.0.256\""],
             still: vec![],
         },
         Case {
             name: "service port 0, other port kept",
-            services: vec![service("ns", "bad", "172.30.0.1").port("a", "TCP", 0).port("b", "TCP", 81).build()],
+            services: vec![
+                service("ns", "bad", "172.30.0.1")
+                    .port("a", "TCP", 0)
+                    .port("b", "TCP", 81)
+                    .build(),
+            ],
             slices: vec![],
             reasons: vec!["Service ns/bad: spec.ports[0] (\"a\"): port 0 is out of range 1-65535"],
-            still: vec![("172.30.0.1:81/TCP", Served::Reject), ("172.30.0.1:0/TCP", Served::RefusedPort)],
+            still: vec![
+                ("172.30.0.1:81/TCP", Served::Reject),
+                ("172.30.0.1:0/TCP", Served::RefusedPort),
+            ],
         },
         Case {
             name: "service port 65536",
-            services: vec![service("ns", "bad", "172.30.0.1").port("a", "TCP", 65536).port("b", "TCP", 81).build()],
+            services: vec![
+                service("ns", "bad", "172.30.0.1")
+                    .port("a", "TCP", 65536)
+                    .port("b", "TCP", 81)
+                    .build(),
+            ],
             slices: vec![],
-            reasons: vec!["Service ns/bad: spec.ports[0] (\"a\"): port 65536 is out of range 1-65535"],
+            reasons: vec![
+                "Service ns/bad: spec.ports[0] (\"a\"): port 65536 is out of range 1-65535",
+            ],
             still: vec![("172.30.0.1:81/TCP", Served::Reject)],
         },
         Case {
             name: "nodePort out of range",
-            services: vec![service("ns", "bad", "172.30.0.1")
-                .type_("NodePort")
-                .port("a", "TCP", 80)
-                .node_port(65536)
-                .port("b", "TCP", 81)
-                .node_port(30081)
-                .build()],
+            services: vec![
+                service("ns", "bad", "172.30.0.1")
+                    .type_("NodePort")
+                    .port("a", "TCP", 80)
+                    .node_port(65536)
+                    .port("b", "TCP", 81)
+                    .node_port(30081)
+                    .build(),
+            ],
             slices: vec![],
-            reasons: vec!["Service ns/bad: spec.ports[0] (\"a\"): nodePort 65536 is out of range 1-65535"],
-            still: vec![("172.30.0.1:81/TCP", Served::Reject), ("192.168.0.2:30081/TCP", Served::Reject)],
+            reasons: vec![
+                "Service ns/bad: spec.ports[0] (\"a\"): nodePort 65536 is out of range 1-65535",
+            ],
+            still: vec![
+                ("172.30.0.1:81/TCP", Served::Reject),
+                ("192.168.0.2:30081/TCP", Served::Reject),
+            ],
         },
         Case {
             name: "targetPort 0",
-            services: vec![service("ns", "bad", "172.30.0.1").port("a", "TCP", 80).target(0).port("b", "TCP", 81).build()],
+            services: vec![
+                service("ns", "bad", "172.30.0.1")
+                    .port("a", "TCP", 80)
+                    .target(0)
+                    .port("b", "TCP", 81)
+                    .build(),
+            ],
             slices: vec![],
-            reasons: vec!["Service ns/bad: spec.ports[0] (\"a\"): targetPort 0 is out of range 1-65535"],
-            still: vec![("172.30.0.1:81/TCP", Served::Reject), ("172.30.0.1:80/TCP", Served::RefusedPort)],
+            reasons: vec![
+                "Service ns/bad: spec.ports[0] (\"a\"): targetPort 0 is out of range 1-65535",
+            ],
+            still: vec![
+                ("172.30.0.1:81/TCP", Served::Reject),
+                ("172.30.0.1:80/TCP", Served::RefusedPort),
+            ],
         },
         Case {
             name: "SCTP",
-            services: vec![service("ns", "bad", "172.30.0.1").port("a", "SCTP", 80).port("b", "TCP", 81).build()],
+            services: vec![
+                service("ns", "bad", "172.30.0.1")
+                    .port("a", "SCTP", 80)
+                    .port("b", "TCP", 81)
+                    .build(),
+            ],
             slices: vec![],
             reasons: vec!["Service ns/bad: spec.ports[0] (\"a\"): protocol SCTP is not supported"],
             still: vec![("172.30.0.1:81/TCP", Served::Reject)],
         },
         Case {
             name: "unknown protocol",
-            services: vec![service("ns", "bad", "172.30.0.1").port("a", "QUIC", 80).port("b", "TCP", 81).build()],
+            services: vec![
+                service("ns", "bad", "172.30.0.1")
+                    .port("a", "QUIC", 80)
+                    .port("b", "TCP", 81)
+                    .build(),
+            ],
             slices: vec![],
             reasons: vec!["Service ns/bad: spec.ports[0] (\"a\"): unknown protocol \"QUIC\""],
             still: vec![("172.30.0.1:81/TCP", Served::Reject)],
         },
         Case {
             name: "invalid externalIP",
-            services: vec![service("ns", "bad", "172.30.0.1")
-                .port("a", "TCP", 80)
-                .external_ips(&["1.2.3", "1.2.3.4"])
-                .build()],
+            services: vec![
+                service("ns", "bad", "172.30.0.1")
+                    .port("a", "TCP", 80)
+                    .external_ips(&["1.2.3", "1.2.3.4"])
+                    .build(),
+            ],
             slices: vec![],
             reasons: vec!["Service ns/bad: spec.externalIPs: invalid IP \"1.2.3\""],
             still: vec![("1.2.3.4:80/TCP", Served::Reject)],
         },
         Case {
             name: "endpoint port 0",
-            services: vec![service("ns", "bad", "172.30.0.1").port("a", "TCP", 80).port("b", "TCP", 81).build()],
+            services: vec![
+                service("ns", "bad", "172.30.0.1")
+                    .port("a", "TCP", 80)
+                    .port("b", "TCP", 81)
+                    .build(),
+            ],
             slices: bad_slice(
                 slice("ns", "bad-1", "bad", "IPv4")
                     .port("a", "TCP", 0)
                     .port("b", "TCP", 81)
                     .endpoint(ep("10.0.0.1")),
             ),
-            reasons: vec!["EndpointSlice ns/bad-1: ports[0] (\"a\"): port 0 is out of range 1-65535"],
-            still: vec![("172.30.0.1:80/TCP", Served::Reject), ("172.30.0.1:81/TCP", to(&["10.0.0.1:81"]))],
+            reasons: vec![
+                "EndpointSlice ns/bad-1: ports[0] (\"a\"): port 0 is out of range 1-65535",
+            ],
+            still: vec![
+                ("172.30.0.1:80/TCP", Served::Reject),
+                ("172.30.0.1:81/TCP", to(&["10.0.0.1:81"])),
+            ],
         },
         Case {
             name: "endpoint port 70000",
-            services: vec![service("ns", "bad", "172.30.0.1").port("a", "TCP", 80).build()],
-            slices: bad_slice(slice("ns", "bad-1", "bad", "IPv4").port("a", "TCP", 70000).endpoint(ep("10.0.0.1"))),
-            reasons: vec!["EndpointSlice ns/bad-1: ports[0] (\"a\"): port 70000 is out of range 1-65535"],
+            services: vec![
+                service("ns", "bad", "172.30.0.1")
+                    .port("a", "TCP", 80)
+                    .build(),
+            ],
+            slices: bad_slice(
+                slice("ns", "bad-1", "bad", "IPv4")
+                    .port("a", "TCP", 70000)
+                    .endpoint(ep("10.0.0.1")),
+            ),
+            reasons: vec![
+                "EndpointSlice ns/bad-1: ports[0] (\"a\"): port 70000 is out of range 1-65535",
+            ],
             still: vec![("172.30.0.1:80/TCP", Served::Reject)],
         },
         Case {
             name: "invalid endpoint address",
-            services: vec![service("ns", "bad", "172.30.0.1").port("a", "TCP", 80).build()],
+            services: vec![
+                service("ns", "bad", "172.30.0.1")
+                    .port("a", "TCP", 80)
+                    .build(),
+            ],
             slices: bad_slice(
                 slice("ns", "bad-1", "bad", "IPv4")
                     .port("a", "TCP", 80)
@@ -1365,7 +1761,12 @@ fn invalid_input_is_reported_and_disturbs_nothing_else() {
         },
         Case {
             name: "unknown traffic policy",
-            services: vec![service("ns", "bad", "172.30.0.1").port("a", "TCP", 80).itp("Nearby").build()],
+            services: vec![
+                service("ns", "bad", "172.30.0.1")
+                    .port("a", "TCP", 80)
+                    .itp("Nearby")
+                    .build(),
+            ],
             slices: vec![],
             reasons: vec!["Service ns/bad: unknown internalTrafficPolicy \"Nearby\""],
             still: vec![("172.30.0.1:80/TCP", Served::Unknown)],
@@ -1373,12 +1774,19 @@ fn invalid_input_is_reported_and_disturbs_nothing_else() {
         Case {
             name: "same Service twice",
             services: vec![
-                service("ns", "bad", "172.30.0.1").port("a", "TCP", 80).build(),
-                service("ns", "bad", "172.30.0.2").port("a", "TCP", 80).build(),
+                service("ns", "bad", "172.30.0.1")
+                    .port("a", "TCP", 80)
+                    .build(),
+                service("ns", "bad", "172.30.0.2")
+                    .port("a", "TCP", 80)
+                    .build(),
             ],
             slices: vec![],
             reasons: vec!["Service ns/bad: defined more than once; every definition is ignored"],
-            still: vec![("172.30.0.1:80/TCP", Served::Unknown), ("172.30.0.2:80/TCP", Served::Unknown)],
+            still: vec![
+                ("172.30.0.1:80/TCP", Served::Unknown),
+                ("172.30.0.2:80/TCP", Served::Unknown),
+            ],
         },
     ];
     for case in cases {
@@ -1393,10 +1801,25 @@ fn invalid_input_is_reported_and_disturbs_nothing_else() {
         }
         // The control Service is untouched.
         for (addr, f) in &baseline.desired.frontends {
-            assert_eq!(c.desired.frontends.get(addr), Some(f), "{}: {addr}", case.name);
-            assert_eq!(c.desired.backend_sets.get(&f.set), baseline.desired.backend_sets.get(&f.set), "{}", case.name);
+            assert_eq!(
+                c.desired.frontends.get(addr),
+                Some(f),
+                "{}: {addr}",
+                case.name
+            );
+            assert_eq!(
+                c.desired.backend_sets.get(&f.set),
+                baseline.desired.backend_sets.get(&f.set),
+                "{}",
+                case.name
+            );
         }
-        assert_eq!(served(&c, "172.30.0.100:80/TCP"), to(&["10.0.0.100:80"]), "{}", case.name);
+        assert_eq!(
+            served(&c, "172.30.0.100:80/TCP"),
+            to(&["10.0.0.100:80"]),
+            "{}",
+            case.name
+        );
     }
 }
 
@@ -1429,7 +1852,11 @@ fn conflicting_claims_go_to_the_service_sorted_first() {
             reasons: vec![
                 "Service ns/b: externalIP frontend 172.30.0.1:80/TCP is already served by ns/a:p/TCP; not served for this Service",
             ],
-            want: vec![("172.30.0.1:80/TCP", "ns/a"), ("172.30.0.2:80/TCP", "ns/b"), ("1.2.3.4:80/TCP", "ns/b")],
+            want: vec![
+                ("172.30.0.1:80/TCP", "ns/a"),
+                ("172.30.0.2:80/TCP", "ns/b"),
+                ("1.2.3.4:80/TCP", "ns/b"),
+            ],
         },
         Case {
             name: "earlier Service's externalIP beats a later ClusterIP",
@@ -1442,8 +1869,12 @@ fn conflicting_claims_go_to_the_service_sorted_first() {
         },
         Case {
             name: "same LB IP and port",
-            later: b("172.30.0.2").type_("LoadBalancer").lb_ingress(Some("5.6.7.8"), None),
-            earlier: a("172.30.0.1").type_("LoadBalancer").lb_ingress(Some("5.6.7.8"), None),
+            later: b("172.30.0.2")
+                .type_("LoadBalancer")
+                .lb_ingress(Some("5.6.7.8"), None),
+            earlier: a("172.30.0.1")
+                .type_("LoadBalancer")
+                .lb_ingress(Some("5.6.7.8"), None),
             reasons: vec![
                 "Service ns/b: load balancer IP frontend 5.6.7.8:80/TCP is already served by ns/a:p/TCP; not served for this Service",
             ],
@@ -1453,7 +1884,9 @@ fn conflicting_claims_go_to_the_service_sorted_first() {
             name: "same nodePort",
             later: b("172.30.0.2").type_("NodePort").node_port(30080),
             earlier: a("172.30.0.1").type_("NodePort").node_port(30080),
-            reasons: vec!["Service ns/b: nodePort 30080/TCP is already used by Service ns/a port \"p\"; not served for this Service"],
+            reasons: vec![
+                "Service ns/b: nodePort 30080/TCP is already used by Service ns/a port \"p\"; not served for this Service",
+            ],
             want: vec![
                 ("192.168.0.2:30080/TCP", "ns/a"),
                 ("127.0.0.1:30080/TCP", "ns/a"),
@@ -1462,24 +1895,49 @@ fn conflicting_claims_go_to_the_service_sorted_first() {
         },
         Case {
             name: "same nodePort number, other protocol: no conflict",
-            later: service("ns", "b", "172.30.0.2").port("p", "UDP", 80).type_("NodePort").node_port(30080),
+            later: service("ns", "b", "172.30.0.2")
+                .port("p", "UDP", 80)
+                .type_("NodePort")
+                .node_port(30080),
             earlier: a("172.30.0.1").type_("NodePort").node_port(30080),
             reasons: vec![],
-            want: vec![("192.168.0.2:30080/TCP", "ns/a"), ("192.168.0.2:30080/UDP", "ns/b")],
+            want: vec![
+                ("192.168.0.2:30080/TCP", "ns/a"),
+                ("192.168.0.2:30080/UDP", "ns/b"),
+            ],
         },
         Case {
             name: "health check port taken by an earlier nodePort",
-            later: b("172.30.0.2").type_("LoadBalancer").node_port(30081).etp("Local").health_check_node_port(30080),
+            later: b("172.30.0.2")
+                .type_("LoadBalancer")
+                .node_port(30081)
+                .etp("Local")
+                .health_check_node_port(30080),
             earlier: a("172.30.0.1").type_("NodePort").node_port(30080),
-            reasons: vec!["Service ns/b: healthCheckNodePort 30080 is already used by Service ns/a port \"p\"; no health check"],
-            want: vec![("192.168.0.2:30080/TCP", "ns/a"), ("192.168.0.2:30081/TCP", "ns/b")],
+            reasons: vec![
+                "Service ns/b: healthCheckNodePort 30080 is already used by Service ns/a port \"p\"; no health check",
+            ],
+            want: vec![
+                ("192.168.0.2:30080/TCP", "ns/a"),
+                ("192.168.0.2:30081/TCP", "ns/b"),
+            ],
         },
         Case {
             name: "nodePort taken by an earlier health check",
             later: b("172.30.0.2").type_("NodePort").node_port(30000),
-            earlier: a("172.30.0.1").type_("LoadBalancer").node_port(30080).etp("Local").health_check_node_port(30000),
-            reasons: vec!["Service ns/b: nodePort 30000/TCP is already used by the health check of Service ns/a; not served for this Service"],
-            want: vec![("192.168.0.2:30080/TCP", "ns/a"), ("192.168.0.2:30000/TCP", "-"), ("172.30.0.2:80/TCP", "ns/b")],
+            earlier: a("172.30.0.1")
+                .type_("LoadBalancer")
+                .node_port(30080)
+                .etp("Local")
+                .health_check_node_port(30000),
+            reasons: vec![
+                "Service ns/b: nodePort 30000/TCP is already used by the health check of Service ns/a; not served for this Service",
+            ],
+            want: vec![
+                ("192.168.0.2:30080/TCP", "ns/a"),
+                ("192.168.0.2:30000/TCP", "-"),
+                ("172.30.0.2:80/TCP", "ns/b"),
+            ],
         },
     ];
     for case in cases {
@@ -1508,14 +1966,24 @@ fn more_backends_than_a_set_can_hold_skip_that_port() {
         s.build()
     };
     // Just at the limit: served.
-    let svc = || service("ns", "s", "172.30.0.1").port("big", "TCP", 80).build();
+    let svc = || {
+        service("ns", "s", "172.30.0.1")
+            .port("big", "TCP", 80)
+            .build()
+    };
     let c = run(vec![svc()], vec![many(max)]);
     assert!(c.invalid.is_empty());
     assert_eq!(set_of(&c, "172.30.0.1:80/TCP").backends.len(), max);
 
     // One more: that port is skipped and reported, the other port served.
-    let svc = service("ns", "s", "172.30.0.1").port("big", "TCP", 80).port("small", "TCP", 81).build();
-    let small = slice("ns", "s-2", "s", "IPv4").port("small", "TCP", 81).endpoint(ep("10.255.0.1")).build();
+    let svc = service("ns", "s", "172.30.0.1")
+        .port("big", "TCP", 80)
+        .port("small", "TCP", 81)
+        .build();
+    let small = slice("ns", "s-2", "s", "IPv4")
+        .port("small", "TCP", 81)
+        .endpoint(ep("10.255.0.1"))
+        .build();
     let c = run(vec![svc], vec![many(max + 1), small]);
     assert_eq!(
         reasons(&c),
@@ -1531,21 +1999,43 @@ fn more_backends_than_a_set_can_hold_skip_that_port() {
 #[test]
 fn result_does_not_depend_on_input_order() {
     let services = vec![
-        service("ns", "b", "172.30.0.1").port("p", "TCP", 80).external_ips(&["1.2.3.4"]).build(),
-        service("ns", "a", "172.30.0.2").port("p", "TCP", 80).external_ips(&["1.2.3.4"]).build(),
-        service("ns", "c", "172.30.0.3").type_("NodePort").port("p", "TCP", 80).node_port(30080).build(),
-        service("other", "a", "172.30.0.4").type_("NodePort").port("p", "TCP", 80).node_port(30080).build(),
+        service("ns", "b", "172.30.0.1")
+            .port("p", "TCP", 80)
+            .external_ips(&["1.2.3.4"])
+            .build(),
+        service("ns", "a", "172.30.0.2")
+            .port("p", "TCP", 80)
+            .external_ips(&["1.2.3.4"])
+            .build(),
+        service("ns", "c", "172.30.0.3")
+            .type_("NodePort")
+            .port("p", "TCP", 80)
+            .node_port(30080)
+            .build(),
+        service("other", "a", "172.30.0.4")
+            .type_("NodePort")
+            .port("p", "TCP", 80)
+            .node_port(30080)
+            .build(),
         service("ns", "bad", "bogus").port("p", "TCP", 80).build(),
     ];
     let slices = vec![
-        slice("ns", "b-2", "b", "IPv4").port("p", "TCP", 80).endpoint(ep("10.0.0.1").conds(true, true, false)).build(),
+        slice("ns", "b-2", "b", "IPv4")
+            .port("p", "TCP", 80)
+            .endpoint(ep("10.0.0.1").conds(true, true, false))
+            .build(),
         slice("ns", "b-1", "b", "IPv4")
             .port("p", "TCP", 80)
             .endpoint(ep("10.0.0.1").local().conds(true, true, false))
             .endpoint(ep("10.0.0.2"))
             .build(),
-        slice("ns", "a-1", "a", "IPv4").port("p", "TCP", 80).endpoint(ep("10.0.0.3")).build(),
-        slice("ns", "bad-1", "a", "IPv4").port("p", "TCP", 0).build(),
+        slice("ns", "a-1", "a", "IPv4")
+            .port("p", "TCP", 80)
+            .endpoint(ep("10.0.0.3"))
+            .build(),
+        slice("ns", "bad-1", "a", "IPv4")
+            .port("p", "TCP", 0)
+            .build(),
     ];
     let forward = run(services.clone(), slices.clone());
     let mut rs = services;
@@ -1583,14 +2073,49 @@ fn never_panics_on_arbitrary_input() {
         }
     }
     let ips = [
-        "172.30.0.1", "172.30.0.2", "172.30.0.041", "fd00::1", "fd00::2", "", "None", "1.2.3", "::ffff:1.2.3.4",
-        "300.1.1.1", "1.2.3.4", "192.168.0.2", "127.0.0.1", "::1", " 1.2.3.4", "x",
+        "172.30.0.1",
+        "172.30.0.2",
+        "172.30.0.041",
+        "fd00::1",
+        "fd00::2",
+        "",
+        "None",
+        "1.2.3",
+        "::ffff:1.2.3.4",
+        "300.1.1.1",
+        "1.2.3.4",
+        "192.168.0.2",
+        "127.0.0.1",
+        "::1",
+        " 1.2.3.4",
+        "x",
     ];
     let families = ["IPv4", "IPv6", "IPv5", ""];
-    let types = ["ClusterIP", "NodePort", "LoadBalancer", "ExternalName", "Other", ""];
+    let types = [
+        "ClusterIP",
+        "NodePort",
+        "LoadBalancer",
+        "ExternalName",
+        "Other",
+        "",
+    ];
     let protocols = ["TCP", "UDP", "SCTP", "tcp", ""];
     let names = ["", "a", "b", "http"];
-    let numbers = [0, 1, 53, 80, 80, 443, 30080, 30080, 65535, 65536, -1, i32::MIN, i32::MAX];
+    let numbers = [
+        0,
+        1,
+        53,
+        80,
+        80,
+        443,
+        30080,
+        30080,
+        65535,
+        65536,
+        -1,
+        i32::MIN,
+        i32::MAX,
+    ];
     let policies = ["Local", "Cluster", "Bogus", ""];
     let address_types = ["IPv4", "IPv6", "FQDN", "IPv9"];
     let nodes = [NODE, "node1", ""];
@@ -1628,7 +2153,10 @@ fn never_panics_on_arbitrary_input() {
                 b = b.external_ips(&ext);
             }
             if rng.chance(30) {
-                b = b.lb_ingress(rng.chance(80).then(|| rng.pick(&ips)), rng.pick(&[None, Some("VIP"), Some("Proxy"), Some("X")]));
+                b = b.lb_ingress(
+                    rng.chance(80).then(|| rng.pick(&ips)),
+                    rng.pick(&[None, Some("VIP"), Some("Proxy"), Some("X")]),
+                );
             }
             if rng.chance(30) {
                 b = b.itp(rng.pick(&policies));
@@ -1668,7 +2196,13 @@ fn never_panics_on_arbitrary_input() {
                     e = e.node(rng.pick(&nodes));
                 }
                 if rng.chance(60) {
-                    let b = |r: &mut Rng| if r.chance(30) { None } else { Some(r.chance(60)) };
+                    let b = |r: &mut Rng| {
+                        if r.chance(30) {
+                            None
+                        } else {
+                            Some(r.chance(60))
+                        }
+                    };
                     let (r, sv, t) = (b(&mut rng), b(&mut rng), b(&mut rng));
                     e = e.conds_opt(r, sv, t);
                 }

@@ -73,12 +73,15 @@ impl ServiceBuilder {
     }
 
     pub fn raw_port(mut self, name: Option<&str>, protocol: Option<&str>, port: i32) -> Self {
-        self.spec().ports.get_or_insert_with(Vec::new).push(ServicePort {
-            name: name.map(Into::into),
-            protocol: protocol.map(Into::into),
-            port,
-            ..Default::default()
-        });
+        self.spec()
+            .ports
+            .get_or_insert_with(Vec::new)
+            .push(ServicePort {
+                name: name.map(Into::into),
+                protocol: protocol.map(Into::into),
+                port,
+                ..Default::default()
+            });
         self
     }
 
@@ -107,7 +110,8 @@ impl ServiceBuilder {
 
     /// spec.ipFamilies and spec.clusterIPs (empty slices leave them unset).
     pub fn families(mut self, families: &[&str], cluster_ips: &[&str]) -> Self {
-        let to_vec = |v: &[&str]| (!v.is_empty()).then(|| v.iter().map(|s| s.to_string()).collect());
+        let to_vec =
+            |v: &[&str]| (!v.is_empty()).then(|| v.iter().map(|s| s.to_string()).collect());
         self.spec().ip_families = to_vec(families);
         self.spec().cluster_ips = to_vec(cluster_ips);
         self
@@ -120,12 +124,16 @@ impl ServiceBuilder {
 
     pub fn lb_ingress(mut self, ip: Option<&str>, ip_mode: Option<&str>) -> Self {
         let status = self.0.status.get_or_insert_with(ServiceStatus::default);
-        let lb = status.load_balancer.get_or_insert_with(LoadBalancerStatus::default);
-        lb.ingress.get_or_insert_with(Vec::new).push(LoadBalancerIngress {
-            ip: ip.map(Into::into),
-            ip_mode: ip_mode.map(Into::into),
-            ..Default::default()
-        });
+        let lb = status
+            .load_balancer
+            .get_or_insert_with(LoadBalancerStatus::default);
+        lb.ingress
+            .get_or_insert_with(Vec::new)
+            .push(LoadBalancerIngress {
+                ip: ip.map(Into::into),
+                ip_mode: ip_mode.map(Into::into),
+                ..Default::default()
+            });
         self
     }
 
@@ -192,13 +200,21 @@ impl SliceBuilder {
         self.raw_port(Some(name), Some(protocol), Some(port))
     }
 
-    pub fn raw_port(mut self, name: Option<&str>, protocol: Option<&str>, port: Option<i32>) -> Self {
-        self.0.ports.get_or_insert_with(Vec::new).push(EndpointPort {
-            name: name.map(Into::into),
-            protocol: protocol.map(Into::into),
-            port,
-            ..Default::default()
-        });
+    pub fn raw_port(
+        mut self,
+        name: Option<&str>,
+        protocol: Option<&str>,
+        port: Option<i32>,
+    ) -> Self {
+        self.0
+            .ports
+            .get_or_insert_with(Vec::new)
+            .push(EndpointPort {
+                name: name.map(Into::into),
+                protocol: protocol.map(Into::into),
+                port,
+                ..Default::default()
+            });
         self
     }
 
@@ -241,7 +257,12 @@ pub trait EndpointExt {
     fn local(self) -> Self;
     fn node(self, name: &str) -> Self;
     fn conds(self, ready: bool, serving: bool, terminating: bool) -> Self;
-    fn conds_opt(self, ready: Option<bool>, serving: Option<bool>, terminating: Option<bool>) -> Self;
+    fn conds_opt(
+        self,
+        ready: Option<bool>,
+        serving: Option<bool>,
+        terminating: Option<bool>,
+    ) -> Self;
     fn addresses(self, ips: &[&str]) -> Self;
     fn zone_hints(self, zones: &[&str]) -> Self;
     fn node_hints(self, nodes: &[&str]) -> Self;
@@ -261,7 +282,12 @@ impl EndpointExt for Endpoint {
         self.conds_opt(Some(ready), Some(serving), Some(terminating))
     }
 
-    fn conds_opt(mut self, ready: Option<bool>, serving: Option<bool>, terminating: Option<bool>) -> Self {
+    fn conds_opt(
+        mut self,
+        ready: Option<bool>,
+        serving: Option<bool>,
+        terminating: Option<bool>,
+    ) -> Self {
         self.conditions = Some(EndpointConditions {
             ready,
             serving,
@@ -277,13 +303,27 @@ impl EndpointExt for Endpoint {
 
     fn zone_hints(mut self, zones: &[&str]) -> Self {
         let hints = self.hints.get_or_insert_with(EndpointHints::default);
-        hints.for_zones = Some(zones.iter().map(|z| ForZone { name: z.to_string() }).collect());
+        hints.for_zones = Some(
+            zones
+                .iter()
+                .map(|z| ForZone {
+                    name: z.to_string(),
+                })
+                .collect(),
+        );
         self
     }
 
     fn node_hints(mut self, nodes: &[&str]) -> Self {
         let hints = self.hints.get_or_insert_with(EndpointHints::default);
-        hints.for_nodes = Some(nodes.iter().map(|n| ForNode { name: n.to_string() }).collect());
+        hints.for_nodes = Some(
+            nodes
+                .iter()
+                .map(|n| ForNode {
+                    name: n.to_string(),
+                })
+                .collect(),
+        );
         self
     }
 }

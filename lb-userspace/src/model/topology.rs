@@ -171,7 +171,11 @@ pub fn categorize_endpoints<'a>(
 /// - else every ready endpoint has zone hints and one is hinted for this
 ///   node's zone → PreferSameZone;
 /// - else no filtering.
-pub fn topology_mode_from_hints(endpoints: &[Endpoint], node_name: &str, zone: &str) -> TopologyMode {
+pub fn topology_mode_from_hints(
+    endpoints: &[Endpoint],
+    node_name: &str,
+    zone: &str,
+) -> TopologyMode {
     let mut has_ready = false;
     let mut has_for_node = false;
     let mut all_have_node_hints = true;
@@ -203,7 +207,12 @@ pub fn topology_mode_from_hints(endpoints: &[Endpoint], node_name: &str, zone: &
 
 /// Whether an endpoint may be used on this node under `mode` (no fallback
 /// here: the fallback happened when the mode was chosen).
-pub fn available_for_topology(e: &Endpoint, mode: TopologyMode, node_name: &str, zone: &str) -> bool {
+pub fn available_for_topology(
+    e: &Endpoint,
+    mode: TopologyMode,
+    node_name: &str,
+    zone: &str,
+) -> bool {
     match mode {
         TopologyMode::Any => true,
         TopologyMode::PreferSameNode => hinted(&e.node_hints, node_name),
@@ -249,7 +258,10 @@ mod tests {
 
     impl Tweak for Endpoint {
         fn local(self) -> Self {
-            Endpoint { local: true, ..self }
+            Endpoint {
+                local: true,
+                ..self
+            }
         }
         fn unready(self) -> Self {
             Endpoint {
@@ -548,7 +560,10 @@ mod tests {
                 node: "node-1",
                 zone: Some("zone-b"),
                 endpoints: vec![
-                    e("10.1.2.3").zones(&["zone-a"]).nodes(&["node-1"]).unready(),
+                    e("10.1.2.3")
+                        .zones(&["zone-a"])
+                        .nodes(&["node-1"])
+                        .unready(),
                     e("10.1.2.4").zones(&["zone-b"]).nodes(&["node-2"]),
                     e("10.1.2.5").zones(&["zone-c"]).nodes(&["node-3"]),
                 ],
@@ -760,10 +775,26 @@ mod tests {
         for c in cases {
             let policy = PortPolicy::new(c.itp_local, c.etp_local, c.externally_accessible);
             let got = categorize_endpoints(&c.endpoints, policy, c.node, c.zone);
-            let want = |v: Option<&[&str]>| v.map(|v| v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-            assert_eq!(got.cluster.as_deref().map(names), want(c.cluster), "{}: cluster", c.name);
-            assert_eq!(got.local.as_deref().map(names), want(c.local), "{}: local", c.name);
-            assert_eq!(names(&got.all), want(Some(c.all)).unwrap(), "{}: all", c.name);
+            let want =
+                |v: Option<&[&str]>| v.map(|v| v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+            assert_eq!(
+                got.cluster.as_deref().map(names),
+                want(c.cluster),
+                "{}: cluster",
+                c.name
+            );
+            assert_eq!(
+                got.local.as_deref().map(names),
+                want(c.local),
+                "{}: local",
+                c.name
+            );
+            assert_eq!(
+                names(&got.all),
+                want(Some(c.all)).unwrap(),
+                "{}: all",
+                c.name
+            );
             assert_eq!(got.has_any, c.has_any, "{}: has_any", c.name);
         }
     }
@@ -783,7 +814,11 @@ mod tests {
         ];
         for ((itp, etp, ext), (cluster, local)) in cases {
             let p = PortPolicy::new(itp, etp, ext);
-            assert_eq!((p.uses_cluster, p.uses_local), (cluster, local), "{itp} {etp} {ext}");
+            assert_eq!(
+                (p.uses_cluster, p.uses_local),
+                (cluster, local),
+                "{itp} {etp} {ext}"
+            );
         }
     }
 
@@ -791,13 +826,55 @@ mod tests {
     fn topology_mode_table() {
         let cases: Vec<(&str, Vec<Endpoint>, &str, &str, TopologyMode)> = vec![
             ("no endpoints", vec![], "n1", "a", TopologyMode::Any),
-            ("no ready endpoints", vec![e("10.0.0.1").zones(&["a"]).unready()], "n1", "a", TopologyMode::Any),
-            ("zone hinted", vec![e("10.0.0.1").zones(&["a"])], "n1", "a", TopologyMode::PreferSameZone),
-            ("zone not hinted", vec![e("10.0.0.1").zones(&["b"])], "n1", "a", TopologyMode::Any),
-            ("empty zone never matches", vec![e("10.0.0.1").zones(&[""])], "n1", "", TopologyMode::Any),
-            ("node hinted", vec![e("10.0.0.1").nodes(&["n1"])], "n1", "a", TopologyMode::PreferSameNode),
-            ("node hints win over zone hints", vec![e("10.0.0.1").nodes(&["n1"]).zones(&["a"])], "n1", "a", TopologyMode::PreferSameNode),
-            ("empty node name never matches", vec![e("10.0.0.1").nodes(&[""])], "", "a", TopologyMode::Any),
+            (
+                "no ready endpoints",
+                vec![e("10.0.0.1").zones(&["a"]).unready()],
+                "n1",
+                "a",
+                TopologyMode::Any,
+            ),
+            (
+                "zone hinted",
+                vec![e("10.0.0.1").zones(&["a"])],
+                "n1",
+                "a",
+                TopologyMode::PreferSameZone,
+            ),
+            (
+                "zone not hinted",
+                vec![e("10.0.0.1").zones(&["b"])],
+                "n1",
+                "a",
+                TopologyMode::Any,
+            ),
+            (
+                "empty zone never matches",
+                vec![e("10.0.0.1").zones(&[""])],
+                "n1",
+                "",
+                TopologyMode::Any,
+            ),
+            (
+                "node hinted",
+                vec![e("10.0.0.1").nodes(&["n1"])],
+                "n1",
+                "a",
+                TopologyMode::PreferSameNode,
+            ),
+            (
+                "node hints win over zone hints",
+                vec![e("10.0.0.1").nodes(&["n1"]).zones(&["a"])],
+                "n1",
+                "a",
+                TopologyMode::PreferSameNode,
+            ),
+            (
+                "empty node name never matches",
+                vec![e("10.0.0.1").nodes(&[""])],
+                "",
+                "a",
+                TopologyMode::Any,
+            ),
             (
                 "one ready endpoint lacks zone hints",
                 vec![e("10.0.0.1").zones(&["a"]), e("10.0.0.2")],
