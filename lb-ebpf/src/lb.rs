@@ -89,7 +89,7 @@ fn pick_with_affinity(ctx: *mut c_void, fe: &FrontendValue, pick: Pick) -> Optio
     };
     let now = unsafe { bpf_ktime_get_ns() };
     let timeout_ns = fe.affinity_timeout_secs as u64 * NSEC_PER_SEC;
-    if let Some(prev) = AFFINITY.get_ptr_mut(&key) {
+    if let Some(prev) = AFFINITY.get_ptr_mut(key) {
         let prev = unsafe { &mut *prev };
         let fresh = now.wrapping_sub(prev.last_used_ns) <= timeout_ns;
         let still_member = prev.slot >= 1
@@ -107,7 +107,7 @@ fn pick_with_affinity(ctx: *mut c_void, fe: &FrontendValue, pick: Pick) -> Optio
         last_used_ns: now,
     };
     // Best effort: without an entry the next connect simply picks again.
-    let _ = AFFINITY.insert(&key, &value, 0);
+    let _ = AFFINITY.insert(key, value, 0);
     Some(backend_id)
 }
 
@@ -124,7 +124,7 @@ pub fn forward<F: Family>(
     let Some(fe) = (unsafe { F::frontends().get(&key) }) else {
         // A known ClusterIP on a port (or protocol) the Service does not
         // define: kube-proxy REJECTs. Any other address is not ours.
-        return match unsafe { F::cluster_ips().get(&addr) } {
+        return match unsafe { F::cluster_ips().get(addr) } {
             Some(service_id) => {
                 count(*service_id, true);
                 Verdict::Refuse(ECONNREFUSED)

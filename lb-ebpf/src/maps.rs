@@ -43,7 +43,6 @@ pub static COUNTERS: PerCpuArray<ServiceCounters> = PerCpuArray::pinned(capacity
 #[map]
 pub static SERVICE_NAMES: HashMap<u32, ServiceName> = HashMap::pinned(capacity::SERVICES, 0);
 #[map]
-pub static NODEPORT_BINDS: HashMap<NodePortKey, u8> =
-    HashMap::pinned(capacity::NODEPORT_BINDS, 0);
+pub static NODEPORT_BINDS: HashMap<NodePortKey, u8> = HashMap::pinned(capacity::NODEPORT_BINDS, 0);
 #[map]
 pub static CONFIG: Array<Config> = Array::pinned(1, 0);

@@ -230,7 +230,7 @@ fn post_bind(ctx: &SockContext) -> i32 {
         proto,
         _pad: 0,
     };
-    if unsafe { NODEPORT_BINDS.get(&key) }.is_none() {
+    if unsafe { NODEPORT_BINDS.get(key) }.is_none() {
         return ALLOW;
     }
     if unsafe { bpf_get_netns_cookie(ctx.sock.cast()) } != config.host_netns_cookie {

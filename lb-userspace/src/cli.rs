@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/ferry";
 
 #[derive(Debug, Parser)]
-#[command(name = "ferry", version, about = "Kubernetes Service load balancing in eBPF, in place of kube-proxy")]
+#[command(
+    name = "ferry",
+    version,
+    about = "Kubernetes Service load balancing in eBPF, in place of kube-proxy"
+)]
 pub struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]

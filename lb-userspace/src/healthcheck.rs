@@ -54,7 +54,10 @@ pub fn respond(service: &ServiceRef, local_endpoints: usize, proxy_healthy: bool
     let json = serde_json::to_vec(&body).unwrap_or_default();
     Response::new(status, "application/json", json)
         .header("X-Content-Type-Options", "nosniff")
-        .header("X-Load-Balancing-Endpoint-Weight", local_endpoints.to_string())
+        .header(
+            "X-Load-Balancing-Endpoint-Weight",
+            local_endpoints.to_string(),
+        )
 }
 
 struct Listener {
@@ -200,9 +203,18 @@ mod tests {
             String::from_utf8(r.body).unwrap(),
             r#"{"service":{"namespace":"ns","name":"lb"},"localEndpoints":2,"serviceProxyHealthy":true}"#
         );
-        assert!(r.headers.contains(&("Content-Type", "application/json".into())));
-        assert!(r.headers.contains(&("X-Content-Type-Options", "nosniff".into())));
-        assert!(r.headers.contains(&("X-Load-Balancing-Endpoint-Weight", "2".into())));
+        assert!(
+            r.headers
+                .contains(&("Content-Type", "application/json".into()))
+        );
+        assert!(
+            r.headers
+                .contains(&("X-Content-Type-Options", "nosniff".into()))
+        );
+        assert!(
+            r.headers
+                .contains(&("X-Load-Balancing-Endpoint-Weight", "2".into()))
+        );
     }
 
     #[test]

@@ -113,7 +113,9 @@ fn main() -> Result<()> {
             .worker_threads(2)
             .enable_all()
             .build()?
-            .block_on(standalone(manifests, datapath, node_name, node_ips, host_netns)),
+            .block_on(standalone(
+                manifests, datapath, node_name, node_ips, host_netns,
+            )),
         Command::Services { bpffs_dir, output } => services(bpffs_dir, output),
         Command::Cleanup { datapath } => {
             datapath::cleanup(&BpffsDir::new(&datapath.bpffs_dir))?;

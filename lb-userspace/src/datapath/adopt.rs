@@ -7,7 +7,7 @@ use super::{
     convert::{ip_from_map4, ip_from_map6, name_from_map, port_from_map},
     maps::Maps,
     store::BackendAddr,
-    sync::{InstalledBackend, InstalledSet, Installed},
+    sync::{Installed, InstalledBackend, InstalledSet},
 };
 use crate::model::{FrontendAddr, Protocol};
 

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use lb_common::{ServiceName, SERVICE_NAME_LEN};
+use lb_common::{SERVICE_NAME_LEN, ServiceName};
 
 /// An IPv4 address as the kernel stores `user_ip4`.
 pub fn ip4_to_map(ip: Ipv4Addr) -> u32 {
@@ -17,7 +17,9 @@ pub fn ip4_from_map(v: u32) -> Ipv4Addr {
 /// An IPv6 address as the kernel stores `user_ip6`.
 pub fn ip6_to_map(ip: Ipv6Addr) -> [u32; 4] {
     let o = ip.octets();
-    std::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+    std::array::from_fn(|i| {
+        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+    })
 }
 
 pub fn ip6_from_map(v: [u32; 4]) -> Ipv6Addr {
@@ -92,6 +94,9 @@ mod tests {
         let stored = name_to_map(&long);
         assert!(stored.len as usize <= SERVICE_NAME_LEN);
         assert!(name_from_map(&stored).chars().all(|c| c == 'é'));
-        assert_eq!(name_from_map(&name_to_map("ns/a:http/TCP")), "ns/a:http/TCP");
+        assert_eq!(
+            name_from_map(&name_to_map("ns/a:http/TCP")),
+            "ns/a:http/TCP"
+        );
     }
 }

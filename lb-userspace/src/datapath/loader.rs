@@ -70,14 +70,22 @@ pub enum LoadError {
 /// reuse it blindly, so it is removed and recreated instead.
 fn expected_layout(name: &str) -> Option<(u32, u32, u32)> {
     use core::mem::size_of;
-    use lb_common::*;
     use lb_common::capacity;
+    use lb_common::*;
     fn sz<T>() -> u32 {
         size_of::<T>() as u32
     }
     Some(match name {
-        names::FRONTENDS4 => (sz::<Frontend4Key>(), sz::<FrontendValue>(), capacity::FRONTENDS),
-        names::FRONTENDS6 => (sz::<Frontend6Key>(), sz::<FrontendValue>(), capacity::FRONTENDS),
+        names::FRONTENDS4 => (
+            sz::<Frontend4Key>(),
+            sz::<FrontendValue>(),
+            capacity::FRONTENDS,
+        ),
+        names::FRONTENDS6 => (
+            sz::<Frontend6Key>(),
+            sz::<FrontendValue>(),
+            capacity::FRONTENDS,
+        ),
         names::SLOTS => (sz::<SlotKey>(), 4, capacity::SLOTS),
         names::BACKENDS4 => (4, sz::<Backend4>(), capacity::BACKENDS),
         names::BACKENDS6 => (4, sz::<Backend6>(), capacity::BACKENDS),
@@ -93,7 +101,11 @@ fn expected_layout(name: &str) -> Option<(u32, u32, u32)> {
             sz::<SockRevNat6Value>(),
             capacity::SOCK_REVNAT,
         ),
-        names::AFFINITY => (sz::<AffinityKey>(), sz::<AffinityValue>(), capacity::AFFINITY),
+        names::AFFINITY => (
+            sz::<AffinityKey>(),
+            sz::<AffinityValue>(),
+            capacity::AFFINITY,
+        ),
         names::COUNTERS => (4, sz::<ServiceCounters>(), capacity::SERVICES),
         names::SERVICE_NAMES => (4, sz::<ServiceName>(), capacity::SERVICES),
         names::NODEPORT_BINDS => (sz::<NodePortKey>(), 1, capacity::NODEPORT_BINDS),
@@ -175,7 +187,9 @@ macro_rules! attach_as {
         prog.load().map_err(err)?;
         // bpf_link attachments to cgroups are always multi-program; the
         // kernel rejects any flag for them, hence Single (no flag).
-        let id = prog.attach($cgroup, CgroupAttachMode::Single).map_err(err)?;
+        let id = prog
+            .attach($cgroup, CgroupAttachMode::Single)
+            .map_err(err)?;
         let link = prog.take_link(id).map_err(err)?;
         FdLink::try_from(link).map_err(|source| LoadError::Link { name, source })?
     }};

@@ -13,7 +13,9 @@ use super::paths::BpffsDir;
 
 #[derive(Debug, Error)]
 pub enum MapsError {
-    #[error("opening pinned map {name} in {dir}: {source} (is ferry running, or was it cleaned up?)")]
+    #[error(
+        "opening pinned map {name} in {dir}: {source} (is ferry running, or was it cleaned up?)"
+    )]
     Open {
         name: &'static str,
         dir: String,

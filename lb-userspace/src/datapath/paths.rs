@@ -41,21 +41,24 @@ fn mounts_of(fstype: &str) -> Result<Vec<PathBuf>, PathError> {
 
 /// /proc/mounts escapes space, tab, newline and backslash as octal.
 fn unescape_mount_path(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
     let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v as char);
-                i += 4;
-                continue;
-            }
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && let Some(v) = std::str::from_utf8(&bytes[i + 1..i + 4])
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        {
+            out.push(v);
+            i += 4;
+            continue;
         }
-        out.push(bytes[i] as char);
+        out.push(bytes[i]);
         i += 1;
     }
-    out
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The root of the cgroup v2 hierarchy. On hybrid hosts it is not
@@ -117,10 +120,7 @@ impl BpffsDir {
     /// mounted bpffs.
     pub fn on_bpffs(&self) -> Result<bool, PathError> {
         let mounts = mounts_of("bpf")?;
-        Ok(self
-            .root
-            .ancestors()
-            .any(|a| mounts.iter().any(|m| m == a)))
+        Ok(self.root.ancestors().any(|a| mounts.iter().any(|m| m == a)))
     }
 
     pub fn exists(&self) -> bool {
@@ -163,7 +163,10 @@ mod tests {
     #[test]
     fn unescapes_octal_in_mount_paths() {
         assert_eq!(unescape_mount_path(r"/a\040b"), "/a b");
-        assert_eq!(unescape_mount_path("/sys/fs/cgroup/unified"), "/sys/fs/cgroup/unified");
+        assert_eq!(
+            unescape_mount_path("/sys/fs/cgroup/unified"),
+            "/sys/fs/cgroup/unified"
+        );
         assert_eq!(unescape_mount_path(r"/x\"), r"/x\");
     }
 

@@ -5,9 +5,7 @@
 use std::net::IpAddr;
 
 use aya::maps::{MapError, PerCpuValues};
-use lb_common::{
-    Backend4, Backend6, FrontendValue, NodePortKey, ServiceCounters, SlotKey,
-};
+use lb_common::{Backend4, Backend6, FrontendValue, NodePortKey, ServiceCounters, SlotKey};
 
 use super::{
     convert::{ip4_to_map, ip6_to_map, name_to_map, port_to_map},
@@ -27,8 +25,7 @@ pub trait Store {
     type Error: std::fmt::Display;
     fn put_backend(&mut self, id: u32, addr: &BackendAddr, flags: u8) -> Result<(), Self::Error>;
     fn del_backend(&mut self, id: u32, addr: &BackendAddr) -> Result<(), Self::Error>;
-    fn put_slot(&mut self, service_id: u32, slot: u32, backend_id: u32)
-    -> Result<(), Self::Error>;
+    fn put_slot(&mut self, service_id: u32, slot: u32, backend_id: u32) -> Result<(), Self::Error>;
     fn del_slot(&mut self, service_id: u32, slot: u32) -> Result<(), Self::Error>;
     fn put_frontend(&mut self, fe: &FrontendAddr, value: &FrontendValue)
     -> Result<(), Self::Error>;
@@ -52,7 +49,11 @@ fn node_port_key(port: u16, protocol: Protocol) -> NodePortKey {
 }
 
 /// Map keys of a frontend address.
-pub fn frontend4_key(ip: std::net::Ipv4Addr, port: u16, protocol: Protocol) -> lb_common::Frontend4Key {
+pub fn frontend4_key(
+    ip: std::net::Ipv4Addr,
+    port: u16,
+    protocol: Protocol,
+) -> lb_common::Frontend4Key {
     lb_common::Frontend4Key {
         addr: ip4_to_map(ip),
         port: port_to_map(port),
@@ -61,7 +62,11 @@ pub fn frontend4_key(ip: std::net::Ipv4Addr, port: u16, protocol: Protocol) -> l
     }
 }
 
-pub fn frontend6_key(ip: std::net::Ipv6Addr, port: u16, protocol: Protocol) -> lb_common::Frontend6Key {
+pub fn frontend6_key(
+    ip: std::net::Ipv6Addr,
+    port: u16,
+    protocol: Protocol,
+) -> lb_common::Frontend6Key {
     lb_common::Frontend6Key {
         addr: ip6_to_map(ip),
         port: port_to_map(port),
@@ -107,7 +112,8 @@ impl Store for Maps {
     }
 
     fn put_slot(&mut self, service_id: u32, slot: u32, backend_id: u32) -> Result<(), MapError> {
-        self.slots.insert(SlotKey { service_id, slot }, backend_id, 0)
+        self.slots
+            .insert(SlotKey { service_id, slot }, backend_id, 0)
     }
 
     fn del_slot(&mut self, service_id: u32, slot: u32) -> Result<(), MapError> {
@@ -116,19 +122,25 @@ impl Store for Maps {
 
     fn put_frontend(&mut self, fe: &FrontendAddr, value: &FrontendValue) -> Result<(), MapError> {
         match fe.ip {
-            IpAddr::V4(ip) => self
-                .frontends4
-                .insert(frontend4_key(ip, fe.port, fe.protocol), value, 0),
-            IpAddr::V6(ip) => self
-                .frontends6
-                .insert(frontend6_key(ip, fe.port, fe.protocol), value, 0),
+            IpAddr::V4(ip) => {
+                self.frontends4
+                    .insert(frontend4_key(ip, fe.port, fe.protocol), value, 0)
+            }
+            IpAddr::V6(ip) => {
+                self.frontends6
+                    .insert(frontend6_key(ip, fe.port, fe.protocol), value, 0)
+            }
         }
     }
 
     fn del_frontend(&mut self, fe: &FrontendAddr) -> Result<(), MapError> {
         ignore_missing(match fe.ip {
-            IpAddr::V4(ip) => self.frontends4.remove(&frontend4_key(ip, fe.port, fe.protocol)),
-            IpAddr::V6(ip) => self.frontends6.remove(&frontend6_key(ip, fe.port, fe.protocol)),
+            IpAddr::V4(ip) => self
+                .frontends4
+                .remove(&frontend4_key(ip, fe.port, fe.protocol)),
+            IpAddr::V6(ip) => self
+                .frontends6
+                .remove(&frontend6_key(ip, fe.port, fe.protocol)),
         })
     }
 
@@ -171,7 +183,8 @@ impl Store for Maps {
             })
         };
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| syscall(e))?;
-        let zeros = PerCpuValues::try_from(vec![ServiceCounters::default(); cpus]).map_err(syscall)?;
+        let zeros =
+            PerCpuValues::try_from(vec![ServiceCounters::default(); cpus]).map_err(syscall)?;
         self.counters.set(service_id, zeros, 0)
     }
 }

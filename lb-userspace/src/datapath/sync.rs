@@ -184,20 +184,37 @@ impl Installed {
                 let Some(id) = set_ids.take() else {
                     report.errors.push(SyncError {
                         what: name.clone(),
-                        reason: format!("no free service id (the maps hold {} backend sets)", capacity::SERVICES - 1),
+                        reason: format!(
+                            "no free service id (the maps hold {} backend sets)",
+                            capacity::SERVICES - 1
+                        ),
                     });
                     failed.insert(name);
                     continue;
                 };
                 // A reused id must not carry another Service's counters or
                 // name; the frontends that will point at it come later.
-                let _ = rec(&mut report, || format!("{name}: counters"), store.reset_counters(id));
-                if !rec(&mut report, || format!("{name}: name"), store.put_name(id, &name)) {
+                let _ = rec(
+                    &mut report,
+                    || format!("{name}: counters"),
+                    store.reset_counters(id),
+                );
+                if !rec(
+                    &mut report,
+                    || format!("{name}: name"),
+                    store.put_name(id, &name),
+                ) {
                     set_ids.used.remove(&id);
                     failed.insert(name);
                     continue;
                 }
-                self.sets.insert(name.clone(), InstalledSet { id, slots: Vec::new() });
+                self.sets.insert(
+                    name.clone(),
+                    InstalledSet {
+                        id,
+                        slots: Vec::new(),
+                    },
+                );
             }
             let mut ids = Vec::with_capacity(set.backends.len());
             let mut ok = true;
@@ -207,8 +224,18 @@ impl Installed {
                 match self.backends.get(&addr).copied() {
                     Some(installed) if installed.flags == flags => ids.push(installed.id),
                     Some(installed) => {
-                        if rec(&mut report, || format!("{name}: backend {}:{}", addr.ip, addr.port), store.put_backend(installed.id, &addr, flags)) {
-                            self.backends.insert(addr, InstalledBackend { id: installed.id, flags });
+                        if rec(
+                            &mut report,
+                            || format!("{name}: backend {}:{}", addr.ip, addr.port),
+                            store.put_backend(installed.id, &addr, flags),
+                        ) {
+                            self.backends.insert(
+                                addr,
+                                InstalledBackend {
+                                    id: installed.id,
+                                    flags,
+                                },
+                            );
                         }
                         ids.push(installed.id);
                     }
@@ -216,12 +243,19 @@ impl Installed {
                         let Some(id) = backend_ids.take() else {
                             report.errors.push(SyncError {
                                 what: name.clone(),
-                                reason: format!("no free backend id (the maps hold {} backends)", capacity::BACKENDS - 1),
+                                reason: format!(
+                                    "no free backend id (the maps hold {} backends)",
+                                    capacity::BACKENDS - 1
+                                ),
                             });
                             ok = false;
                             break;
                         };
-                        if !rec(&mut report, || format!("{name}: backend {}:{}", addr.ip, addr.port), store.put_backend(id, &addr, flags)) {
+                        if !rec(
+                            &mut report,
+                            || format!("{name}: backend {}:{}", addr.ip, addr.port),
+                            store.put_backend(id, &addr, flags),
+                        ) {
                             backend_ids.used.remove(&id);
                             ok = false;
                             break;
@@ -242,7 +276,11 @@ impl Installed {
                     continue;
                 }
                 let slot = i as u32 + 1;
-                if !rec(&mut report, || format!("{name}: slot {slot}"), store.put_slot(installed.id, slot, *backend_id)) {
+                if !rec(
+                    &mut report,
+                    || format!("{name}: slot {slot}"),
+                    store.put_slot(installed.id, slot, *backend_id),
+                ) {
                     ok = false;
                     break;
                 }
@@ -284,7 +322,11 @@ impl Installed {
                 _pad: 0,
             };
             if self.frontends.get(addr) != Some(&value)
-                && rec(&mut report, || format!("frontend {addr}"), store.put_frontend(addr, &value))
+                && rec(
+                    &mut report,
+                    || format!("frontend {addr}"),
+                    store.put_frontend(addr, &value),
+                )
             {
                 self.frontends.insert(*addr, value);
             }
@@ -294,14 +336,22 @@ impl Installed {
                 continue;
             };
             if self.cluster_ips.get(ip) != Some(&id)
-                && rec(&mut report, || format!("cluster IP {ip}"), store.put_cluster_ip(*ip, id))
+                && rec(
+                    &mut report,
+                    || format!("cluster IP {ip}"),
+                    store.put_cluster_ip(*ip, id),
+                )
             {
                 self.cluster_ips.insert(*ip, id);
             }
         }
         for (port, protocol) in &desired.node_ports {
             if !self.node_ports.contains(&(*port, *protocol))
-                && rec(&mut report, || format!("node port {port}/{protocol}"), store.put_node_port(*port, *protocol))
+                && rec(
+                    &mut report,
+                    || format!("node port {port}/{protocol}"),
+                    store.put_node_port(*port, *protocol),
+                )
             {
                 self.node_ports.insert((*port, *protocol));
             }
@@ -315,7 +365,11 @@ impl Installed {
             .copied()
             .collect();
         for addr in gone {
-            if rec(&mut report, || format!("frontend {addr}"), store.del_frontend(&addr)) {
+            if rec(
+                &mut report,
+                || format!("frontend {addr}"),
+                store.del_frontend(&addr),
+            ) {
                 self.frontends.remove(&addr);
             }
         }
@@ -326,7 +380,11 @@ impl Installed {
             .copied()
             .collect();
         for ip in gone {
-            if rec(&mut report, || format!("cluster IP {ip}"), store.del_cluster_ip(ip)) {
+            if rec(
+                &mut report,
+                || format!("cluster IP {ip}"),
+                store.del_cluster_ip(ip),
+            ) {
                 self.cluster_ips.remove(&ip);
             }
         }
@@ -337,7 +395,11 @@ impl Installed {
             .copied()
             .collect();
         for (port, protocol) in gone {
-            if rec(&mut report, || format!("node port {port}/{protocol}"), store.del_node_port(port, protocol)) {
+            if rec(
+                &mut report,
+                || format!("node port {port}/{protocol}"),
+                store.del_node_port(port, protocol),
+            ) {
                 self.node_ports.remove(&(port, protocol));
             }
         }
@@ -346,7 +408,11 @@ impl Installed {
             let installed = self.sets.get_mut(name).expect("synced above");
             while installed.slots.len() > *count as usize {
                 let slot = installed.slots.len() as u32;
-                if !rec(&mut report, || format!("{name}: slot {slot}"), store.del_slot(installed.id, slot)) {
+                if !rec(
+                    &mut report,
+                    || format!("{name}: slot {slot}"),
+                    store.del_slot(installed.id, slot),
+                ) {
                     break;
                 }
                 installed.slots.pop();
@@ -366,12 +432,22 @@ impl Installed {
             let set = self.sets.get_mut(&name).expect("listed above");
             while let Some(_last) = set.slots.last() {
                 let slot = set.slots.len() as u32;
-                if !rec(&mut report, || format!("{name}: slot {slot}"), store.del_slot(set.id, slot)) {
+                if !rec(
+                    &mut report,
+                    || format!("{name}: slot {slot}"),
+                    store.del_slot(set.id, slot),
+                ) {
                     break;
                 }
                 set.slots.pop();
             }
-            if set.slots.is_empty() && rec(&mut report, || format!("{name}: name"), store.del_name(set.id)) {
+            if set.slots.is_empty()
+                && rec(
+                    &mut report,
+                    || format!("{name}: name"),
+                    store.del_name(set.id),
+                )
+            {
                 self.sets.remove(&name);
             }
         }
@@ -388,7 +464,11 @@ impl Installed {
             .map(|(a, b)| (*a, b.id))
             .collect();
         for (addr, id) in gone {
-            if rec(&mut report, || format!("backend {}:{}", addr.ip, addr.port), store.del_backend(id, &addr)) {
+            if rec(
+                &mut report,
+                || format!("backend {}:{}", addr.ip, addr.port),
+                store.del_backend(id, &addr),
+            ) {
                 self.backends.remove(&addr);
             }
         }

@@ -32,12 +32,13 @@ impl MemStore {
         for (fe, v) in &self.frontends {
             for slot in 1..=v.count as u32 {
                 match self.slots.get(&(v.service_id, slot)) {
-                    None => self
-                        .violations
-                        .push(format!("after {op}: {fe} count {} but slot {slot} empty", v.count)),
-                    Some(b) if !self.backends.contains_key(b) => self
-                        .violations
-                        .push(format!("after {op}: {fe} slot {slot} → missing backend {b}")),
+                    None => self.violations.push(format!(
+                        "after {op}: {fe} count {} but slot {slot} empty",
+                        v.count
+                    )),
+                    Some(b) if !self.backends.contains_key(b) => self.violations.push(format!(
+                        "after {op}: {fe} slot {slot} → missing backend {b}"
+                    )),
                     Some(_) => {}
                 }
             }
@@ -85,7 +86,9 @@ impl Store for MemStore {
         op!(self, "del_backend", { self.backends.remove(&id) })
     }
     fn put_slot(&mut self, service_id: u32, slot: u32, backend_id: u32) -> Result<(), String> {
-        op!(self, "put_slot", { self.slots.insert((service_id, slot), backend_id) })
+        op!(self, "put_slot", {
+            self.slots.insert((service_id, slot), backend_id)
+        })
     }
     fn del_slot(&mut self, service_id: u32, slot: u32) -> Result<(), String> {
         op!(self, "del_slot", { self.slots.remove(&(service_id, slot)) })
@@ -97,7 +100,9 @@ impl Store for MemStore {
         op!(self, "del_frontend", { self.frontends.remove(fe) })
     }
     fn put_cluster_ip(&mut self, ip: IpAddr, service_id: u32) -> Result<(), String> {
-        op!(self, "put_cluster_ip", { self.cluster_ips.insert(ip, service_id) })
+        op!(self, "put_cluster_ip", {
+            self.cluster_ips.insert(ip, service_id)
+        })
     }
     fn del_cluster_ip(&mut self, ip: IpAddr) -> Result<(), String> {
         op!(self, "del_cluster_ip", { self.cluster_ips.remove(&ip) })
@@ -109,7 +114,9 @@ impl Store for MemStore {
         op!(self, "del_node_port", {})
     }
     fn put_name(&mut self, service_id: u32, name: &str) -> Result<(), String> {
-        op!(self, "put_name", { self.names.insert(service_id, name.to_string()) })
+        op!(self, "put_name", {
+            self.names.insert(service_id, name.to_string())
+        })
     }
     fn del_name(&mut self, service_id: u32) -> Result<(), String> {
         op!(self, "del_name", { self.names.remove(&service_id) })
@@ -198,14 +205,21 @@ fn run(steps: &[DesiredState]) -> (MemStore, Installed) {
 fn install_then_scale_up_down_and_replace_without_exposing_gaps() {
     let steps = [
         desired(&[("a", "10.96.0.1", &[1, 2]), ("b", "10.96.0.2", &[3])]),
-        desired(&[("a", "10.96.0.1", &[1, 2, 4, 5, 6]), ("b", "10.96.0.2", &[3])]),
+        desired(&[
+            ("a", "10.96.0.1", &[1, 2, 4, 5, 6]),
+            ("b", "10.96.0.2", &[3]),
+        ]),
         desired(&[("a", "10.96.0.1", &[6]), ("b", "10.96.0.2", &[3])]),
         desired(&[("a", "10.96.0.1", &[7, 8]), ("b", "10.96.0.2", &[3, 1])]),
     ];
     for n in 1..=steps.len() {
         let (store, _) = run(&steps[..n]);
         let want: [&[u8]; 4] = [&[1, 2], &[1, 2, 4, 5, 6], &[6], &[7, 8]];
-        assert_eq!(store.reachable(&fe("10.96.0.1")), ips(want[n - 1]), "step {n}");
+        assert_eq!(
+            store.reachable(&fe("10.96.0.1")),
+            ips(want[n - 1]),
+            "step {n}"
+        );
     }
     let (store, _) = run(&steps);
     assert_eq!(store.reachable(&fe("10.96.0.2")), ips(&[1, 3]));

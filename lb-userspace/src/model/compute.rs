@@ -279,15 +279,15 @@ impl<'a> Builder<'a> {
                 cluster_ip_selection,
             ));
         }
-        if let Some(node_port) = port.node_port {
-            if self.claim_node_port(svc, port, node_port, invalid) {
-                for ip in self.node_addresses.get(&family).into_iter().flatten() {
-                    candidates.push((
-                        addr(*ip, node_port),
-                        FrontendKind::NodePort,
-                        Selection::Cluster,
-                    ));
-                }
+        if let Some(node_port) = port.node_port
+            && self.claim_node_port(svc, port, node_port, invalid)
+        {
+            for ip in self.node_addresses.get(&family).into_iter().flatten() {
+                candidates.push((
+                    addr(*ip, node_port),
+                    FrontendKind::NodePort,
+                    Selection::Cluster,
+                ));
             }
         }
         for ip in ctx.external_ips {

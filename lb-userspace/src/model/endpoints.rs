@@ -174,7 +174,8 @@ impl EndpointsIndex {
 /// (by slice namespace/name) stays.
 fn add_endpoint(endpoints: &mut BTreeMap<(IpAddr, u16), Endpoint>, ep: Endpoint) {
     match endpoints.get(&(ep.ip, ep.port)) {
-        Some(existing) if !(existing.terminating && !ep.terminating) => {}
+        // Replace only a terminating copy by a non-terminating one.
+        Some(existing) if !existing.terminating || ep.terminating => {}
         _ => {
             endpoints.insert((ep.ip, ep.port), ep);
         }
@@ -481,12 +482,13 @@ mod tests {
     #[test]
     fn slice_port_filters() {
         // (port name, protocol, number) → attached as (name, protocol)?
-        let cases: &[(
-            Option<&str>,
-            Option<&str>,
+        type Row = (
+            Option<&'static str>,
+            Option<&'static str>,
             Option<i32>,
-            Option<(&str, Protocol)>,
-        )] = &[
+            Option<(&'static str, Protocol)>,
+        );
+        let cases: &[Row] = &[
             (
                 Some("http"),
                 Some("TCP"),
@@ -527,7 +529,13 @@ mod tests {
     #[test]
     fn invalid_slice_entries_are_reported_and_skipped_alone() {
         // (description, slice) → (endpoints left on port "p", reasons).
-        let cases: Vec<(&str, Arc<EndpointSlice>, Vec<&str>, Vec<&str>)> = vec![
+        type Row = (
+            &'static str,
+            Arc<EndpointSlice>,
+            Vec<&'static str>,
+            Vec<&'static str>,
+        );
+        let cases: Vec<Row> = vec![
             (
                 "port 0",
                 slice("ns", "s", "svc", "IPv4")

@@ -27,10 +27,10 @@ pub fn node_info(node: Option<&Node>, name: &str, override_ips: &[IpAddr]) -> No
             .and_then(|n| n.status.as_ref())
             .and_then(|s| s.addresses.as_ref());
         for a in status.into_iter().flatten() {
-            if matches!(a.type_.as_str(), "InternalIP" | "ExternalIP") {
-                if let Some(ip) = parse_ip_lenient(&a.address) {
-                    push(ip);
-                }
+            if matches!(a.type_.as_str(), "InternalIP" | "ExternalIP")
+                && let Some(ip) = parse_ip_lenient(&a.address)
+            {
+                push(ip);
             }
         }
     } else {
@@ -92,7 +92,15 @@ mod tests {
             ("ExternalIP", "not-an-ip"),
         ];
         let n = node(&status, Some("zone-a"));
-        let cases: Vec<(&str, Option<&Node>, Vec<IpAddr>, Vec<&str>, Option<&str>)> = vec![
+        // (what, Node, override IPs) → (addresses, zone)
+        type Row<'a> = (
+            &'a str,
+            Option<&'a Node>,
+            Vec<IpAddr>,
+            Vec<&'a str>,
+            Option<&'a str>,
+        );
+        let cases: Vec<Row> = vec![
             (
                 "status addresses: InternalIP and ExternalIP only, lenient, deduplicated",
                 Some(&n),

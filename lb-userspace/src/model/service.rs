@@ -777,7 +777,12 @@ mod tests {
 
     #[test]
     fn session_affinity_table() {
-        let cases: Vec<(&str, ServiceBuilder, Result<Option<u32>, &str>)> = vec![
+        type Row = (
+            &'static str,
+            ServiceBuilder,
+            Result<Option<u32>, &'static str>,
+        );
+        let cases: Vec<Row> = vec![
             ("unset", svc(), Ok(None)),
             (
                 "None",
@@ -835,14 +840,15 @@ mod tests {
     #[test]
     fn traffic_policy_table() {
         // (type, externalIPs, iTP, eTP) → (internal local, external local) or reason.
-        let cases: Vec<(
-            &str,
-            Option<&str>,
-            &[&str],
-            Option<&str>,
-            Option<&str>,
-            Result<(bool, bool), &str>,
-        )> = vec![
+        type Row = (
+            &'static str,
+            Option<&'static str>,
+            &'static [&'static str],
+            Option<&'static str>,
+            Option<&'static str>,
+            Result<(bool, bool), &'static str>,
+        );
+        let cases: Vec<Row> = vec![
             ("defaults", None, &[], None, None, Ok((false, false))),
             (
                 "iTP Local",
@@ -950,7 +956,15 @@ mod tests {
     #[test]
     fn health_check_node_port_table() {
         // (type, eTP, healthCheckNodePort) → (port, reasons)
-        let cases: Vec<(&str, &str, Option<&str>, Option<i32>, Option<u16>, &[&str])> = vec![
+        type Row = (
+            &'static str,
+            &'static str,
+            Option<&'static str>,
+            Option<i32>,
+            Option<u16>,
+            &'static [&'static str],
+        );
+        let cases: Vec<Row> = vec![
             (
                 "LB eTP Local",
                 "LoadBalancer",

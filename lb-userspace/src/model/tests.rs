@@ -410,7 +410,15 @@ fn external_local_selection(slices: &[Arc<EndpointSlice>]) -> Served {
 #[test]
 fn upstream_terminating_external_policy_local() {
     use St::*;
-    let cases: Vec<(&str, Vec<(&str, bool, St)>, Served, Served, usize)> = vec![
+    // (what, endpoints) → (pod → ClusterIP, external → LB, health count)
+    type Row = (
+        &'static str,
+        Vec<(&'static str, bool, St)>,
+        Served,
+        Served,
+        usize,
+    );
+    let cases: Vec<Row> = vec![
         (
             "ready, terminating and non-serving local endpoints, one remote ready",
             vec![
@@ -494,7 +502,8 @@ fn upstream_terminating_external_policy_local() {
 #[test]
 fn upstream_terminating_external_policy_cluster() {
     use St::*;
-    let cases: Vec<(&str, Vec<(&str, bool, St)>, Served)> = vec![
+    type Row = (&'static str, Vec<(&'static str, bool, St)>, Served);
+    let cases: Vec<Row> = vec![
         (
             "ready endpoints exist: ready only",
             vec![
@@ -851,7 +860,13 @@ fn named_target_port_resolves_per_endpoint() {
 
 #[test]
 fn slices_are_merged_and_duplicates_keep_the_non_terminating_copy() {
-    let cases: Vec<(&str, Vec<Arc<EndpointSlice>>, Vec<(&str, bool)>)> = vec![
+    // (what, slices) → (backend, terminating) of the ClusterIP.
+    type Row = (
+        &'static str,
+        Vec<Arc<EndpointSlice>>,
+        Vec<(&'static str, bool)>,
+    );
+    let cases: Vec<Row> = vec![
         (
             "two slices, disjoint",
             vec![
@@ -1338,7 +1353,13 @@ fn traffic_policies_for_local_clients() {
 #[test]
 fn empty_outcome_table() {
     // (iTP, endpoints) → outcome on the ClusterIP.
-    let cases: Vec<(&str, Option<&str>, Vec<Arc<EndpointSlice>>, Served)> = vec![
+    type Row = (
+        &'static str,
+        Option<&'static str>,
+        Vec<Arc<EndpointSlice>>,
+        Served,
+    );
+    let cases: Vec<Row> = vec![
         ("no slice", None, vec![], Served::Reject),
         (
             "slice without endpoints",
@@ -2052,8 +2073,9 @@ fn result_does_not_depend_on_input_order() {
     assert!(b.backends.iter().any(|x| x.ip == ip("10.0.0.1") && x.local));
 }
 
-/// A small deterministic generator of hostile objects: compute must not
-/// panic and must keep its invariants on any of them.
+/// A small deterministic generator of mostly-valid objects sprinkled with
+/// hostile values: compute must not panic, must keep its invariants and must
+/// not depend on input order, on any of them.
 #[test]
 fn never_panics_on_arbitrary_input() {
     struct Rng(u64);
@@ -2071,131 +2093,163 @@ fn never_panics_on_arbitrary_input() {
         fn chance(&mut self, percent: u64) -> bool {
             self.next() % 100 < percent
         }
+        /// Mostly from `good`, sometimes from `bad`.
+        fn either<T: Copy>(&mut self, good: &[T], bad: &[T]) -> T {
+            if self.chance(85) {
+                self.pick(good)
+            } else {
+                self.pick(bad)
+            }
+        }
     }
-    let ips = [
-        "172.30.0.1",
-        "172.30.0.2",
-        "172.30.0.041",
-        "fd00::1",
-        "fd00::2",
-        "",
-        "None",
-        "1.2.3",
-        "::ffff:1.2.3.4",
-        "300.1.1.1",
-        "1.2.3.4",
-        "192.168.0.2",
-        "127.0.0.1",
-        "::1",
-        " 1.2.3.4",
-        "x",
-    ];
-    let families = ["IPv4", "IPv6", "IPv5", ""];
-    let types = [
-        "ClusterIP",
-        "NodePort",
-        "LoadBalancer",
-        "ExternalName",
-        "Other",
-        "",
-    ];
-    let protocols = ["TCP", "UDP", "SCTP", "tcp", ""];
-    let names = ["", "a", "b", "http"];
-    let numbers = [
-        0,
-        1,
-        53,
-        80,
-        80,
-        443,
-        30080,
-        30080,
-        65535,
-        65536,
-        -1,
-        i32::MIN,
-        i32::MAX,
-    ];
-    let policies = ["Local", "Cluster", "Bogus", ""];
-    let address_types = ["IPv4", "IPv6", "FQDN", "IPv9"];
-    let nodes = [NODE, "node1", ""];
+    type Pool<T> = (&'static [T], &'static [T]);
+    const CLUSTER_IPS: Pool<&str> = (
+        &[
+            "172.30.0.1",
+            "172.30.0.2",
+            "172.30.0.3",
+            "fd00:30::1",
+            "fd00:30::2",
+        ],
+        &[
+            "",
+            "None",
+            "1.2.3",
+            "300.1.1.1",
+            "::ffff:172.30.0.9",
+            " 172.30.0.1",
+            "x",
+            "172.30.0.041",
+        ],
+    );
+    const EXTERNAL_IPS: Pool<&str> = (
+        &[
+            "1.2.3.4",
+            "1.2.3.5",
+            "2001:db8::1",
+            "192.168.0.2",
+            "172.30.0.1",
+            "127.0.0.1",
+            "::1",
+        ],
+        &["x", "1.2.3", ""],
+    );
+    const POD_IPS: Pool<&str> = (
+        &[
+            "10.0.0.1",
+            "10.0.0.2",
+            "10.0.0.3",
+            "fd00:10::1",
+            "fd00:10::2",
+        ],
+        &["x", "10.0.0.256", "", "010.0.0.1"],
+    );
+    const FAMILIES: Pool<&str> = (&["IPv4", "IPv6"], &["IPv5", ""]);
+    const TYPES: Pool<&str> = (
+        &["ClusterIP", "NodePort", "LoadBalancer"],
+        &["ExternalName", "Other", ""],
+    );
+    const PROTOCOLS: Pool<&str> = (&["TCP", "TCP", "TCP", "UDP"], &["SCTP", "tcp", ""]);
+    const NUMBERS: Pool<i32> = (
+        &[53, 80, 443, 30080, 30081, 65535],
+        &[0, 65536, -1, i32::MIN, i32::MAX],
+    );
+    const TIMEOUTS: Pool<i32> = (&[1, 300, 86_400], &[0, 86_401, -1]);
+    const POLICIES: Pool<&str> = (&["Local", "Cluster"], &["Bogus", ""]);
+    const ADDRESS_TYPES: Pool<&str> = (&["IPv4", "IPv4", "IPv4", "IPv6"], &["FQDN", "IPv9"]);
+    const NAMESPACES: Pool<&str> = (&["ns"], &["ns2", ""]);
+    const IP_MODES: Pool<Option<&str>> = (&[None, Some("VIP")], &[Some("Proxy"), Some("X")]);
+    let names = ["", "", "a"];
+    let nodes = [NODE, NODE, "node1", ""];
     let zones = ["zone-a", "zone-b", ""];
 
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    for round in 0..300 {
+    let (mut with_backends, mut with_invalid) = (0, 0);
+    for round in 0..400 {
         let mut services = Vec::new();
-        for i in 0..(rng.next() % 5) {
+        for i in 0..(1 + rng.next() % 4) {
             let name = format!("s{}", i % 3);
-            let mut b = service(rng.pick(&["ns", "ns2", ""]), &name, rng.pick(&ips));
+            let mut b = service(
+                rng.either(NAMESPACES.0, NAMESPACES.1),
+                &name,
+                rng.either(CLUSTER_IPS.0, CLUSTER_IPS.1),
+            );
             if rng.chance(50) {
-                let fam: Vec<&str> = (0..rng.next() % 3).map(|_| rng.pick(&families)).collect();
-                let cips: Vec<&str> = (0..rng.next() % 3).map(|_| rng.pick(&ips)).collect();
+                let fam: Vec<&str> = (0..rng.next() % 3)
+                    .map(|_| rng.either(FAMILIES.0, FAMILIES.1))
+                    .collect();
+                let cips: Vec<&str> = (0..rng.next() % 3)
+                    .map(|_| rng.either(CLUSTER_IPS.0, CLUSTER_IPS.1))
+                    .collect();
                 b = b.families(&fam, &cips);
             }
             if rng.chance(70) {
-                b = b.type_(rng.pick(&types));
+                b = b.type_(rng.either(TYPES.0, TYPES.1));
             }
-            for _ in 0..(rng.next() % 4) {
+            for _ in 0..(1 + rng.next() % 3) {
                 b = b.raw_port(
-                    rng.chance(80).then(|| rng.pick(&names)),
-                    rng.chance(80).then(|| rng.pick(&protocols)),
-                    rng.pick(&numbers),
+                    rng.chance(90).then(|| rng.pick(&names)),
+                    rng.chance(90).then(|| rng.either(PROTOCOLS.0, PROTOCOLS.1)),
+                    rng.either(NUMBERS.0, NUMBERS.1),
                 );
                 if rng.chance(50) {
-                    b = b.node_port(rng.pick(&numbers));
+                    b = b.node_port(rng.either(NUMBERS.0, NUMBERS.1));
                 }
                 if rng.chance(30) {
-                    b = b.target(rng.pick(&numbers));
+                    b = b.target(rng.either(NUMBERS.0, NUMBERS.1));
                 }
             }
             if rng.chance(30) {
-                let ext: Vec<&str> = (0..rng.next() % 3).map(|_| rng.pick(&ips)).collect();
+                let ext: Vec<&str> = (0..rng.next() % 3)
+                    .map(|_| rng.either(EXTERNAL_IPS.0, EXTERNAL_IPS.1))
+                    .collect();
                 b = b.external_ips(&ext);
             }
             if rng.chance(30) {
                 b = b.lb_ingress(
-                    rng.chance(80).then(|| rng.pick(&ips)),
-                    rng.pick(&[None, Some("VIP"), Some("Proxy"), Some("X")]),
+                    rng.chance(90)
+                        .then(|| rng.either(EXTERNAL_IPS.0, EXTERNAL_IPS.1)),
+                    rng.either(IP_MODES.0, IP_MODES.1),
                 );
             }
             if rng.chance(30) {
-                b = b.itp(rng.pick(&policies));
+                b = b.itp(rng.either(POLICIES.0, POLICIES.1));
             }
             if rng.chance(30) {
-                b = b.etp(rng.pick(&policies));
+                b = b.etp(rng.either(POLICIES.0, POLICIES.1));
             }
             if rng.chance(30) {
-                b = b.health_check_node_port(rng.pick(&numbers));
+                b = b.health_check_node_port(rng.either(NUMBERS.0, NUMBERS.1));
             }
             if rng.chance(20) {
-                b = b.affinity(rng.chance(50).then(|| rng.pick(&numbers)));
+                b = b.affinity(rng.chance(50).then(|| rng.either(TIMEOUTS.0, TIMEOUTS.1)));
             }
             services.push(b.build());
         }
         let mut slices = Vec::new();
-        for i in 0..(rng.next() % 5) {
+        for i in 0..(1 + rng.next() % 4) {
             let mut s = slice(
-                rng.pick(&["ns", "ns2", ""]),
+                rng.either(NAMESPACES.0, NAMESPACES.1),
                 &format!("e{i}"),
-                &format!("s{}", rng.next() % 3),
-                rng.pick(&address_types),
+                &format!("s{}", rng.next() % 2),
+                rng.either(ADDRESS_TYPES.0, ADDRESS_TYPES.1),
             );
-            for _ in 0..(rng.next() % 3) {
+            for _ in 0..(1 + rng.next() % 2) {
                 s = s.raw_port(
-                    rng.chance(80).then(|| rng.pick(&names)),
-                    rng.chance(80).then(|| rng.pick(&protocols)),
-                    rng.chance(90).then(|| rng.pick(&numbers)),
+                    rng.chance(90).then(|| rng.pick(&names)),
+                    rng.chance(90).then(|| rng.either(PROTOCOLS.0, PROTOCOLS.1)),
+                    rng.chance(95).then(|| rng.either(NUMBERS.0, NUMBERS.1)),
                 );
             }
-            for _ in 0..(rng.next() % 5) {
-                let mut e = ep(rng.pick(&ips));
-                if rng.chance(10) {
+            for _ in 0..(1 + rng.next() % 4) {
+                let mut e = ep(rng.either(POD_IPS.0, POD_IPS.1));
+                if rng.chance(5) {
                     e = e.addresses(&[]);
                 }
-                if rng.chance(60) {
+                if rng.chance(70) {
                     e = e.node(rng.pick(&nodes));
                 }
-                if rng.chance(60) {
+                if rng.chance(50) {
                     let b = |r: &mut Rng| {
                         if r.chance(30) {
                             None
@@ -2209,7 +2263,7 @@ fn never_panics_on_arbitrary_input() {
                 if rng.chance(30) {
                     e = e.zone_hints(&[rng.pick(&zones)]);
                 }
-                if rng.chance(30) {
+                if rng.chance(20) {
                     e = e.node_hints(&[rng.pick(&nodes)]);
                 }
                 s = s.endpoint(e);
@@ -2222,6 +2276,15 @@ fn never_panics_on_arbitrary_input() {
             zone: rng.chance(50).then(|| rng.pick(&zones).to_string()),
         };
         let c = run_on(&node, services.clone(), slices.clone());
+        for i in &c.invalid { eprintln!("INV {}", i.reason.split(|ch: char| ch.is_ascii_digit() || ch == '"').next().unwrap_or("")); }
+        eprintln!("FE {} SETS {} NE {}", c.desired.frontends.len(), c.desired.backend_sets.len(), c.desired.backend_sets.values().filter(|s| !s.backends.is_empty()).count());
+        with_backends += usize::from(
+            c.desired
+                .backend_sets
+                .values()
+                .any(|s| !s.backends.is_empty()),
+        );
+        with_invalid += usize::from(!c.invalid.is_empty());
         // Deterministic: the same input in reverse gives the same output.
         let mut rs = services;
         rs.reverse();
@@ -2231,4 +2294,13 @@ fn never_panics_on_arbitrary_input() {
         assert_eq!(c.desired, r.desired, "round {round}");
         assert_eq!(c.invalid, r.invalid, "round {round}");
     }
+    // The generator must reach both the happy path and the error paths.
+    assert!(
+        with_backends > 100,
+        "only {with_backends} rounds with backends"
+    );
+    assert!(
+        with_invalid > 100,
+        "only {with_invalid} rounds with invalid input"
+    );
 }
