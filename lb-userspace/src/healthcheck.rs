@@ -7,6 +7,7 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
+    path::PathBuf,
     sync::{
         Arc, RwLock,
         atomic::{AtomicBool, Ordering},
@@ -19,6 +20,7 @@ use tokio::task::JoinHandle;
 use crate::{
     http::{self, Response},
     model::{HealthCheck, ServiceRef},
+    netutil,
 };
 
 #[derive(Serialize)]
@@ -79,13 +81,17 @@ impl Drop for Listener {
 pub struct HealthServer {
     listeners: BTreeMap<u16, Listener>,
     proxy_healthy: Arc<AtomicBool>,
+    /// The node's network namespace (None: ours), where the node
+    /// addresses live.
+    netns: Option<PathBuf>,
 }
 
 impl HealthServer {
-    pub fn new(proxy_healthy: Arc<AtomicBool>) -> Self {
+    pub fn new(proxy_healthy: Arc<AtomicBool>, netns: Option<PathBuf>) -> Self {
         Self {
             listeners: BTreeMap::new(),
             proxy_healthy,
+            netns,
         }
     }
 
@@ -151,8 +157,11 @@ impl HealthServer {
         addr: SocketAddr,
         state: Arc<RwLock<HealthCheck>>,
     ) -> std::io::Result<JoinHandle<()>> {
-        let std_listener = std::net::TcpListener::bind(addr)?;
-        std_listener.set_nonblocking(true)?;
+        let std_listener = netutil::in_netns(self.netns.as_deref(), || {
+            let l = std::net::TcpListener::bind(addr)?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        })?;
         let listener = tokio::net::TcpListener::from_std(std_listener)?;
         let healthy = self.proxy_healthy.clone();
         Ok(tokio::spawn(async move {
@@ -225,7 +234,7 @@ mod tests {
 
     #[tokio::test]
     async fn listeners_open_move_and_close_with_the_desired_state() {
-        let mut server = HealthServer::new(Arc::new(AtomicBool::new(true)));
+        let mut server = HealthServer::new(Arc::new(AtomicBool::new(true)), None);
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
         // Find a free port by binding and releasing it.
         let port = std::net::TcpListener::bind((lo, 0))

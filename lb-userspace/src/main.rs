@@ -1,10 +1,17 @@
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use anyhow::{Context as _, Result};
 use clap::Parser as _;
 use lb_userspace::{
     cli::{Cli, Command, DatapathArgs, LogFormat, OutputFormat},
     datapath::{self, BpffsDir, Datapath},
+    healthcheck::HealthServer,
     netutil,
     reconcile::{self, NodeConfig},
     source,
@@ -72,7 +79,11 @@ async fn standalone(
     let (tx, rx) = watch::channel(None::<Arc<source::Snapshot>>);
     let (stop_tx, stop_rx) = watch::channel(false);
     let source_task = tokio::spawn(source::manifests::run(manifests, node.name.clone(), tx));
-    let loop_task = tokio::spawn(reconcile::run(dp, node, rx, stop_rx, |pass| {
+    let proxy_healthy = Arc::new(AtomicBool::new(true));
+    let mut health = HealthServer::new(proxy_healthy.clone(), host_netns.clone());
+    let loop_task = tokio::spawn(reconcile::run(dp, node, rx, stop_rx, move |pass| {
+        proxy_healthy.store(pass.report.errors.is_empty(), Ordering::Relaxed);
+        health.update(&pass.computed.desired.health_checks, &pass.node.addresses);
         tracing::info!(
             changes = pass.report.changes,
             frontends = pass.computed.desired.frontends.len(),

@@ -84,12 +84,16 @@ fn socket_netns_cookie() -> io::Result<u64> {
     }
 }
 
-/// The cookie of the network namespace at `path` (e.g. /run/netns/NAME or
-/// /proc/PID/ns/net), or of our own when `path` is None. The namespace is
-/// entered on a short-lived thread, so the caller's threads stay put.
-pub fn netns_cookie(path: Option<&Path>) -> io::Result<u64> {
+/// Runs `f` inside the network namespace at `path` (e.g. /run/netns/NAME
+/// or /proc/PID/ns/net), or right here when `path` is None. The namespace
+/// is entered on a short-lived thread, so the caller's threads stay put;
+/// sockets made by `f` keep living in that namespace.
+pub fn in_netns<T: Send>(
+    path: Option<&Path>,
+    f: impl FnOnce() -> io::Result<T> + Send,
+) -> io::Result<T> {
     let Some(path) = path else {
-        return socket_netns_cookie();
+        return f();
     };
     let file = fs::File::open(path)?;
     std::thread::scope(|s| {
@@ -98,11 +102,16 @@ pub fn netns_cookie(path: Option<&Path>) -> io::Result<u64> {
             if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                 return Err(io::Error::last_os_error());
             }
-            socket_netns_cookie()
+            f()
         })
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("netns thread panicked")))
     })
+}
+
+/// The cookie of the network namespace at `path`, or of our own.
+pub fn netns_cookie(path: Option<&Path>) -> io::Result<u64> {
+    in_netns(path, socket_netns_cookie)
 }
 
 /// This machine's host name, the default node name.

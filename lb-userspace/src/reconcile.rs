@@ -45,6 +45,7 @@ impl NodeConfig {
 /// Result of one pass, for logs, metrics and status.
 #[derive(Clone, Debug, Default)]
 pub struct Pass {
+    pub node: NodeInfo,
     pub computed: Computed,
     pub report: SyncReport,
     pub duration: Duration,
@@ -88,6 +89,12 @@ pub fn reconcile_once(
     for e in &report.errors {
         tracing::error!(what = %e.what, reason = %e.reason, "datapath write failed; will retry");
     }
+    if report.udp_sockets_destroyed > 0 {
+        tracing::info!(
+            sockets = report.udp_sockets_destroyed,
+            "destroyed connected UDP sockets of departed backends"
+        );
+    }
     let duration = started.elapsed();
     tracing::debug!(
         changes = report.changes,
@@ -97,6 +104,7 @@ pub fn reconcile_once(
         "synced"
     );
     Pass {
+        node: info,
         computed,
         report,
         duration,
@@ -130,7 +138,7 @@ pub async fn run(
     node: NodeConfig,
     mut rx: SnapshotReceiver,
     mut shutdown: watch::Receiver<bool>,
-    on_pass: impl Fn(&Pass),
+    mut on_pass: impl FnMut(&Pass),
 ) {
     let mut log = InvalidLog::default();
     // A snapshot may already be there before we start waiting.

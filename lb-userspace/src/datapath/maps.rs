@@ -5,7 +5,8 @@
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use lb_common::{
     AffinityKey, AffinityValue, Backend4, Backend6, Config, Frontend4Key, Frontend6Key,
-    FrontendValue, NodePortKey, ServiceCounters, ServiceName, SlotKey, maps as names,
+    FrontendValue, NodePortKey, ServiceCounters, ServiceName, SlotKey, SockRevNat4Key,
+    SockRevNat4Value, SockRevNat6Key, SockRevNat6Value, maps as names,
 };
 use thiserror::Error;
 
@@ -32,6 +33,8 @@ pub struct Maps {
     pub cluster_ips4: HashMap<MapData, u32, u32>,
     pub cluster_ips6: HashMap<MapData, [u32; 4], u32>,
     pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    pub sock_revnat4: HashMap<MapData, SockRevNat4Key, SockRevNat4Value>,
+    pub sock_revnat6: HashMap<MapData, SockRevNat6Key, SockRevNat6Value>,
     pub counters: PerCpuArray<MapData, ServiceCounters>,
     pub names: HashMap<MapData, u32, ServiceName>,
     pub nodeport_binds: HashMap<MapData, NodePortKey, u8>,
@@ -79,6 +82,8 @@ impl Maps {
             cluster_ips4: typed!(bpffs, names::CLUSTER_IPS4),
             cluster_ips6: typed!(bpffs, names::CLUSTER_IPS6),
             affinity: typed!(bpffs, names::AFFINITY),
+            sock_revnat4: typed!(bpffs, names::SOCK_REVNAT4),
+            sock_revnat6: typed!(bpffs, names::SOCK_REVNAT6),
             counters: typed!(bpffs, names::COUNTERS),
             names: typed!(bpffs, names::SERVICE_NAMES),
             nodeport_binds: typed!(bpffs, names::NODEPORT_BINDS),

@@ -8,6 +8,7 @@ pub mod loader;
 pub mod maps;
 pub mod object;
 pub mod paths;
+pub mod sockets;
 pub mod store;
 pub mod sync;
 #[cfg(test)]
@@ -29,6 +30,9 @@ use crate::model::DesiredState;
 pub struct Datapath {
     pub maps: Maps,
     pub installed: Installed,
+    /// The cgroup the programs are attached to: its processes' network
+    /// namespaces are where translated sockets live.
+    pub cgroup: std::path::PathBuf,
 }
 
 impl Datapath {
@@ -45,11 +49,34 @@ impl Datapath {
             .set(0, Config { host_netns_cookie }, 0)
             .map_err(StartError::Config)?;
         let installed = adopt::read_installed(&maps);
-        Ok(Self { maps, installed })
+        Ok(Self {
+            maps,
+            installed,
+            cgroup: cgroup.to_path_buf(),
+        })
     }
 
+    /// Syncs the maps to `desired`, then destroys connected UDP sockets
+    /// still pointing at UDP backends that left (see `sockets`).
     pub fn sync(&mut self, desired: &DesiredState) -> SyncReport {
-        self.installed.sync(&mut self.maps, desired)
+        let udp_before = self.udp_backends();
+        let mut report = self.installed.sync(&mut self.maps, desired);
+        let after = self.udp_backends();
+        let gone: Vec<_> = udp_before.difference(&after).copied().collect();
+        if !gone.is_empty() {
+            report.udp_sockets_destroyed =
+                sockets::destroy_udp_sockets(&self.maps, &self.cgroup, &gone);
+        }
+        report
+    }
+
+    fn udp_backends(&self) -> std::collections::HashSet<std::net::SocketAddr> {
+        self.installed
+            .backends
+            .keys()
+            .filter(|b| b.protocol == crate::model::Protocol::Udp)
+            .map(|b| std::net::SocketAddr::new(b.ip, b.port))
+            .collect()
     }
 }
 

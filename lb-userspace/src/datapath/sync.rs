@@ -63,6 +63,8 @@ pub struct SyncReport {
     /// Map entries written or deleted.
     pub changes: usize,
     pub errors: Vec<SyncError>,
+    /// Connected UDP sockets destroyed because their backend left.
+    pub udp_sockets_destroyed: usize,
 }
 
 /// Hands out the smallest ids not in use, in 1..limit.

@@ -1,0 +1,345 @@
+//! Connected UDP sockets stay pinned to the backend chosen at connect()
+//! time: a DNS resolver would keep asking a deleted backend forever, the
+//! most reported problem of socket-level load balancers. When a UDP backend
+//! leaves, Ferry destroys the connected UDP sockets it translated to it
+//! (sock_diag SOCK_DESTROY, CONFIG_INET_DIAG_DESTROY), in every network
+//! namespace of the processes under the attached cgroup. The application
+//! sees ECONNABORTED and reconnects, landing on a live backend. TCP is left
+//! to the application, as kube-proxy leaves it.
+
+use std::{
+    collections::HashSet,
+    fs, io,
+    mem::size_of,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+use lb_common::{SockRevNat4Key, SockRevNat6Key};
+
+use super::convert::{ip4_to_map, ip6_to_map, port_to_map};
+use super::maps::Maps;
+use crate::netutil::in_netns;
+
+const NETLINK_SOCK_DIAG: libc::c_int = 4;
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const SOCK_DESTROY: u16 = 21;
+/// A connected UDP socket reports TCP_ESTABLISHED.
+const TCP_ESTABLISHED: u8 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct NlMsgHdr {
+    len: u32,
+    ty: u16,
+    flags: u16,
+    seq: u32,
+    pid: u32,
+}
+
+/// struct inet_diag_sockid: ports and addresses in network order.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct InetDiagSockId {
+    sport: u16,
+    dport: u16,
+    src: [u32; 4],
+    dst: [u32; 4],
+    interface: u32,
+    cookie: [u32; 2],
+}
+
+/// struct inet_diag_req_v2.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct InetDiagReqV2 {
+    family: u8,
+    protocol: u8,
+    ext: u8,
+    pad: u8,
+    states: u32,
+    id: InetDiagSockId,
+}
+
+/// The head of struct inet_diag_msg.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct InetDiagMsg {
+    family: u8,
+    state: u8,
+    timer: u8,
+    retrans: u8,
+    id: InetDiagSockId,
+}
+
+#[repr(C)]
+struct Request {
+    hdr: NlMsgHdr,
+    req: InetDiagReqV2,
+}
+
+fn netlink_socket() -> io::Result<OwnedFd> {
+    // SAFETY: a plain socket(2) call; the fd is owned right away.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            NETLINK_SOCK_DIAG,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let tv = libc::timeval {
+        tv_sec: 2,
+        tv_usec: 0,
+    };
+    // SAFETY: setsockopt with a valid timeval; a receive must not hang.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            size_of::<libc::timeval>() as u32,
+        );
+    }
+    Ok(fd)
+}
+
+fn send(fd: &OwnedFd, ty: u16, flags: u16, req: InetDiagReqV2) -> io::Result<()> {
+    let msg = Request {
+        hdr: NlMsgHdr {
+            len: size_of::<Request>() as u32,
+            ty,
+            flags,
+            seq: 1,
+            pid: 0,
+        },
+        req,
+    };
+    // SAFETY: sends the bytes of a repr(C) struct we own.
+    let n = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            (&msg as *const Request).cast(),
+            size_of::<Request>(),
+            0,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reads netlink messages until NLMSG_DONE (or an ack/error), calling `f`
+/// with each payload. Bounded: a dump of a namespace ends, and every read
+/// has a timeout.
+fn receive(fd: &OwnedFd, mut f: impl FnMut(&[u8])) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    for _ in 0..100_000 {
+        // SAFETY: recv into a buffer we own, of the length we pass.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut off = 0usize;
+        let n = n as usize;
+        while off + size_of::<NlMsgHdr>() <= n {
+            // SAFETY: bounds checked above; read_unaligned copes with any
+            // alignment of the buffer.
+            let hdr: NlMsgHdr = unsafe { std::ptr::read_unaligned(buf[off..].as_ptr().cast()) };
+            let len = hdr.len as usize;
+            if len < size_of::<NlMsgHdr>() || off + len > n {
+                return Ok(());
+            }
+            let payload = &buf[off + size_of::<NlMsgHdr>()..off + len];
+            match hdr.ty as i32 {
+                libc::NLMSG_DONE => return Ok(()),
+                libc::NLMSG_ERROR => {
+                    let errno = payload
+                        .get(..4)
+                        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                        .unwrap_or(0);
+                    return if errno == 0 {
+                        Ok(())
+                    } else {
+                        Err(io::Error::from_raw_os_error(-errno))
+                    };
+                }
+                _ => f(payload),
+            }
+            off += (len + 3) & !3;
+        }
+    }
+    Ok(())
+}
+
+fn sockid_addr(family: u8, words: [u32; 4], port: u16) -> Option<SocketAddr> {
+    let port = u16::from_be(port);
+    let ip = match family as i32 {
+        libc::AF_INET => IpAddr::V4(Ipv4Addr::from(words[0].to_ne_bytes())),
+        libc::AF_INET6 => {
+            let mut o = [0u8; 16];
+            for (i, w) in words.iter().enumerate() {
+                o[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+            }
+            let v6 = Ipv6Addr::from(o);
+            // A dual-stack socket talking to an IPv4 backend.
+            v6.to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(v6))
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Whether Ferry translated this socket to this backend.
+fn translated_by_us(maps: &Maps, cookie: u64, backend: SocketAddr) -> bool {
+    match backend.ip() {
+        IpAddr::V4(ip) => maps
+            .sock_revnat4
+            .get(
+                &SockRevNat4Key {
+                    cookie,
+                    addr: ip4_to_map(ip),
+                    port: port_to_map(backend.port()),
+                    _pad: 0,
+                },
+                0,
+            )
+            .is_ok(),
+        IpAddr::V6(ip) => maps
+            .sock_revnat6
+            .get(
+                &SockRevNat6Key {
+                    cookie,
+                    addr: ip6_to_map(ip),
+                    port: port_to_map(backend.port()),
+                    _pad: [0; 3],
+                },
+                0,
+            )
+            .is_ok(),
+    }
+}
+
+/// Destroys, in the current network namespace, the connected UDP sockets
+/// Ferry translated to one of `gone`. Returns how many.
+fn destroy_here(maps: &Maps, gone: &HashSet<SocketAddr>) -> io::Result<usize> {
+    let mut victims = Vec::new();
+    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        let fd = netlink_socket()?;
+        let req = InetDiagReqV2 {
+            family,
+            protocol: libc::IPPROTO_UDP as u8,
+            states: 1 << TCP_ESTABLISHED,
+            ..Default::default()
+        };
+        send(
+            &fd,
+            SOCK_DIAG_BY_FAMILY,
+            (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16,
+            req,
+        )?;
+        receive(&fd, |payload| {
+            if payload.len() < size_of::<InetDiagMsg>() {
+                return;
+            }
+            // SAFETY: length checked; unaligned read of a repr(C) struct.
+            let msg: InetDiagMsg = unsafe { std::ptr::read_unaligned(payload.as_ptr().cast()) };
+            if msg.state != TCP_ESTABLISHED {
+                return;
+            }
+            let Some(dst) = sockid_addr(msg.family, msg.id.dst, msg.id.dport) else {
+                return;
+            };
+            let cookie = msg.id.cookie[0] as u64 | ((msg.id.cookie[1] as u64) << 32);
+            if gone.contains(&dst) && translated_by_us(maps, cookie, dst) {
+                victims.push(InetDiagReqV2 {
+                    family: msg.family,
+                    protocol: libc::IPPROTO_UDP as u8,
+                    states: u32::MAX,
+                    id: msg.id,
+                    ..Default::default()
+                });
+            }
+        })?;
+    }
+    let mut destroyed = 0;
+    for req in victims {
+        let fd = netlink_socket()?;
+        send(
+            &fd,
+            SOCK_DESTROY,
+            (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
+            req,
+        )?;
+        match receive(&fd, |_| {}) {
+            Ok(()) => destroyed += 1,
+            // Closed meanwhile: nothing left to do.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(destroyed)
+}
+
+/// One /proc/PID/ns/net path per distinct network namespace of the
+/// processes in `cgroup` and below.
+pub fn namespaces_under(cgroup: &Path) -> Vec<PathBuf> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    let mut dirs = vec![cgroup.to_path_buf()];
+    // Bounded walk: cgroup trees are finite, but never trust a file system
+    // to be acyclic.
+    let mut budget = 100_000usize;
+    while let Some(dir) = dirs.pop() {
+        budget = budget.saturating_sub(1);
+        if budget == 0 {
+            break;
+        }
+        if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
+            for pid in procs.lines() {
+                let ns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+                if let Ok(id) = fs::read_link(&ns)
+                    && seen.insert(id)
+                {
+                    out.push(ns);
+                }
+            }
+        }
+        if let Ok(entries) = fs::read_dir(&dir) {
+            dirs.extend(
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    out
+}
+
+/// Destroys the connected UDP sockets translated to any of `gone`, in every
+/// network namespace under `cgroup`. Errors in one namespace (a process
+/// that exited meanwhile) do not stop the others.
+pub fn destroy_udp_sockets(maps: &Maps, cgroup: &Path, gone: &[SocketAddr]) -> usize {
+    if gone.is_empty() {
+        return 0;
+    }
+    let gone: HashSet<SocketAddr> = gone.iter().copied().collect();
+    let mut total = 0;
+    for ns in namespaces_under(cgroup) {
+        match in_netns(Some(&ns), || destroy_here(maps, &gone)) {
+            Ok(n) => total += n,
+            Err(e) => tracing::debug!(netns = %ns.display(), error = %e, "UDP socket sweep"),
+        }
+    }
+    total
+}
