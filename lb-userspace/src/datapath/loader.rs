@@ -240,6 +240,12 @@ pub fn load_and_attach(bpffs: &BpffsDir, cgroup: &Path) -> Result<(), LoadError>
 /// Detaches every program (by unpinning its links) and removes every pinned
 /// map and the directory. Idempotent.
 pub fn cleanup(bpffs: &BpffsDir) -> Result<(), LoadError> {
+    if !bpffs.exists() {
+        return Ok(());
+    }
+    // Refuse while an agent holds the directory: it would go on writing
+    // maps nobody can see any more.
+    let _lock = bpffs.lock()?;
     if let Ok(entries) = fs::read_dir(bpffs.links()) {
         for entry in entries.filter_map(Result::ok) {
             unpin_link(&entry.path());

@@ -33,6 +33,8 @@ pub struct Datapath {
     /// The cgroup the programs are attached to: its processes' network
     /// namespaces are where translated sockets live.
     pub cgroup: std::path::PathBuf,
+    /// Held for as long as this agent writes the maps.
+    _lock: std::fs::File,
 }
 
 impl Datapath {
@@ -43,6 +45,8 @@ impl Datapath {
         cgroup: &Path,
         host_netns_cookie: u64,
     ) -> Result<Self, StartError> {
+        bpffs.prepare().map_err(LoadError::from)?;
+        let lock = bpffs.lock().map_err(LoadError::from)?;
         load_and_attach(bpffs, cgroup)?;
         let mut maps = Maps::open(bpffs)?;
         maps.config
@@ -53,6 +57,7 @@ impl Datapath {
             maps,
             installed,
             cgroup: cgroup.to_path_buf(),
+            _lock: lock,
         })
     }
 

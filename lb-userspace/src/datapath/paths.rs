@@ -14,6 +14,8 @@ pub enum PathError {
     NoCgroup2,
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("{path} is in use by another ferry agent (only one may write these maps)")]
+    Locked { path: PathBuf },
     #[error("mounting bpffs at {path}: {source}")]
     Mount { path: PathBuf, source: io::Error },
 }
@@ -125,6 +127,21 @@ impl BpffsDir {
 
     pub fn exists(&self) -> bool {
         self.root.is_dir()
+    }
+
+    /// Takes an exclusive lock on the directory for the life of the
+    /// returned file: two agents writing the same maps would undo each
+    /// other's work. The kernel drops the lock when the process dies.
+    pub fn lock(&self) -> Result<fs::File, PathError> {
+        use std::os::fd::AsRawFd as _;
+        let dir = fs::File::open(&self.root).map_err(io_err(&self.root))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(PathError::Locked {
+                path: self.root.clone(),
+            });
+        }
+        Ok(dir)
     }
 }
 
