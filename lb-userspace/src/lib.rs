@@ -5,7 +5,11 @@
 //! - `source`: where objects come from (manifest files, the API server).
 //! - `datapath`: the eBPF programs and maps, and syncing them.
 //! - `reconcile`: the loop between the two.
+//! - `agent`: `ferry agent`'s wiring: health, metrics, status, events.
+//! - `sandbox`: throwaway namespaces and cgroups to run it in (the demo,
+//!   the test harness).
 
+pub mod agent;
 pub mod cli;
 pub mod datapath;
 pub mod demo;
@@ -14,4 +18,5 @@ pub mod http;
 pub mod model;
 pub mod netutil;
 pub mod reconcile;
+pub mod sandbox;
 pub mod source;

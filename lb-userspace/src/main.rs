@@ -50,22 +50,23 @@ async fn shutdown_signal() -> Result<()> {
     Ok(())
 }
 
-async fn standalone(
-    manifests: PathBuf,
-    datapath_args: DatapathArgs,
+/// Loads and attaches the datapath (adopting what its pins hold) and
+/// describes the node, for standalone and agent mode alike.
+fn start_datapath(
+    datapath_args: &DatapathArgs,
     node_name: Option<String>,
     node_ips: Vec<std::net::IpAddr>,
-    host_netns: Option<PathBuf>,
-) -> Result<()> {
-    let cgroup = cgroup_of(&datapath_args)?;
+    host_netns: Option<&std::path::Path>,
+) -> Result<(Datapath, NodeConfig)> {
+    let cgroup = cgroup_of(datapath_args)?;
     let bpffs = BpffsDir::new(&datapath_args.bpffs_dir);
     let node = NodeConfig {
         name: node_name.unwrap_or_else(netutil::hostname),
         ips: node_ips,
         host_ips: netutil::host_addresses().context("listing the host's addresses")?,
     };
-    let host_cookie = netutil::netns_cookie(host_netns.as_deref())
-        .context("reading the node network namespace's cookie")?;
+    let host_cookie =
+        netutil::netns_cookie(host_netns).context("reading the node network namespace's cookie")?;
     let dp = Datapath::start(&bpffs, &cgroup, host_cookie)
         .with_context(|| format!("starting the datapath on cgroup {}", cgroup.display()))?;
     tracing::info!(
@@ -75,6 +76,56 @@ async fn standalone(
         adopted_frontends = dp.installed.frontends.len(),
         "datapath attached"
     );
+    Ok((dp, node))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn agent(
+    kubeconfig: Option<PathBuf>,
+    node_name: Option<String>,
+    datapath_args: DatapathArgs,
+    node_ips: Vec<std::net::IpAddr>,
+    host_netns: Option<PathBuf>,
+    healthz_bind_address: std::net::SocketAddr,
+    metrics_bind_address: std::net::SocketAddr,
+    sync_period: std::time::Duration,
+) -> Result<()> {
+    let (dp, node) = start_datapath(&datapath_args, node_name, node_ips, host_netns.as_deref())?;
+    let opts = lb_userspace::agent::AgentOptions {
+        kubeconfig,
+        bpffs: BpffsDir::new(&datapath_args.bpffs_dir),
+        host_netns,
+        healthz_bind_address,
+        metrics_bind_address,
+        sync_period,
+    };
+    let shutdown = async {
+        if let Err(e) = shutdown_signal().await {
+            tracing::error!(error = %e, "cannot wait for signals; stopping");
+        }
+    };
+    lb_userspace::agent::run(dp, node, opts, shutdown).await?;
+    Ok(())
+}
+
+fn status(metrics_bind_address: std::net::SocketAddr, output: OutputFormat) -> Result<()> {
+    use lb_userspace::agent::status;
+    let s = status::fetch(metrics_bind_address)?;
+    match output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&s)?),
+        OutputFormat::Table => print!("{}", status::render(&s)),
+    }
+    Ok(())
+}
+
+async fn standalone(
+    manifests: PathBuf,
+    datapath_args: DatapathArgs,
+    node_name: Option<String>,
+    node_ips: Vec<std::net::IpAddr>,
+    host_netns: Option<PathBuf>,
+) -> Result<()> {
+    let (dp, node) = start_datapath(&datapath_args, node_name, node_ips, host_netns.as_deref())?;
 
     let (tx, rx) = watch::channel(None::<Arc<source::Snapshot>>);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -127,6 +178,33 @@ fn main() -> Result<()> {
             .block_on(standalone(
                 manifests, datapath, node_name, node_ips, host_netns,
             )),
+        Command::Agent {
+            kubeconfig,
+            node_name,
+            datapath,
+            node_ips,
+            host_netns,
+            healthz_bind_address,
+            metrics_bind_address,
+            sync_period,
+        } => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+            .block_on(agent(
+                kubeconfig,
+                node_name,
+                datapath,
+                node_ips,
+                host_netns,
+                healthz_bind_address,
+                metrics_bind_address,
+                sync_period,
+            )),
+        Command::Status {
+            metrics_bind_address,
+            output,
+        } => status(metrics_bind_address, output),
         Command::Services { bpffs_dir, output } => services(bpffs_dir, output),
         Command::Cleanup { datapath } => {
             datapath::cleanup(&BpffsDir::new(&datapath.bpffs_dir))?;

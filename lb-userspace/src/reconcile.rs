@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::{
     datapath::{Datapath, SyncReport},
@@ -134,23 +134,92 @@ pub async fn next_snapshot(rx: &mut SnapshotReceiver) -> Option<Arc<Snapshot>> {
 /// Runs until `shutdown` fires or the source ends. Nothing is written
 /// before the source's first complete snapshot.
 pub async fn run(
+    datapath: Datapath,
+    node: NodeConfig,
+    rx: SnapshotReceiver,
+    shutdown: watch::Receiver<bool>,
+    mut on_pass: impl FnMut(&Pass),
+) {
+    let never = Arc::new(Notify::new());
+    run_with(datapath, node, rx, shutdown, never, |ctx| on_pass(ctx.pass)).await;
+}
+
+/// One pass as `run_with` reports it.
+pub struct PassContext<'a> {
+    /// The snapshot the pass synced to.
+    pub snapshot: &'a Arc<Snapshot>,
+    pub pass: &'a Pass,
+    /// The datapath after the pass (its mirror, its maps).
+    pub datapath: &'a Datapath,
+    /// The pass repaired drift: the maps had differed from the mirror, and
+    /// `pass.report.changes` entries were rewritten or removed.
+    pub repair: bool,
+}
+
+/// Compares the maps with the mirror. When they differ (an entry written
+/// or deleted behind the agent's back, a write that was lost), the mirror
+/// is replaced by what the maps hold, so that the next sync repairs every
+/// difference. Returns whether they differed.
+pub fn adopt_drift(datapath: &mut Datapath) -> bool {
+    let actual = crate::datapath::adopt::read_installed(&datapath.maps);
+    if actual == datapath.installed {
+        return false;
+    }
+    datapath.installed = actual;
+    true
+}
+
+/// `run`, plus drift repair: each notification of `repair` compares the
+/// maps with the mirror and, when they differ, re-syncs the last snapshot
+/// over what the maps really hold (see [`adopt_drift`]). Before the first
+/// snapshot a notification does nothing: pinned state from a previous run
+/// stays untouched until the source is complete.
+pub async fn run_with(
     mut datapath: Datapath,
     node: NodeConfig,
     mut rx: SnapshotReceiver,
     mut shutdown: watch::Receiver<bool>,
-    mut on_pass: impl FnMut(&Pass),
+    repair: Arc<Notify>,
+    mut on_pass: impl FnMut(&PassContext<'_>),
 ) {
     let mut log = InvalidLog::default();
+    let mut last: Option<Arc<Snapshot>> = None;
+    let mut sync = |datapath: &mut Datapath, snapshot: &Arc<Snapshot>, repair: bool| {
+        let pass = reconcile_once(datapath, &node, snapshot, &mut log);
+        on_pass(&PassContext {
+            snapshot,
+            pass: &pass,
+            datapath,
+            repair,
+        });
+    };
     // A snapshot may already be there before we start waiting.
     if let Some(snapshot) = rx.borrow_and_update().clone() {
-        on_pass(&reconcile_once(&mut datapath, &node, &snapshot, &mut log));
+        sync(&mut datapath, &snapshot, false);
+        last = Some(snapshot);
     }
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
+            _ = repair.notified() => {
+                // Taken first: a debounce this branch interrupted may have
+                // marked a new snapshot as seen.
+                let latest = rx.borrow_and_update().clone();
+                if let Some(prev) = &last && adopt_drift(&mut datapath) {
+                    tracing::warn!("the maps differ from what this agent wrote; repairing");
+                    sync(&mut datapath, prev, true);
+                }
+                if let Some(snapshot) = latest
+                    && !last.as_ref().is_some_and(|l| Arc::ptr_eq(l, &snapshot))
+                {
+                    sync(&mut datapath, &snapshot, false);
+                    last = Some(snapshot);
+                }
+            }
             next = next_snapshot(&mut rx) => match next {
                 Some(snapshot) => {
-                    on_pass(&reconcile_once(&mut datapath, &node, &snapshot, &mut log));
+                    sync(&mut datapath, &snapshot, false);
+                    last = Some(snapshot);
                 }
                 None if rx.has_changed().is_err() => break,
                 None => {}

@@ -3,6 +3,8 @@
 //! [`Ferry::start`] runs
 //! `ferry standalone --manifests DIR --cgroup CGROUP --bpffs-dir DIR
 //! --node-name NAME [--node-ip IP]... [EXTRA]...`
+//! (or `ferry agent --kubeconfig FILE ...` with the same flags, see
+//! [`FerryOptions::agent`])
 //! with stdout and stderr appended to a log file in a temp dir (printed to
 //! stderr when the guard drops; libtest shows it only for failing tests). Drop stops it (SIGTERM, bounded wait,
 //! SIGKILL) and then runs `ferry cleanup --bpffs-dir DIR --cgroup CGROUP`,
@@ -29,8 +31,8 @@ use crate::cgroup::Cgroup;
 use crate::cgroup::cgroup2_root;
 use crate::manifests::Manifests;
 use crate::topology::{NODE_V4, NODE_V6, Topology};
-use crate::util::{command_output, describe};
 use crate::{DIR_PREFIX, PREFIX};
+use lb_userspace::sandbox::util::{command_output, describe};
 
 /// Bound of `wait_for*`.
 pub const WAIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -88,6 +90,9 @@ pub struct FerryOptions {
     /// None: [`ferry_binary()`].
     pub binary: Option<PathBuf>,
     pub manifests: PathBuf,
+    /// When set, `ferry agent --kubeconfig FILE` runs instead of
+    /// `ferry standalone --manifests DIR` (`manifests` is then unused).
+    pub kubeconfig: Option<PathBuf>,
     /// Must be one of the harness' own cgroups ([`crate::Cgroup`]): Ferry
     /// is never attached to the host's root cgroup.
     pub cgroup: PathBuf,
@@ -108,12 +113,22 @@ impl FerryOptions {
         FerryOptions {
             binary: None,
             manifests: manifests.to_path_buf(),
+            kubeconfig: None,
             cgroup: cgroup.to_path_buf(),
             bpffs_dir: bpffs_dir.to_path_buf(),
             node_name: "node-1".to_string(),
             node_ips: Vec::new(),
             extra_args: Vec::new(),
             env: Vec::new(),
+        }
+    }
+
+    /// `ferry agent` against the API server `kubeconfig` points at; node
+    /// name "node-1", no node IPs.
+    pub fn agent(kubeconfig: &Path, cgroup: &Path, bpffs_dir: &Path) -> FerryOptions {
+        FerryOptions {
+            kubeconfig: Some(kubeconfig.to_path_buf()),
+            ..FerryOptions::new(Path::new(""), cgroup, bpffs_dir)
         }
     }
 
@@ -250,10 +265,11 @@ impl Ferry {
     fn spawn(&mut self) -> Result<()> {
         let o = &self.opts;
         let mut cmd = self.base_command();
-        cmd.arg("standalone")
-            .arg("--manifests")
-            .arg(&o.manifests)
-            .arg("--cgroup")
+        match &o.kubeconfig {
+            Some(kubeconfig) => cmd.arg("agent").arg("--kubeconfig").arg(kubeconfig),
+            None => cmd.arg("standalone").arg("--manifests").arg(&o.manifests),
+        };
+        cmd.arg("--cgroup")
             .arg(&o.cgroup)
             .arg("--bpffs-dir")
             .arg(&o.bpffs_dir)

@@ -82,19 +82,22 @@
 //! # Ok(()) }
 //! ```
 
-pub mod bpffs;
-pub mod cgroup;
-pub mod client;
+// The generic machinery (namespaces, cgroups, topology, servers, clients,
+// bpffs dirs, sweeping) lives in `lb_userspace::sandbox`, which `ferry demo`
+// shares; it is re-exported here under the names and paths tests use
+// (`tests::Netns`, `tests::cgroup::place_command_in`, ...). The parameterless
+// constructors there name things `ft<pid>-<n>` / `ferry-test-<pid>-<n>`
+// (`Naming::TESTS`). What only tests need stays in this crate: the Ferry
+// process guard, manifest builders, `serial()`, `require_root()`.
+pub mod apiserver;
 pub mod ferry;
 pub mod manifests;
-pub mod netns;
-pub mod servers;
-pub mod sweep;
-pub mod topology;
-mod util;
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard, Once, PoisonError};
+
+pub use lb_userspace::sandbox::{
+    Naming, bpffs, cgroup, client, is_root, netns, servers, sweep, topology, unique_id, util,
+};
 
 pub use bpffs::{BpffsDir, ensure_bpffs_mounted};
 pub use cgroup::{Cgroup, cgroup2_root, own_cgroup};
@@ -115,21 +118,14 @@ pub use topology::{Backend, NODE_V4, NODE_V6, Topology, TopologyBuilder};
 pub use util::{command_output, command_stdout};
 
 /// Prefix of every namespace and cgroup the harness creates.
-pub const PREFIX: &str = "ft";
+pub const PREFIX: &str = Naming::TESTS.prefix;
 /// Prefix of bpffs dirs and temp dirs the harness creates.
-pub const DIR_PREFIX: &str = "ferry-test-";
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A number unique within this process.
-pub fn unique_id() -> u32 {
-    COUNTER.fetch_add(1, Ordering::Relaxed)
-}
+pub const DIR_PREFIX: &str = Naming::TESTS.dir_prefix;
 
 /// `ft<pid>-<n>`, unique per process and run; the pid lets
 /// [`sweep_stale()`] tell leftovers of dead runs from live ones.
 pub fn unique_name() -> String {
-    format!("{PREFIX}{}-{}", std::process::id(), unique_id())
+    Naming::TESTS.unique_name()
 }
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -147,11 +143,6 @@ pub fn serial() -> MutexGuard<'static, ()> {
         }
     });
     guard
-}
-
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 /// Fails the test loudly when not root: these tests are meant to run (in CI

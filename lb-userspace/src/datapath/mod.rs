@@ -19,6 +19,8 @@ pub use maps::Maps;
 pub use paths::{BpffsDir, cgroup2_root};
 pub use sync::{Installed, SyncError, SyncReport};
 
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::path::Path;
 
 use lb_common::Config;
@@ -62,12 +64,13 @@ impl Datapath {
     }
 
     /// Syncs the maps to `desired`, then destroys connected UDP sockets
-    /// still pointing at UDP backends that left (see `sockets`).
+    /// still pointing at a UDP backend that left the set they were
+    /// translated through (see `sockets`).
     pub fn sync(&mut self, desired: &DesiredState) -> SyncReport {
-        let udp_before = self.udp_backends();
+        let before = self.udp_members();
         let mut report = self.installed.sync(&mut self.maps, desired);
-        let after = self.udp_backends();
-        let gone: Vec<_> = udp_before.difference(&after).copied().collect();
+        let after = self.udp_members();
+        let gone: Vec<sockets::Departed> = before.difference(&after).copied().collect();
         if !gone.is_empty() {
             report.udp_sockets_destroyed =
                 sockets::destroy_udp_sockets(&self.maps, &self.cgroup, &gone);
@@ -75,12 +78,24 @@ impl Datapath {
         report
     }
 
-    fn udp_backends(&self) -> std::collections::HashSet<std::net::SocketAddr> {
-        self.installed
+    /// (service id of the set, backend) for every UDP backend in a set.
+    fn udp_members(&self) -> HashSet<sockets::Departed> {
+        let udp: HashMap<u32, SocketAddr> = self
+            .installed
             .backends
-            .keys()
-            .filter(|b| b.protocol == crate::model::Protocol::Udp)
-            .map(|b| std::net::SocketAddr::new(b.ip, b.port))
+            .iter()
+            .filter(|(addr, _)| addr.protocol == crate::model::Protocol::Udp)
+            .map(|(addr, b)| (b.id, SocketAddr::new(addr.ip, addr.port)))
+            .collect();
+        self.installed
+            .sets
+            .values()
+            .flat_map(|set| {
+                set.slots
+                    .iter()
+                    .filter_map(|id| udp.get(id))
+                    .map(move |backend| (set.id, *backend))
+            })
             .collect()
     }
 }

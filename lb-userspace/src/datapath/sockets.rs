@@ -1,9 +1,12 @@
 //! Connected UDP sockets stay pinned to the backend chosen at connect()
 //! time: a DNS resolver would keep asking a deleted backend forever, the
 //! most reported problem of socket-level load balancers. When a UDP backend
-//! leaves, Ferry destroys the connected UDP sockets it translated to it
-//! (sock_diag SOCK_DESTROY, CONFIG_INET_DIAG_DESTROY), in every network
-//! namespace of the processes under the attached cgroup. The application
+//! leaves a backend set, Ferry destroys the connected UDP sockets it
+//! translated to it through that set (sock_diag SOCK_DESTROY,
+//! CONFIG_INET_DIAG_DESTROY), in every network namespace of the processes
+//! (and threads) under the attached cgroup. Per set, as kube-proxy clears
+//! conntrack entries per service port: a backend that leaves one Service
+//! but stays in another keeps the other's sockets. The application
 //! sees ECONNABORTED and reconnects, landing on a live backend. TCP is left
 //! to the application, as kube-proxy leaves it.
 
@@ -199,8 +202,9 @@ fn sockid_addr(family: u8, words: [u32; 4], port: u16) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
-/// Whether Ferry translated this socket to this backend.
-fn translated_by_us(maps: &Maps, cookie: u64, backend: SocketAddr) -> bool {
+/// The backend set (service id) through which Ferry translated this socket
+/// to this backend, if it did.
+fn translated_through(maps: &Maps, cookie: u64, backend: SocketAddr) -> Option<u32> {
     match backend.ip() {
         IpAddr::V4(ip) => maps
             .sock_revnat4
@@ -213,7 +217,8 @@ fn translated_by_us(maps: &Maps, cookie: u64, backend: SocketAddr) -> bool {
                 },
                 0,
             )
-            .is_ok(),
+            .ok()
+            .map(|v| v.service_id),
         IpAddr::V6(ip) => maps
             .sock_revnat6
             .get(
@@ -225,13 +230,19 @@ fn translated_by_us(maps: &Maps, cookie: u64, backend: SocketAddr) -> bool {
                 },
                 0,
             )
-            .is_ok(),
+            .ok()
+            .map(|v| v.service_id),
     }
 }
 
+/// A backend that left a backend set: (service id of the set, backend).
+pub type Departed = (u32, SocketAddr);
+
 /// Destroys, in the current network namespace, the connected UDP sockets
-/// Ferry translated to one of `gone`. Returns how many.
-fn destroy_here(maps: &Maps, gone: &HashSet<SocketAddr>) -> io::Result<usize> {
+/// Ferry translated to a backend through a set it left (`gone`). Returns
+/// how many.
+fn destroy_here(maps: &Maps, gone: &HashSet<Departed>) -> io::Result<usize> {
+    let backends: HashSet<SocketAddr> = gone.iter().map(|(_, b)| *b).collect();
     let mut victims = Vec::new();
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
         let fd = netlink_socket()?;
@@ -260,7 +271,10 @@ fn destroy_here(maps: &Maps, gone: &HashSet<SocketAddr>) -> io::Result<usize> {
                 return;
             };
             let cookie = msg.id.cookie[0] as u64 | ((msg.id.cookie[1] as u64) << 32);
-            if gone.contains(&dst) && translated_by_us(maps, cookie, dst) {
+            if backends.contains(&dst)
+                && translated_through(maps, cookie, dst)
+                    .is_some_and(|set| gone.contains(&(set, dst)))
+            {
                 victims.push(InetDiagReqV2 {
                     family: msg.family,
                     protocol: libc::IPPROTO_UDP as u8,
@@ -290,8 +304,23 @@ fn destroy_here(maps: &Maps, gone: &HashSet<SocketAddr>) -> io::Result<usize> {
     Ok(destroyed)
 }
 
-/// One /proc/PID/ns/net path per distinct network namespace of the
-/// processes in `cgroup` and below.
+/// The network namespace files of every thread of process `pid`:
+/// /proc/PID/ns/net is only the main thread's, and a thread may have
+/// joined another namespace with setns(2) (sockets it creates live there).
+fn thread_namespaces(pid: &str) -> Vec<PathBuf> {
+    let mut out = vec![PathBuf::from(format!("/proc/{pid}/ns/net"))];
+    if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
+        out.extend(
+            tasks
+                .filter_map(Result::ok)
+                .map(|t| t.path().join("ns/net")),
+        );
+    }
+    out
+}
+
+/// One /proc/PID[/task/TID]/ns/net path per distinct network namespace of
+/// the processes (and their threads) in `cgroup` and below.
 pub fn namespaces_under(cgroup: &Path) -> Vec<PathBuf> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
@@ -306,11 +335,12 @@ pub fn namespaces_under(cgroup: &Path) -> Vec<PathBuf> {
         }
         if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
             for pid in procs.lines() {
-                let ns = PathBuf::from(format!("/proc/{pid}/ns/net"));
-                if let Ok(id) = fs::read_link(&ns)
-                    && seen.insert(id)
-                {
-                    out.push(ns);
+                for ns in thread_namespaces(pid.trim()) {
+                    if let Ok(id) = fs::read_link(&ns)
+                        && seen.insert(id)
+                    {
+                        out.push(ns);
+                    }
                 }
             }
         }
@@ -326,14 +356,14 @@ pub fn namespaces_under(cgroup: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Destroys the connected UDP sockets translated to any of `gone`, in every
-/// network namespace under `cgroup`. Errors in one namespace (a process
-/// that exited meanwhile) do not stop the others.
-pub fn destroy_udp_sockets(maps: &Maps, cgroup: &Path, gone: &[SocketAddr]) -> usize {
+/// Destroys the connected UDP sockets translated to a backend through a set
+/// it left (`gone`), in every network namespace under `cgroup`. Errors in
+/// one namespace (a process that exited meanwhile) do not stop the others.
+pub fn destroy_udp_sockets(maps: &Maps, cgroup: &Path, gone: &[Departed]) -> usize {
     if gone.is_empty() {
         return 0;
     }
-    let gone: HashSet<SocketAddr> = gone.iter().copied().collect();
+    let gone: HashSet<Departed> = gone.iter().copied().collect();
     let mut total = 0;
     for ns in namespaces_under(cgroup) {
         match in_netns(Some(&ns), || destroy_here(maps, &gone)) {

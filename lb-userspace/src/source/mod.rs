@@ -3,6 +3,7 @@
 //! reconciler recomputes the desired state from the latest one and diffs it
 //! against the datapath, so no watch delta is ever applied to maps directly.
 
+pub mod kube;
 pub mod manifests;
 
 use std::sync::Arc;

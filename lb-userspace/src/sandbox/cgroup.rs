@@ -1,4 +1,5 @@
-//! Child cgroups of the cgroup v2 root for tests.
+//! Child cgroups of the cgroup v2 root, to attach Ferry's programs to
+//! without affecting the rest of the host.
 //!
 //! The cgroup2 mount point is read from /proc/mounts (on hybrid hosts it is
 //! e.g. /sys/fs/cgroup/unified), never assumed.
@@ -13,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::unique_name;
-use crate::util::mounts;
+use super::Naming;
+use super::util::mounts;
 
 /// The mount point of the cgroup v2 hierarchy, from /proc/mounts.
 pub fn cgroup2_root() -> Result<PathBuf> {
@@ -83,14 +84,15 @@ pub fn place_command_in(cmd: &mut Command, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A child cgroup of the cgroup2 root, named `ft<pid>-<n>`, removed on drop.
+/// A child cgroup of the cgroup2 root, named `<prefix><pid>-<n>`, removed
+/// on drop.
 ///
 /// [`Cgroup::enter_self`] moves this whole process (all threads) into it;
 /// drop moves the process back to where it came from and removes the
 /// directory (retrying briefly, bounded). Processes that are still inside
-/// at drop (children the test spawned while inside, e.g. a Ferry that was
-/// not stopped) are moved out to the original cgroup first, so the rmdir
-/// cannot fail because of them: drop [`crate::Ferry`] before this guard.
+/// at drop (children spawned while inside, e.g. an agent that was not
+/// stopped) are moved out to the original cgroup first, so the rmdir
+/// cannot fail because of them: stop the agent before dropping this guard.
 #[derive(Debug)]
 pub struct Cgroup {
     path: PathBuf,
@@ -99,9 +101,15 @@ pub struct Cgroup {
 }
 
 impl Cgroup {
+    /// `ft<pid>-<n>` ([`Naming::TESTS`]).
     pub fn new() -> Result<Cgroup> {
+        Cgroup::new_with(Naming::TESTS)
+    }
+
+    /// `<prefix><pid>-<n>` under the cgroup2 root.
+    pub fn new_with(naming: Naming) -> Result<Cgroup> {
         let root = cgroup2_root()?;
-        let path = root.join(unique_name());
+        let path = root.join(naming.unique_name());
         fs::create_dir(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
         Ok(Cgroup {
             path,
@@ -144,7 +152,7 @@ impl Cgroup {
         if let Err(e) = move_pid(&original, pid) {
             let root = cgroup2_root()?;
             eprintln!(
-                "tests: could not move back to {} ({e:#}); moving to {}",
+                "sandbox: could not move back to {} ({e:#}); moving to {}",
                 original.display(),
                 root.display()
             );
@@ -191,8 +199,8 @@ impl Cgroup {
                     if Instant::now() >= deadline {
                         bail!("rmdir {}: {e}", self.path.display());
                     }
-                    // Leftover processes (ours: only this test puts processes
-                    // here): move them out after a short grace period.
+                    // Leftover processes (ours: only the sandbox's user puts
+                    // processes here): move them out after a short grace period.
                     if attempt >= 10 && !moved_out {
                         moved_out = true;
                         let dest = own_cgroup().unwrap_or_else(|_| self.path.clone());
@@ -203,7 +211,7 @@ impl Cgroup {
                         };
                         for pid in procs_of(&self.path).unwrap_or_default() {
                             eprintln!(
-                                "tests: pid {pid} still in {}; moving it to {}",
+                                "sandbox: pid {pid} still in {}; moving it to {}",
                                 self.path.display(),
                                 dest.display()
                             );
@@ -221,10 +229,10 @@ impl Cgroup {
 impl Drop for Cgroup {
     fn drop(&mut self) {
         if let Err(e) = self.leave_self() {
-            eprintln!("tests: leaving cgroup {}: {e:#}", self.path.display());
+            eprintln!("sandbox: leaving cgroup {}: {e:#}", self.path.display());
         }
         if let Err(e) = self.remove() {
-            eprintln!("tests: removing cgroup: {e:#}");
+            eprintln!("sandbox: removing cgroup: {e:#}");
         }
     }
 }

@@ -1,4 +1,4 @@
-//! A private bpffs directory per test.
+//! A private bpffs directory per test or demo run, for the agent's pins.
 
 use std::ffi::CString;
 use std::fs;
@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::util::mounts;
-use crate::{DIR_PREFIX, unique_id};
+use super::Naming;
+use super::util::mounts;
 
 /// Where bpffs is (or gets) mounted.
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
@@ -53,22 +53,23 @@ pub fn ensure_bpffs_mounted() -> Result<()> {
     Ok(())
 }
 
-/// `/sys/fs/bpf/ferry-test-<pid>-<n>`, created empty, removed (with every
-/// pin inside, which releases pinned links and maps) on drop. Drop
-/// [`crate::Ferry`] first: its cleanup needs the directory.
+/// `/sys/fs/bpf/<dir_prefix><pid>-<n>`, created empty, removed (with every
+/// pin inside, which releases pinned links and maps) on drop. Stop the
+/// agent (and run its cleanup) first: that needs the directory.
 #[derive(Debug)]
 pub struct BpffsDir {
     path: PathBuf,
 }
 
 impl BpffsDir {
+    /// `/sys/fs/bpf/ferry-test-<pid>-<n>` ([`Naming::TESTS`]).
     pub fn new() -> Result<BpffsDir> {
+        BpffsDir::new_with(Naming::TESTS)
+    }
+
+    pub fn new_with(naming: Naming) -> Result<BpffsDir> {
         ensure_bpffs_mounted()?;
-        let path = Path::new(BPFFS_ROOT).join(format!(
-            "{DIR_PREFIX}{}-{}",
-            std::process::id(),
-            unique_id()
-        ));
+        let path = Path::new(BPFFS_ROOT).join(naming.unique_dir_name());
         fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
         Ok(BpffsDir { path })
     }
@@ -102,7 +103,7 @@ fn walk(base: &Path, dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> Result
 }
 
 /// `remove_dir_all`, retried briefly (bounded).
-pub(crate) fn remove_tree(path: &Path) -> Result<()> {
+pub fn remove_tree(path: &Path) -> Result<()> {
     let mut last = None;
     for _ in 0..5 {
         match fs::remove_dir_all(path) {
@@ -118,7 +119,7 @@ pub(crate) fn remove_tree(path: &Path) -> Result<()> {
 impl Drop for BpffsDir {
     fn drop(&mut self) {
         if let Err(e) = remove_tree(&self.path) {
-            eprintln!("tests: {e:#}");
+            eprintln!("sandbox: {e:#}");
         }
     }
 }

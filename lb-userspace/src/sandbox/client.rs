@@ -1,7 +1,7 @@
 //! Clients for the harness' servers.
 //!
 //! The free functions work in the network namespace of the calling thread:
-//! call them inside [`crate::Netns::run`], e.g.
+//! call them inside [`Netns::run`], e.g.
 //! `topo.node().run(|| tcp_request(addr))`. Every socket operation has a
 //! timeout of at most [`CLIENT_TIMEOUT`] (2 s).
 
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::netns::Netns;
+use super::netns::Netns;
 
 /// Bound of every client socket operation (connect, read, write).
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);

@@ -1,22 +1,23 @@
-//! Removes what killed test runs left behind.
+//! Removes what killed runs left behind.
 //!
-//! Only resources whose name carries the pid of a process that no longer
-//! exists are touched: namespaces `/run/netns/ft<pid>-*`, cgroups
-//! `<cgroup2 root>/ft<pid>-*`, bpffs dirs `/sys/fs/bpf/ferry-test-<pid>-*`
-//! and temp dirs `$TMPDIR/ferry-test-<pid>-*`. Resources of live processes
-//! (this one included) are left alone.
+//! Only resources named by one [`Naming`] are touched: namespaces
+//! `/run/netns/<prefix><pid>-*`, cgroups `<cgroup2 root>/<prefix><pid>-*`,
+//! bpffs dirs `/sys/fs/bpf/<dir_prefix><pid>-*` and temp dirs
+//! `$TMPDIR/<dir_prefix><pid>-*`; [`sweep_stale`] takes those whose pid is
+//! no longer a process, [`sweep_own`] those of this process (a last net
+//! after its guards have run).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::bpffs::{BPFFS_ROOT, bpffs_mounted, remove_tree};
-use crate::cgroup::{cgroup2_root, procs_of};
-use crate::util::{ip, owner_pid, pid_alive};
-use crate::{DIR_PREFIX, PREFIX};
+use super::Naming;
+use super::bpffs::{BPFFS_ROOT, bpffs_mounted, remove_tree};
+use super::cgroup::{cgroup2_root, procs_of};
+use super::util::{ip, owner_pid, pid_alive};
 
-/// What [`sweep_stale`] removed, and what it could not.
+/// What a sweep removed, and what it could not.
 #[derive(Clone, Debug, Default)]
 pub struct SweepReport {
     pub netns: Vec<String>,
@@ -36,10 +37,6 @@ impl SweepReport {
     }
 }
 
-fn stale(name: &str, prefix: &str) -> bool {
-    owner_pid(name, prefix).is_some_and(|pid| !pid_alive(pid))
-}
-
 fn entries(dir: &Path) -> Vec<(String, PathBuf)> {
     fs::read_dir(dir)
         .map(|rd| {
@@ -50,14 +47,34 @@ fn entries(dir: &Path) -> Vec<(String, PathBuf)> {
         .unwrap_or_default()
 }
 
-/// Removes leftovers of dead test runs (see the module docs). Processes
-/// still inside a stale cgroup (orphans of the dead run) are killed with
-/// `cgroup.kill` so the cgroup can go.
+/// Removes leftovers of dead test runs ([`Naming::TESTS`]).
 pub fn sweep_stale() -> SweepReport {
+    sweep_stale_with(Naming::TESTS)
+}
+
+/// Removes leftovers of dead runs named by `naming` (see the module docs).
+/// Processes still inside a stale cgroup (orphans of the dead run) are
+/// killed with `cgroup.kill` so the cgroup can go.
+pub fn sweep_stale_with(naming: Naming) -> SweepReport {
+    sweep(naming, |pid| !pid_alive(pid))
+}
+
+/// Removes whatever this process still has named by `naming`: call it
+/// after every guard has dropped, to catch what an interrupted helper
+/// command made without handing it to a guard. A cgroup this process is
+/// still in is left alone (killing it would kill us).
+pub fn sweep_own(naming: Naming) -> SweepReport {
+    let me = std::process::id();
+    sweep(naming, |pid| pid == me)
+}
+
+fn sweep(naming: Naming, owner_selected: impl Fn(u32) -> bool) -> SweepReport {
     let mut r = SweepReport::default();
+    let (prefix, dir_prefix) = (naming.prefix, naming.dir_prefix);
+    let selected = |name: &str, prefix: &str| owner_pid(name, prefix).is_some_and(&owner_selected);
 
     for (name, _) in entries(Path::new("/run/netns")) {
-        if stale(&name, PREFIX) {
+        if selected(&name, prefix) {
             match ip(&["netns", "del", &name]) {
                 Ok(_) => r.netns.push(name),
                 Err(e) => r.errors.push(format!("netns {name}: {e:#}")),
@@ -68,7 +85,7 @@ pub fn sweep_stale() -> SweepReport {
     match cgroup2_root() {
         Ok(root) => {
             for (name, path) in entries(&root) {
-                if path.is_dir() && stale(&name, PREFIX) {
+                if path.is_dir() && selected(&name, prefix) {
                     match remove_cgroup_tree(&path, 0) {
                         Ok(()) => r.cgroups.push(path),
                         Err(e) => r.errors.push(format!("cgroup {}: {e}", path.display())),
@@ -81,7 +98,7 @@ pub fn sweep_stale() -> SweepReport {
 
     if bpffs_mounted().unwrap_or(false) {
         for (name, path) in entries(Path::new(BPFFS_ROOT)) {
-            if stale(&name, DIR_PREFIX) {
+            if selected(&name, dir_prefix) {
                 match remove_tree(&path) {
                     Ok(()) => r.bpffs_dirs.push(path),
                     Err(e) => r.errors.push(format!("{e:#}")),
@@ -91,7 +108,7 @@ pub fn sweep_stale() -> SweepReport {
     }
 
     for (name, path) in entries(&std::env::temp_dir()) {
-        if path.is_dir() && stale(&name, DIR_PREFIX) {
+        if path.is_dir() && selected(&name, dir_prefix) {
             match remove_tree(&path) {
                 Ok(()) => r.temp_dirs.push(path),
                 Err(e) => r.errors.push(format!("{e:#}")),
@@ -112,7 +129,11 @@ fn remove_cgroup_tree(dir: &Path, depth: usize) -> Result<(), String> {
             remove_cgroup_tree(&child, depth + 1)?;
         }
     }
-    if !procs_of(dir).unwrap_or_default().is_empty() {
+    let procs = procs_of(dir).unwrap_or_default();
+    if procs.contains(&std::process::id()) {
+        return Err("this process is inside".into());
+    }
+    if !procs.is_empty() {
         let _ = fs::write(dir.join("cgroup.kill"), "1");
     }
     let deadline = Instant::now() + Duration::from_secs(2);

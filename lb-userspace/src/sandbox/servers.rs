@@ -2,7 +2,7 @@
 //!
 //! Both answer every request line (TCP) or datagram (UDP) with
 //! `"<server-name> <peer>\n"`, `<peer>` being the client address the server
-//! saw (`1.2.3.4:5` or `[fd00::1]:5`), so a test learns which backend
+//! saw (`1.2.3.4:5` or `[fd00::1]:5`), so a client learns which backend
 //! answered and which source address it saw. They stop on drop (a shutdown
 //! flag polled at least every 100 ms).
 
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 
-use crate::netns::Netns;
+use super::netns::Netns;
 
 /// How often server loops look at their stop flag.
 const POLL: Duration = Duration::from_millis(100);
@@ -148,14 +148,14 @@ fn accept_loop(listener: TcpListener, name: &str, stop: &Arc<AtomicBool>, accept
                         .spawn(move || serve_conn(stream, peer, &conn_name, &stop))
                     {
                         Ok(h) => workers.push(h),
-                        Err(e) => eprintln!("tests: tcp server {name}: spawn: {e}"),
+                        Err(e) => eprintln!("sandbox: tcp server {name}: spawn: {e}"),
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // E.g. ECONNABORTED, EMFILE: keep serving.
-                    eprintln!("tests: tcp server {name}: accept: {e}");
+                    eprintln!("sandbox: tcp server {name}: accept: {e}");
                     thread::sleep(Duration::from_millis(10));
                     break;
                 }

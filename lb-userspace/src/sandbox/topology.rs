@@ -1,7 +1,7 @@
 //! A node namespace bridged to backend namespaces.
 //!
 //! ```text
-//!  node ns (ft<pid>-<n>-node)                 backend ns (ft<pid>-<n>-b0, ...)
+//!  node ns (<prefix><pid>-<n>-node)           backend ns (<prefix><pid>-<n>-b0, ...)
 //!  lo up, clients run here                    lo up, servers run here
 //!  br0: 10.244.0.1/24  fd00:244::1/64  ---vb0---  eth0: 10.244.0.10/24 fd00:244::10/64
 //!       (10.244.1.1/24 fd00:244:1::1/64   ---vb1---  eth0: 10.244.0.11/24 fd00:244::11/64
@@ -9,7 +9,7 @@
 //! ```
 //!
 //! Local backends ("b0", "b1", ...) are in 10.244.0.0/24 and fd00:244::/64;
-//! remote backends ("r0", ...; endpoints a test declares as being on another
+//! remote backends ("r0", ...; endpoints declared as being on another
 //! node) in 10.244.1.0/24 and fd00:244:1::/64, on the same bridge. Backend
 //! `i` of a set gets host part `10+i` (IPv6: the same digits, e.g.
 //! fd00:244::10 for b0). Every namespace has `lo` up; backends have on-link
@@ -26,9 +26,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::netns::Netns;
-use crate::servers::ServerSet;
-use crate::unique_name;
+use super::Naming;
+use super::netns::Netns;
+use super::servers::ServerSet;
 
 /// The node's IPv4 address (on the bridge).
 pub const NODE_V4: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
@@ -93,9 +93,16 @@ pub struct TopologyBuilder {
     local: usize,
     remote: usize,
     node_addrs: Vec<String>,
+    naming: Naming,
 }
 
 impl TopologyBuilder {
+    /// How the namespaces are named (default: [`Naming::TESTS`]).
+    pub fn naming(mut self, naming: Naming) -> Self {
+        self.naming = naming;
+        self
+    }
+
     /// Local backends `b0`..`b<n-1>`.
     pub fn backends(mut self, n: usize) -> Self {
         self.local = n;
@@ -119,12 +126,13 @@ impl TopologyBuilder {
             self.local <= MAX_PER_SET && self.remote <= MAX_PER_SET,
             "at most {MAX_PER_SET} backends per set"
         );
-        let id = unique_name();
-        let node = Netns::create(&format!("{id}-node"))?;
+        let id = self.naming.unique_name();
+        let node = Netns::create_with(self.naming, &format!("{id}-node"))?;
         let mut topo = Topology {
             backends: Vec::new(),
             node,
             id,
+            naming: self.naming,
             remote_subnet: false,
         };
         topo.setup_node()?;
@@ -140,13 +148,15 @@ impl TopologyBuilder {
     }
 }
 
-/// The namespaces and links of one test; everything is deleted on drop.
+/// The namespaces and links of one test or demo; everything is deleted on
+/// drop.
 #[derive(Debug)]
 pub struct Topology {
     // Dropped in declaration order: backends before the node.
     backends: Vec<Backend>,
     node: Netns,
     id: String,
+    naming: Naming,
     remote_subnet: bool,
 }
 
@@ -155,7 +165,8 @@ impl Topology {
         TopologyBuilder::default()
     }
 
-    /// A node namespace and `n` local backends `b0`..`b<n-1>`.
+    /// A node namespace and `n` local backends `b0`..`b<n-1>`, named by
+    /// [`Naming::TESTS`].
     pub fn new(n: usize) -> Result<Topology> {
         Topology::builder().backends(n).build()
     }
@@ -187,7 +198,7 @@ impl Topology {
         let host = u8::try_from(10 + index).expect("bounded above");
         let v4 = v4_in(subnet, host);
         let v6 = v6_in(subnet, host);
-        let ns = Netns::create(&format!("{}-{name}", self.id))?;
+        let ns = Netns::create_with(self.naming, &format!("{}-{name}", self.id))?;
         let host_if = format!("v{name}");
         let node = &self.node;
         node.cmd(&[
@@ -300,7 +311,7 @@ impl Topology {
         Ok(())
     }
 
-    /// `ft<pid>-<n>`: the common prefix of this topology's namespace names.
+    /// `<prefix><pid>-<n>`: the common prefix of this topology's namespace names.
     pub fn id(&self) -> &str {
         &self.id
     }

@@ -1,7 +1,7 @@
 //! Named network namespaces (`ip netns add`), and running code inside them
 //! on dedicated threads with `setns(2)`.
 //!
-//! Never use `ip netns exec` for anything that must stay in the test's
+//! Never use `ip netns exec` for anything that must stay in the caller's
 //! cgroup: it remounts /sys and hides the cgroup2 mount. Code runs inside a
 //! namespace via [`Netns::run`] / [`Netns::spawn_thread`] (a thread of this
 //! process, so it is in this process' cgroup) or, for programs, via
@@ -15,10 +15,10 @@ use std::thread::{self, JoinHandle};
 
 use anyhow::{Context, Result, ensure};
 
-use crate::util::{command_stdout, ip};
-use crate::{PREFIX, unique_name};
+use super::Naming;
+use super::util::{command_stdout, ip, owner_pid};
 
-/// A network namespace created by the test, deleted on drop.
+/// A network namespace created by the sandbox, deleted on drop.
 ///
 /// `Send + Sync`: share it by reference (or `Arc`) with threads.
 #[derive(Debug)]
@@ -28,17 +28,29 @@ pub struct Netns {
 }
 
 impl Netns {
-    /// A new namespace named `ft<pid>-<n>-<suffix>`, with `lo` up.
+    /// A new namespace named `ft<pid>-<n>-<suffix>` ([`Naming::TESTS`]),
+    /// with `lo` up.
     pub fn new(suffix: &str) -> Result<Netns> {
-        Netns::create(&format!("{}-{suffix}", unique_name()))
+        Netns::new_with(Naming::TESTS, suffix)
+    }
+
+    /// A new namespace named `<prefix><pid>-<n>-<suffix>`, with `lo` up.
+    pub fn new_with(naming: Naming, suffix: &str) -> Result<Netns> {
+        Netns::create_with(naming, &format!("{}-{suffix}", naming.unique_name()))
     }
 
     /// A new namespace with exactly this name (must start with `ft<pid>`, so
-    /// that [`crate::sweep_stale`] can tell whose it is), with `lo` up.
+    /// that [`super::sweep_stale`] can tell whose it is), with `lo` up.
     pub fn create(name: &str) -> Result<Netns> {
+        Netns::create_with(Naming::TESTS, name)
+    }
+
+    /// Like [`Netns::create`], for a name of `naming`.
+    pub fn create_with(naming: Naming, name: &str) -> Result<Netns> {
+        let prefix = naming.prefix;
         ensure!(
-            name.starts_with(PREFIX) && crate::util::owner_pid(name, PREFIX).is_some(),
-            "namespace name {name:?} must look like {PREFIX}<pid>-..."
+            name.starts_with(prefix) && owner_pid(name, prefix).is_some(),
+            "namespace name {name:?} must look like {prefix}<pid>-..."
         );
         ip(&["netns", "add", name])?;
         let ns = Netns {
@@ -67,7 +79,7 @@ impl Netns {
     /// A `Command` running `program` inside this namespace through
     /// `nsenter --net=/run/netns/<name>` (not `ip netns exec`, which hides
     /// the cgroup2 mount). The child inherits this process' cgroup. Bound its
-    /// run time yourself, e.g. with [`crate::command_output`].
+    /// run time yourself, e.g. with [`super::command_output`].
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new("nsenter");
         c.arg(format!("--net={}", self.path.display()))
@@ -83,9 +95,9 @@ impl Netns {
     /// Runs `f` on a new thread that has joined this namespace and returns
     /// its result. A panic in `f` is re-raised in the caller. Sockets created
     /// inside keep the namespace after `f` returns, so `f` may return them
-    /// (see [`crate::TcpSession`]).
+    /// (see [`super::TcpSession`]).
     ///
-    /// Panics if the namespace cannot be entered (test infrastructure
+    /// Panics if the namespace cannot be entered (sandbox infrastructure
     /// failure).
     pub fn run<T, F>(&self, f: F) -> T
     where
@@ -160,7 +172,7 @@ impl Drop for Netns {
             }
         }
         if let Some(e) = last {
-            eprintln!("tests: could not delete netns {}: {e:#}", self.name);
+            eprintln!("sandbox: could not delete netns {}: {e:#}", self.name);
         }
     }
 }

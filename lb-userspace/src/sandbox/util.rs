@@ -73,11 +73,11 @@ pub fn command_stdout(cmd: &mut Command) -> Result<String> {
 }
 
 /// `ip ARGS...` (host namespace: only for `ip netns ...`).
-pub(crate) fn ip(args: &[&str]) -> Result<String> {
+pub fn ip(args: &[&str]) -> Result<String> {
     command_stdout(Command::new("ip").args(args))
 }
 
-pub(crate) fn describe(cmd: &Command) -> String {
+pub fn describe(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();
     for a in cmd.get_args() {
         s.push(' ');
@@ -87,12 +87,12 @@ pub(crate) fn describe(cmd: &Command) -> String {
 }
 
 /// `/proc/<pid>` exists.
-pub(crate) fn pid_alive(pid: u32) -> bool {
+pub fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Parses the owner pid out of `<prefix><pid>` or `<prefix><pid>-...`.
-pub(crate) fn owner_pid(name: &str, prefix: &str) -> Option<u32> {
+pub fn owner_pid(name: &str, prefix: &str) -> Option<u32> {
     let rest = name.strip_prefix(prefix)?;
     let end = rest.find('-').unwrap_or(rest.len());
     let digits = &rest[..end];
@@ -103,7 +103,7 @@ pub(crate) fn owner_pid(name: &str, prefix: &str) -> Option<u32> {
 }
 
 /// Unescapes the octal escapes (`\040` for space, ...) of /proc/mounts fields.
-pub(crate) fn unescape_mount_field(s: &str) -> String {
+pub fn unescape_mount_field(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -123,7 +123,7 @@ pub(crate) fn unescape_mount_field(s: &str) -> String {
 }
 
 /// `(mount point, fstype)` of every line of /proc/mounts.
-pub(crate) fn mounts() -> Result<Vec<(String, String)>> {
+pub fn mounts() -> Result<Vec<(String, String)>> {
     let text = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
     Ok(text
         .lines()

@@ -1,0 +1,314 @@
+//! End-to-end tests of the datapath's life: endpoints changing under a
+//! running client, the agent killed and restarted, bad manifests, attaching
+//! and cleaning up. Privileged: run as root with
+//! `FERRY_BIN=target/release/ferry cargo test --release -p tests --test lifecycle -- --test-threads=1`.
+
+mod lb_fixture;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use lb_fixture::*;
+use tests::*;
+
+const FE: &str = "10.96.0.10:80/TCP";
+
+fn fe_addr() -> SocketAddr {
+    "10.96.0.10:80".parse().expect("an address")
+}
+
+const HTTP: [Port; 1] = [Port {
+    name: "http",
+    protocol: "TCP",
+    port: 80,
+    target: TARGET,
+}];
+
+/// Writes web.yaml: Service default/web (10.96.0.10, TCP 80 → 8080) with
+/// the first `n` backends as endpoints.
+fn write_web(env: &Env, n: usize) -> Result<Vec<String>> {
+    let backends = env.first(n);
+    env.write(
+        "web.yaml",
+        &service_with("web", "10.96.0.10", &HTTP, &backends),
+    )?;
+    Ok(expected_addrs(&backends, "10.96.0.10", TARGET))
+}
+
+/// Successes per server between two snapshots.
+fn delta(before: &ContinuousStats, after: &ContinuousStats) -> BTreeMap<String, u64> {
+    after
+        .per_server
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v - before.per_server.get(k).copied().unwrap_or(0),
+            )
+        })
+        .filter(|(_, v)| *v > 0)
+        .collect()
+}
+
+/// Lets the client make `n` more successful requests (bounded); returns
+/// the stats before and after.
+fn run_for(client: &ContinuousClient, n: u64) -> (ContinuousStats, ContinuousStats) {
+    let before = client.stats();
+    assert!(
+        client.wait_for_successes(before.successes + n, Duration::from_secs(20)),
+        "the client stalled: {:?}",
+        client.stats()
+    );
+    (before, client.stats())
+}
+
+#[test]
+fn scaling_endpoints_under_a_continuous_client_loses_nothing() -> Result<()> {
+    require_root();
+    let _serial = serial();
+    let mut env = Env::new(5, &[TARGET])?;
+    let expected = write_web(&env, 1)?;
+    let ferry = env.start(&[FE])?;
+    wait_backends(ferry, FE, &expected)?;
+
+    let client = ContinuousClient::start(env.node(), fe_addr(), ContinuousOptions::default())?;
+    let (_, first) = run_for(&client, 20);
+    assert_eq!(delta(&ContinuousStats::default(), &first).len(), 1);
+    for n in [3, 5, 2, 4] {
+        let expected = write_web(&env, n)?;
+        wait_backends(env.ferry(), FE, &expected)?;
+        // The client is sequential: at most one request straddles the
+        // moment the new set was seen.
+        let (before, after) = run_for(&client, 80);
+        let got = delta(&before, &after);
+        let members = names_of(&env.first(n));
+        for m in &members {
+            assert!(
+                got.contains_key(m),
+                "step to {n}: backend {m} got no traffic: {got:?}"
+            );
+        }
+        for (server, count) in &got {
+            assert!(
+                members.contains(server) || *count <= 1,
+                "step to {n}: removed backend {server} still got {count} requests: {got:?}"
+            );
+        }
+        assert_eq!(after.failures, 0, "step to {n}: {after:?}");
+    }
+    let stats = client.stop();
+    assert_eq!(stats.failures, 0, "{:?}", stats.first_errors);
+    assert_eq!(
+        stats.per_server.keys().cloned().collect::<Vec<_>>(),
+        ["b0", "b1", "b2", "b3", "b4"],
+        "{stats:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn sigkill_and_restart_keep_translating_and_adopt_the_state() -> Result<()> {
+    require_root();
+    let _serial = serial();
+    let mut env = Env::new(3, &[TARGET])?;
+    let expected = write_web(&env, 2)?;
+    let ferry = env.start(&[FE])?;
+    let before = wait_backends(ferry, FE, &expected)?;
+    let bpffs = env.bpffs.path().to_path_buf();
+    let cgroup = env.cgroup.path().to_path_buf();
+    let generation = one_generation(&bpffs)?;
+    wait_attached(&cgroup, &ferry_programs())?;
+
+    let client = ContinuousClient::start(env.node(), fe_addr(), ContinuousOptions::default())?;
+    run_for(&client, 30);
+
+    // Killed: no cleanup runs, the pinned links keep the programs attached
+    // and the pinned maps keep the Services.
+    env.ferry().kill9()?;
+    assert!(!env.ferry().is_running());
+    let (b, a) = run_for(&client, 150);
+    assert_eq!(a.failures, 0, "{a:?}");
+    let got = delta(&b, &a);
+    assert_eq!(
+        got.keys().cloned().collect::<Vec<_>>(),
+        ["b0", "b1"],
+        "{got:?}"
+    );
+    assert_eq!(one_generation(&bpffs)?, generation);
+    assert_eq!(attached(&cgroup)?, ferry_programs());
+    let while_dead = view_of(env.ferry(), FE)?;
+    assert_eq!(backend_addrs(&while_dead), expected, "{while_dead}");
+
+    // Restarted with nothing changed: the Service is adopted (same backend
+    // set id, counters kept), one generation of links, one program per
+    // attach type.
+    let ferry = env.ferry();
+    ferry.restart()?;
+    wait_log(ferry, "the second start to sync", |log| {
+        log.split("=== harness: start #2")
+            .nth(1)
+            .is_some_and(|second| second.contains("datapath attached") && second.contains("synced"))
+    })?;
+    assert!(ferry.is_running());
+    let after = view_of(ferry, FE)?;
+    assert_eq!(backend_addrs(&after), expected, "{after}");
+    assert_eq!(
+        after["service_id"], before["service_id"],
+        "{before} {after}"
+    );
+    assert!(
+        after["translated"].as_u64() >= while_dead["translated"].as_u64(),
+        "counters were reset: {while_dead} then {after}"
+    );
+    let new_generation = one_generation(&bpffs)?;
+    ensure!(
+        new_generation != generation,
+        "the restart attached no new generation"
+    );
+    wait_attached(&cgroup, &ferry_programs())?;
+    let (_, a) = run_for(&client, 50);
+    assert_eq!(a.failures, 0, "{a:?}");
+
+    // And the restarted agent applies changes.
+    let expected = write_web(&env, 3)?;
+    wait_backends(env.ferry(), FE, &expected)?;
+    let (b, a) = run_for(&client, 80);
+    assert!(delta(&b, &a).contains_key("b2"), "{:?}", delta(&b, &a));
+    let stats = client.stop();
+    assert_eq!(stats.failures, 0, "{:?}", stats.first_errors);
+    Ok(())
+}
+
+#[test]
+fn bad_manifests_are_reported_and_do_not_disturb_good_ones() -> Result<()> {
+    require_root();
+    let _serial = serial();
+    let mut env = Env::new(2, &[TARGET])?;
+    write_web(&env, 1)?;
+    env.manifests.write(
+        "broken.yaml",
+        "kind: Service\nmetadata: [unclosed\n  name: x\n",
+    )?;
+    let b1 = env.backend("b1").v4;
+    let badip = |ip: &str| {
+        [
+            service("badip", ip, &HTTP).to_value(),
+            slice("badip", "badip-1", AddressType::IPv4, &HTTP, [local(b1)]),
+        ]
+    };
+    env.write("badip.yaml", &badip("10.96.0.999"))?;
+    env.write(
+        "port0.yaml",
+        &[service("port0", "10.96.0.12", &[tcp("http", 0, TARGET)]).to_value()],
+    )?;
+    env.manifests.write(
+        "widget.yaml",
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: gizmo\n  namespace: default\n",
+    )?;
+    let ferry = env.start(&[FE])?;
+    let good = view_of(ferry, FE)?;
+    let log = wait_log(ferry, "every bad object reported", |log| {
+        ["broken.yaml", "badip", "port0", "gizmo"].iter().all(|n| {
+            log.lines()
+                .any(|l| l.contains("invalid object") && l.contains(n))
+        })
+    })?;
+    let line_of = |needle: &str| {
+        log.lines()
+            .find(|l| l.contains("invalid object") && l.contains(needle))
+            .unwrap_or_else(|| panic!("no line about {needle}:\n{log}"))
+            .to_string()
+    };
+    let broken = line_of("broken.yaml");
+    assert!(broken.contains("document 1"), "{broken}");
+    let bad = line_of("default/badip");
+    assert!(
+        bad.contains("invalid clusterIP") && bad.contains("10.96.0.999"),
+        "{bad}"
+    );
+    let port0 = line_of("default/port0");
+    assert!(
+        port0.contains("port 0") && port0.contains("out of range"),
+        "{port0}"
+    );
+    let widget = line_of("gizmo");
+    assert!(
+        widget.contains("widget.yaml") && widget.contains("unsupported kind"),
+        "{widget}"
+    );
+
+    // The good Service works, and nothing of the bad ones was installed.
+    let r = env.node().run(|| tcp_request(fe_addr()))?;
+    assert_eq!(r.server, "b0");
+    let all = env.ferry().services_json()?;
+    let installed: Vec<&str> = all
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|v| v["frontend"].as_str())
+        .collect();
+    assert_eq!(installed, [FE], "{all}");
+    assert!(env.ferry().is_running());
+
+    // Fixing one bad Service brings it up without disturbing the good one.
+    let client = ContinuousClient::start(env.node(), fe_addr(), ContinuousOptions::default())?;
+    run_for(&client, 30);
+    env.write("badip.yaml", &badip("10.96.0.11"))?;
+    wait_frontend(env.ferry(), "10.96.0.11:80/TCP")?;
+    let r = env
+        .node()
+        .run(|| tcp_request("10.96.0.11:80".parse().expect("an address")))?;
+    assert_eq!(r.server, "b1");
+    run_for(&client, 30);
+    let stats = client.stop();
+    assert_eq!(stats.failures, 0, "{:?}", stats.first_errors);
+    assert_eq!(
+        stats.per_server.keys().cloned().collect::<Vec<_>>(),
+        ["b0"],
+        "{stats:?}"
+    );
+    let still = view_of(env.ferry(), FE)?;
+    assert_eq!(still["service_id"], good["service_id"], "{good} {still}");
+    assert_eq!(backend_addrs(&still), backend_addrs(&good));
+    assert!(env.ferry().is_running());
+    Ok(())
+}
+
+#[test]
+fn every_program_attaches_and_cleanup_detaches_everything() -> Result<()> {
+    require_root();
+    let _serial = serial();
+    let mut env = Env::new(1, &[TARGET])?;
+    write_web(&env, 1)?;
+    let cgroup = env.cgroup.path().to_path_buf();
+    let bpffs = env.bpffs.path().to_path_buf();
+    assert_eq!(attached(&cgroup)?, []);
+    env.start(&[FE])?;
+
+    // All ten programs passed the verifier and are attached, once each.
+    assert_eq!(attached(&cgroup)?, ferry_programs());
+    one_generation(&bpffs)?;
+    let r = env.node().run(|| tcp_request(fe_addr()))?;
+    assert_eq!(r.peer, Some(fe_addr()));
+
+    // SIGTERM stops the agent but leaves the datapath in place.
+    let status = env.ferry().terminate()?;
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert_eq!(attached(&cgroup)?, ferry_programs());
+    let r = env.node().run(|| tcp_request(fe_addr()))?;
+    assert_eq!(r.server, "b0");
+
+    // Dropping the guard runs `ferry cleanup`: nothing attached, no pins,
+    // and the ClusterIP is just an address again.
+    drop(env.ferry.take());
+    wait_attached(&cgroup, &[])?;
+    assert!(!bpffs.exists(), "{} survived cleanup", bpffs.display());
+    let e = env
+        .node()
+        .run(|| tcp_connect_err(fe_addr()))
+        .expect("must fail");
+    assert_eq!(e.errno, Some(libc::ENETUNREACH), "{e}");
+    Ok(())
+}

@@ -1,0 +1,186 @@
+//! Processes: running a command inside a network namespace with its wall
+//! time and peak RSS measured, Ctrl-C handling, small /proc readers.
+
+use std::fs::File;
+use std::io::Read as _;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// SIGINT and SIGTERM set a flag that the bench checks between steps (and
+/// in its loops), so that every guard still runs and nothing is left
+/// behind. Children get the terminal's SIGINT themselves.
+pub fn install_signal_handlers() {
+    // SAFETY: the handler only stores to an atomic (async-signal-safe).
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+}
+
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
+
+/// Fails when Ctrl-C (or SIGTERM) arrived.
+pub fn check_interrupted() -> Result<()> {
+    if interrupted() {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// What a timed command did.
+#[derive(Debug)]
+pub struct Timed {
+    pub wall: Duration,
+    /// ru_maxrss of the child, KiB.
+    pub max_rss_kib: u64,
+}
+
+fn pidfd_open(pid: libc::pid_t) -> std::io::Result<OwnedFd> {
+    // SAFETY: plain syscall; a non-negative result is a new fd we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Runs `program args` in the network namespace at `netns` (entered with
+/// setns(2) between fork and exec, so the child starts there and nsenter's
+/// own start-up is not timed), stdin from `stdin` (or /dev/null). Fails if
+/// it exits non-zero, or runs longer than `timeout` (then it is killed).
+pub fn run_timed_in(
+    netns: &Path,
+    program: &str,
+    args: &[&str],
+    stdin: Option<&Path>,
+    timeout: Duration,
+) -> Result<Timed> {
+    let ns = File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
+    let ns_fd = ns.as_raw_fd();
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .stdin(match stdin {
+            Some(p) => {
+                Stdio::from(File::open(p).with_context(|| format!("opening {}", p.display()))?)
+            }
+            None => Stdio::null(),
+        });
+    // SAFETY: setns and prctl are async-signal-safe syscalls on fds
+    // opened before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let desc = format!("{program} {}", args.join(" "));
+    let started = Instant::now();
+    let mut child = cmd.spawn().with_context(|| format!("spawning {desc}"))?;
+    let pid = child.id() as libc::pid_t;
+    let mut err_pipe = child.stderr.take().expect("piped");
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err_pipe.read_to_string(&mut s);
+        s
+    });
+    let pidfd = pidfd_open(pid).context("pidfd_open")?;
+    let mut pfd = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let deadline = started + timeout;
+    let mut killed = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = left.as_millis().min(1000) as i32;
+        // SAFETY: one valid pollfd.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc > 0 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            // SAFETY: the pidfd refers to our unreaped child.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    pidfd.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            };
+            killed = true;
+            break;
+        }
+    }
+    let mut status = 0;
+    // SAFETY: zeroed rusage is valid; wait4 on our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let wall = started.elapsed();
+    if rc != pid {
+        bail!("wait4 {desc}: {}", std::io::Error::last_os_error());
+    }
+    // Reaped above; dropping the handle only closes what is left of it.
+    drop(child);
+    let stderr = err_reader.join().unwrap_or_default();
+    if killed {
+        bail!("{desc} ran longer than {timeout:?}; killed");
+    }
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        bail!(
+            "{desc} failed (status {status:#x}): {}",
+            stderr.lines().take(20).collect::<Vec<_>>().join("\n")
+        );
+    }
+    Ok(Timed {
+        wall,
+        max_rss_kib: usage.ru_maxrss as u64,
+    })
+}
+
+/// `(VmRSS, VmHWM)` of a process, KiB.
+pub fn rss_of(pid: &str) -> Result<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("VmRSS:"), field("VmHWM:")))
+}
+
+/// Runs a command, returns its trimmed stdout, or "" if it fails.
+pub fn stdout_of(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
