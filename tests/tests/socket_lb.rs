@@ -655,14 +655,13 @@ fn an_endpoint_in_two_services_shows_each_services_state() -> Result<()> {
         let r = env.node().run(|| tcp_request(sa(fe)))?;
         assert_eq!(r.server, "b0", "{fe}");
     }
-    let ferry = env.ferry.as_mut().expect("started");
+    let ferry = env.ferry.as_ref().expect("started");
     let ready = view_of(ferry, "10.96.0.33:80/TCP")?;
     let leaving = view_of(ferry, "10.96.0.34:80/TCP")?;
     // A resync of the same objects (a new file without objects).
     let passes = |log: &str| log.matches("synced").count();
     let before = passes(&ferry.log());
     env.manifests.write("empty.yaml", "# nothing here\n")?;
-    let ferry = env.ferry.as_mut().expect("started");
     let log = wait_log(ferry, "a resync", |log| passes(log) > before)?;
     let last = log
         .lines()

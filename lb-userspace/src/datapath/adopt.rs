@@ -52,25 +52,26 @@ pub fn read_installed(maps: &Maps) -> Installed {
         );
     }
 
-    let backend = |ip, port: u16, proto: u8| {
+    let backend = |ip, port: u16, proto: u8, flags: u8| {
         Protocol::from_number(proto).map(|protocol| BackendAddr {
             ip,
             port: port_from_map(port),
             protocol,
+            flags,
         })
     };
     for (id, b) in maps.backends4.iter().filter_map(Result::ok) {
-        if let Some(addr) = backend(ip_from_map4(b.addr), b.port, b.proto) {
+        if let Some(addr) = backend(ip_from_map4(b.addr), b.port, b.proto, b.flags) {
             installed
                 .backends
-                .insert(addr, InstalledBackend { id, flags: b.flags });
+                .insert(addr, InstalledBackend { id });
         }
     }
     for (id, b) in maps.backends6.iter().filter_map(Result::ok) {
-        if let Some(addr) = backend(ip_from_map6(b.addr), b.port, b.proto) {
+        if let Some(addr) = backend(ip_from_map6(b.addr), b.port, b.proto, b.flags) {
             installed
                 .backends
-                .insert(addr, InstalledBackend { id, flags: b.flags });
+                .insert(addr, InstalledBackend { id });
         }
     }
 

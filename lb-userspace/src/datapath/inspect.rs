@@ -60,7 +60,7 @@ pub fn frontends(maps: &Maps) -> Vec<FrontendView> {
     let backends: HashMap<u32, (&BackendAddr, u8)> = installed
         .backends
         .iter()
-        .map(|(a, b)| (b.id, (a, b.flags)))
+        .map(|(a, b)| (b.id, (a, a.flags)))
         .collect();
     let mut out: Vec<FrontendView> = installed
         .frontends

@@ -13,17 +13,21 @@ use super::{
 };
 use crate::model::{FrontendAddr, Protocol};
 
-/// A backend as the maps know it: its identity plus flags.
+/// A backend as the maps know it: address, port, protocol and flags
+/// (`BACKEND_F_*`). The flags are part of its identity, so that the same
+/// endpoint seen as ready by one Service and as terminating by another gets
+/// two entries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BackendAddr {
     pub ip: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
+    pub flags: u8,
 }
 
 pub trait Store {
     type Error: std::fmt::Display;
-    fn put_backend(&mut self, id: u32, addr: &BackendAddr, flags: u8) -> Result<(), Self::Error>;
+    fn put_backend(&mut self, id: u32, addr: &BackendAddr) -> Result<(), Self::Error>;
     fn del_backend(&mut self, id: u32, addr: &BackendAddr) -> Result<(), Self::Error>;
     fn put_slot(&mut self, service_id: u32, slot: u32, backend_id: u32) -> Result<(), Self::Error>;
     fn del_slot(&mut self, service_id: u32, slot: u32) -> Result<(), Self::Error>;
@@ -78,8 +82,8 @@ pub fn frontend6_key(
 impl Store for Maps {
     type Error = MapError;
 
-    fn put_backend(&mut self, id: u32, addr: &BackendAddr, flags: u8) -> Result<(), MapError> {
-        let (port, proto) = (port_to_map(addr.port), addr.protocol.number());
+    fn put_backend(&mut self, id: u32, addr: &BackendAddr) -> Result<(), MapError> {
+        let (port, proto, flags) = (port_to_map(addr.port), addr.protocol.number(), addr.flags);
         match addr.ip {
             IpAddr::V4(ip) => self.backends4.insert(
                 id,

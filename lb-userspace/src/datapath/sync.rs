@@ -37,7 +37,6 @@ pub struct InstalledSet {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InstalledBackend {
     pub id: u32,
-    pub flags: u8,
 }
 
 /// What the maps hold, as far as the agent knows.
@@ -101,6 +100,7 @@ fn backend_addr(b: &Backend) -> BackendAddr {
         ip: b.ip,
         port: b.port,
         protocol: b.protocol,
+        flags: backend_flags(b),
     }
 }
 
@@ -222,25 +222,11 @@ impl Installed {
             let mut ok = true;
             for b in &set.backends {
                 let addr = backend_addr(b);
-                let flags = backend_flags(b);
+                // A backend's identity includes its flags: one endpoint can be
+                // ready in one Service and terminating in another, and each
+                // set must show (and keep) its own view of it.
                 match self.backends.get(&addr).copied() {
-                    Some(installed) if installed.flags == flags => ids.push(installed.id),
-                    Some(installed) => {
-                        if rec(
-                            &mut report,
-                            || format!("{name}: backend {}:{}", addr.ip, addr.port),
-                            store.put_backend(installed.id, &addr, flags),
-                        ) {
-                            self.backends.insert(
-                                addr,
-                                InstalledBackend {
-                                    id: installed.id,
-                                    flags,
-                                },
-                            );
-                        }
-                        ids.push(installed.id);
-                    }
+                    Some(installed) => ids.push(installed.id),
                     None => {
                         let Some(id) = backend_ids.take() else {
                             report.errors.push(SyncError {
@@ -256,13 +242,13 @@ impl Installed {
                         if !rec(
                             &mut report,
                             || format!("{name}: backend {}:{}", addr.ip, addr.port),
-                            store.put_backend(id, &addr, flags),
+                            store.put_backend(id, &addr),
                         ) {
                             backend_ids.used.remove(&id);
                             ok = false;
                             break;
                         }
-                        self.backends.insert(addr, InstalledBackend { id, flags });
+                        self.backends.insert(addr, InstalledBackend { id });
                         ids.push(id);
                     }
                 }

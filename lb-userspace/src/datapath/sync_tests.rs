@@ -79,7 +79,7 @@ macro_rules! op {
 
 impl Store for MemStore {
     type Error = String;
-    fn put_backend(&mut self, id: u32, addr: &BackendAddr, _flags: u8) -> Result<(), String> {
+    fn put_backend(&mut self, id: u32, addr: &BackendAddr) -> Result<(), String> {
         op!(self, "put_backend", { self.backends.insert(id, *addr) })
     }
     fn del_backend(&mut self, id: u32, _addr: &BackendAddr) -> Result<(), String> {
@@ -308,4 +308,23 @@ fn set_ids_are_stable_and_names_recorded() {
     for (name, set) in &installed.sets {
         assert_eq!(names[name], set.id);
     }
+}
+
+#[test]
+fn one_endpoint_ready_in_one_service_and_terminating_in_another_keeps_both_views() {
+    let mut d = desired(&[("a", "10.96.0.1", &[1]), ("b", "10.96.0.2", &[1])]);
+    d.backend_sets.get_mut(&key("b")).unwrap().backends[0].terminating = true;
+    let mut store = MemStore::default();
+    let mut installed = Installed::default();
+    installed.sync(&mut store, &d);
+    // Two entries for one address: one per view.
+    assert_eq!(store.backends.len(), 2);
+    let flags: Vec<u8> = {
+        let mut f: Vec<u8> = store.backends.values().map(|b| b.flags).collect();
+        f.sort();
+        f
+    };
+    assert_eq!(flags, vec![0, lb_common::BACKEND_F_TERMINATING]);
+    // And a second sync has nothing to fix.
+    assert_eq!(installed.sync(&mut store, &d).changes, 0);
 }

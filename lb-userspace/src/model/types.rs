@@ -222,7 +222,9 @@ pub struct InvalidObject {
 
 impl fmt::Display for InvalidObject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.namespace.is_empty() {
+        if self.namespace.is_empty() && self.name.is_empty() {
+            write!(f, "{}: {}", self.kind, self.reason)
+        } else if self.namespace.is_empty() {
             write!(f, "{} {}: {}", self.kind, self.name, self.reason)
         } else {
             write!(
