@@ -288,15 +288,16 @@ fn terminating_endpoints_fall_back_per_selection() -> Result<()> {
 /// Topology hints: with the Node labelled zone-a, only endpoints hinted for
 /// zone-a get traffic; relabelling the Node to zone-b switches to the zone-b
 /// endpoints; a zone no endpoint is hinted for, or one endpoint without
-/// hints, means no filtering.
+/// hints, means no filtering; node hints (PreferSameNode) select the
+/// endpoint hinted for this node, even in another zone.
 #[test]
 fn topology_zone_hints_follow_the_node_zone() -> Result<()> {
     require_root();
     let _serial = serial();
-    let svc = Service::new("default", "topo")
+    let topo_svc = Service::new("default", "topo")
         .cluster_ip("10.96.0.40")
-        .port(ServicePort::tcp(80).target(PORT))
-        .to_value();
+        .port(ServicePort::tcp(80).target(PORT));
+    let svc = topo_svc.to_value();
     let node = |zone: &str| {
         Node::new(NODE)
             .address("InternalIP", &NODE_V4.to_string())
@@ -346,12 +347,33 @@ fn topology_zone_hints_follow_the_node_zone() -> Result<()> {
         "no endpoint hinted for the node's zone: all endpoints"
     );
 
-    env.apply(&[svc, node("zone-b"), hinted(&env, false)])?;
+    env.apply(&[svc.clone(), node("zone-b"), hinted(&env, false)])?;
     env.wait_backends(fe, &all)?;
     assert_eq!(
         env.servers_seen(target, 80)?,
         set(&["b0", "b1", "b2", "b3"]),
         "one endpoint without hints: all endpoints"
+    );
+
+    // Node hints (trafficDistribution PreferSameNode) win over zone hints:
+    // only the endpoint hinted for this node.
+    let by_node = ["b0", "b1", "b2", "b3"].map(|b| {
+        let zone = if b < "b2" { "zone-a" } else { "zone-b" };
+        let for_node = if b == "b2" { NODE } else { OTHER_NODE };
+        env.ep(b, NODE).hint_zones(&[zone]).hint_nodes(&[for_node])
+    });
+    env.apply(&[
+        topo_svc
+            .spec("trafficDistribution", json!("PreferSameNode"))
+            .to_value(),
+        node("zone-a"),
+        tcp_slice("topo", "topo-1", AddressType::IPv4, &by_node),
+    ])?;
+    env.wait_backends(fe, &[env.addr4("b2")])?;
+    assert_eq!(
+        env.servers_seen(target, 30)?,
+        set(&["b2"]),
+        "node hints: only the endpoint hinted for this node"
     );
     Ok(())
 }

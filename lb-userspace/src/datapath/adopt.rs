@@ -62,16 +62,12 @@ pub fn read_installed(maps: &Maps) -> Installed {
     };
     for (id, b) in maps.backends4.iter().filter_map(Result::ok) {
         if let Some(addr) = backend(ip_from_map4(b.addr), b.port, b.proto, b.flags) {
-            installed
-                .backends
-                .insert(addr, InstalledBackend { id });
+            installed.backends.insert(addr, InstalledBackend { id });
         }
     }
     for (id, b) in maps.backends6.iter().filter_map(Result::ok) {
         if let Some(addr) = backend(ip_from_map6(b.addr), b.port, b.proto, b.flags) {
-            installed
-                .backends
-                .insert(addr, InstalledBackend { id });
+            installed.backends.insert(addr, InstalledBackend { id });
         }
     }
 

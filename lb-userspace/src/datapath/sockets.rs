@@ -6,9 +6,15 @@
 //! CONFIG_INET_DIAG_DESTROY), in every network namespace of the processes
 //! (and threads) under the attached cgroup. Per set, as kube-proxy clears
 //! conntrack entries per service port: a backend that leaves one Service
-//! but stays in another keeps the other's sockets. The application
-//! sees ECONNABORTED and reconnects, landing on a live backend. TCP is left
-//! to the application, as kube-proxy leaves it.
+//! but stays in another keeps the other's sockets. The application sees an
+//! error on its next call (ECONNABORTED on a pending receive, EDESTADDRREQ
+//! on a send, as the socket is no longer connected) and reconnects, landing
+//! on a live backend. TCP is left to the application, as kube-proxy leaves
+//! it.
+//!
+//! A serving-but-terminating backend that leaves its set because ready
+//! ones exist counts as leaving too: kube-proxy would keep such flows, but a
+//! terminating pod is going away, and a resolver is better off moving now.
 
 use std::{
     collections::HashSet,
