@@ -21,6 +21,8 @@ use crate::{
 pub const DEBOUNCE: Duration = Duration::from_millis(50);
 /// The longest a change may wait for a sync while changes keep coming.
 pub const MAX_DELAY: Duration = Duration::from_millis(500);
+/// How soon a pass whose map writes failed (a full map, say) is retried.
+pub const RETRY: Duration = Duration::from_secs(1);
 
 /// How the node is described on the command line.
 #[derive(Clone, Debug, Default)]
@@ -184,6 +186,9 @@ pub async fn run_with(
 ) {
     let mut log = InvalidLog::default();
     let mut last: Option<Arc<Snapshot>> = None;
+    // Whether the last pass left a failed write behind: then the same
+    // snapshot is synced again after RETRY, until it goes through.
+    let mut failed = false;
     let mut sync = |datapath: &mut Datapath, snapshot: &Arc<Snapshot>, repair: bool| {
         let pass = reconcile_once(datapath, &node, snapshot, &mut log);
         on_pass(&PassContext {
@@ -192,33 +197,39 @@ pub async fn run_with(
             datapath,
             repair,
         });
+        !pass.report.errors.is_empty()
     };
     // A snapshot may already be there before we start waiting.
     if let Some(snapshot) = rx.borrow_and_update().clone() {
-        sync(&mut datapath, &snapshot, false);
+        failed = sync(&mut datapath, &snapshot, false);
         last = Some(snapshot);
     }
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
+            _ = tokio::time::sleep(RETRY), if failed => {
+                if let Some(prev) = last.clone() {
+                    failed = sync(&mut datapath, &prev, false);
+                }
+            }
             _ = repair.notified() => {
                 // Taken first: a debounce this branch interrupted may have
                 // marked a new snapshot as seen.
                 let latest = rx.borrow_and_update().clone();
                 if let Some(prev) = &last && adopt_drift(&mut datapath) {
                     tracing::warn!("the maps differ from what this agent wrote; repairing");
-                    sync(&mut datapath, prev, true);
+                    failed = sync(&mut datapath, prev, true);
                 }
                 if let Some(snapshot) = latest
                     && !last.as_ref().is_some_and(|l| Arc::ptr_eq(l, &snapshot))
                 {
-                    sync(&mut datapath, &snapshot, false);
+                    failed = sync(&mut datapath, &snapshot, false);
                     last = Some(snapshot);
                 }
             }
             next = next_snapshot(&mut rx) => match next {
                 Some(snapshot) => {
-                    sync(&mut datapath, &snapshot, false);
+                    failed = sync(&mut datapath, &snapshot, false);
                     last = Some(snapshot);
                 }
                 None if rx.has_changed().is_err() => break,
