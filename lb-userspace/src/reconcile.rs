@@ -208,8 +208,12 @@ pub async fn run_with(
         tokio::select! {
             _ = shutdown.changed() => break,
             _ = tokio::time::sleep(RETRY), if failed => {
-                if let Some(prev) = last.clone() {
-                    failed = sync(&mut datapath, &prev, false);
+                // The latest snapshot, not only the last synced one: a
+                // debounce this branch interrupted may have marked a newer
+                // one as seen.
+                if let Some(snapshot) = rx.borrow_and_update().clone().or_else(|| last.clone()) {
+                    failed = sync(&mut datapath, &snapshot, false);
+                    last = Some(snapshot);
                 }
             }
             _ = repair.notified() => {

@@ -810,6 +810,26 @@ fn agent_serves_a_cluster_ip_from_the_api_server_without_failed_connects() -> Re
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<f64>().ok());
     assert!(translated.is_some_and(|n| n >= 80.0), "{text}");
+    let addr = env.metrics.to_string();
+    let table = env
+        .ferry()
+        .cli(&["status", "--metrics-bind-address", &addr])?;
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(table.status.success(), "{table:?}");
+    assert!(text.contains("API server:      connected"), "{text}");
+    assert!(text.contains("1 services, 1 frontends"), "{text}");
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let refused = env
+        .ferry()
+        .cli(&["status", "--metrics-bind-address", &nobody])?;
+    assert!(
+        !refused.status.success(),
+        "status without an agent must fail"
+    );
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("cannot reach the agent"),
+        "{refused:?}"
+    );
     let status = env.status()?;
     assert_eq!(status["apiServer"]["connected"], true, "{status}");
     assert_eq!(status["synced"], true, "{status}");
@@ -1005,5 +1025,115 @@ fn agent_healthz_fails_while_the_node_is_marked_for_deletion() -> Result<()> {
     }
     let (code, _, body) = http_get(env.healthz, "/livez")?;
     assert_eq!(code, 200, "/livez ignores eligibility: {body}");
+    Ok(())
+}
+
+/// The Datapath under test, stopped and cleaned up on drop (also on
+/// failure): its lock released first, then `cleanup` of its pins and links.
+struct DatapathGuard {
+    dp: Option<lb_userspace::datapath::Datapath>,
+    dir: lb_userspace::datapath::BpffsDir,
+}
+
+impl Drop for DatapathGuard {
+    fn drop(&mut self) {
+        drop(self.dp.take());
+        if let Err(e) = lb_userspace::datapath::cleanup(&self.dir) {
+            eprintln!("tests: cleaning up the datapath: {e}");
+        }
+    }
+}
+
+fn typed<T: k8s_openapi::serde::de::DeserializeOwned>(v: Value) -> Arc<T> {
+    Arc::new(serde_json::from_value(v).expect("a valid object"))
+}
+
+#[test]
+fn agent_drift_check_sees_exactly_what_changed_behind_the_mirror() -> Result<()> {
+    use lb_userspace::datapath::{Datapath, store::frontend4_key};
+    use lb_userspace::model::Protocol;
+    use lb_userspace::reconcile::{InvalidLog, NodeConfig, adopt_drift, reconcile_once};
+    require_root();
+    let _serial = serial();
+    // Attached to a cgroup no process is in: nothing is translated.
+    let cgroup = Cgroup::new()?;
+    let bpffs = BpffsDir::new()?;
+    let dir = lb_userspace::datapath::BpffsDir::new(bpffs.path());
+    let cookie = lb_userspace::netutil::netns_cookie(None)?;
+    let mut guard = DatapathGuard {
+        dp: Some(Datapath::start(&dir, cgroup.path(), cookie)?),
+        dir,
+    };
+    let dp = guard.dp.as_mut().expect("started");
+
+    // Every kind of entry: ClusterIPs of both families, NodePorts, affinity.
+    let mut snapshot = Snapshot::default();
+    snapshot.cluster.services = vec![
+        typed(
+            Service::new("default", "web")
+                .type_("NodePort")
+                .cluster_ip("10.96.0.10")
+                .port(
+                    ServicePort::tcp(80)
+                        .name("http")
+                        .target(8080)
+                        .node_port(30080),
+                )
+                .session_affinity_client_ip(60)
+                .to_value(),
+        ),
+        typed(
+            Service::new("default", "web6")
+                .cluster_ip("fd00:96::10")
+                .ip_families(&["IPv6"])
+                .port(ServicePort::udp(53).name("dns").target(5353))
+                .to_value(),
+        ),
+    ];
+    snapshot.cluster.endpoint_slices = vec![
+        typed(web_slice(&["10.0.0.1", "10.0.0.2"])),
+        typed(
+            EndpointSlice::new("default", "web6-1", "web6", AddressType::IPv6)
+                .port("dns", 5353, "UDP")
+                .endpoint(Endpoint::new("fd00::1").node(NODE))
+                .to_value(),
+        ),
+    ];
+    let node = NodeConfig {
+        name: NODE.into(),
+        ips: vec![NODE_V4.into(), NODE_V6.into()],
+        host_ips: Vec::new(),
+    };
+    let mut log = InvalidLog::default();
+    let pass = reconcile_once(dp, &node, &snapshot, &mut log);
+    ensure!(pass.report.errors.is_empty(), "{:?}", pass.report.errors);
+    ensure!(
+        pass.computed.invalid.is_empty(),
+        "{:?}",
+        pass.computed.invalid
+    );
+    ensure!(
+        dp.installed.frontends.len() >= 4,
+        "{:?}",
+        dp.installed.frontends
+    );
+    assert!(
+        !adopt_drift(dp),
+        "the maps differ from the mirror right after a sync"
+    );
+
+    // Behind the agent's back: one frontend deleted, one added.
+    let web = frontend4_key("10.96.0.10".parse()?, 80, Protocol::Tcp);
+    let value = dp.maps.frontends4.get(&web, 0)?;
+    dp.maps.frontends4.remove(&web)?;
+    let bogus = frontend4_key("10.96.0.77".parse()?, 80, Protocol::Tcp);
+    dp.maps.frontends4.insert(bogus, value, 0)?;
+
+    assert!(adopt_drift(dp), "the drift went unnoticed");
+    let repair = reconcile_once(dp, &node, &snapshot, &mut log);
+    assert_eq!(repair.report.changes, 2, "one entry re-added, one removed");
+    assert_eq!(dp.maps.frontends4.get(&web, 0)?, value);
+    assert!(dp.maps.frontends4.get(&bogus, 0).is_err());
+    assert!(!adopt_drift(dp), "still differing after the repair");
     Ok(())
 }

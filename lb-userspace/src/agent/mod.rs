@@ -16,6 +16,9 @@ pub mod metrics;
 pub mod state;
 pub mod status;
 
+#[cfg(test)]
+mod deploy_tests;
+
 use std::{
     future::Future,
     io,

@@ -120,8 +120,6 @@ pub trait Observer: Send + Sync {
     /// An HTTP response came back from the API server (`Ok(status)`), or a
     /// request got none (`Err(why)`: refused, timed out, ...).
     fn api_contact(&self, _result: Result<u16, String>) {}
-    /// A watch delivered an event.
-    fn watch_event(&self, _what: Watched) {}
     /// A watch failed; it is retried after a backoff.
     fn watch_error(&self, _what: Watched, _error: &watcher::Error) {}
     /// A list (the initial one or a relist) of `what` completed.
@@ -414,7 +412,6 @@ pub async fn run(
         while let Some((what, result)) = next.take() {
             match result {
                 Ok(update) => {
-                    observer.watch_event(what);
                     if stores.apply(&update) {
                         oldest.get_or_insert_with(Instant::now);
                     }
