@@ -780,3 +780,35 @@ fn counters_count_translations_and_refusals() -> Result<()> {
     assert_eq!(empty["when_empty"], "reject", "{empty}");
     Ok(())
 }
+
+/// Entries of a pinned hash map, by `bpftool -j map dump pinned`.
+fn map_entries(bpffs: &BpffsDir, map: &str) -> Result<usize> {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(bpffs.path().join("maps").join(map))
+        .output()?;
+    anyhow::ensure!(out.status.success(), "bpftool: {out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(v.as_array().map(Vec::len).unwrap_or(0))
+}
+
+#[test]
+fn closed_sockets_leave_no_reverse_translation_behind() -> Result<()> {
+    require_root();
+    let _serial = serial();
+    let env = web_env()?;
+    let fe = sa("10.96.0.10:80");
+    // Open sockets hold their entries (getpeername needs them)...
+    let open: Vec<TcpStream> = env.node().run(|| {
+        (0..20)
+            .map(|_| tcp_connect(fe))
+            .collect::<io::Result<Vec<_>>>()
+    })?;
+    assert_eq!(map_entries(&env.bpffs, "SOCK_REVNAT4")?, 20);
+    // ... and closing them removes the entries (sock_release), so the LRU
+    // never fills with dead sockets and connects never pay for evictions.
+    drop(open);
+    requests(env.node(), 30, "TCP to the ClusterIP", || tcp_request(fe))?;
+    assert_eq!(map_entries(&env.bpffs, "SOCK_REVNAT4")?, 0);
+    Ok(())
+}
