@@ -28,15 +28,20 @@ pub static BACKENDS6: HashMap<u32, Backend6> = HashMap::pinned(capacity::BACKEND
 pub static CLUSTER_IPS4: HashMap<u32, u32> = HashMap::pinned(capacity::FRONTENDS, 0);
 #[map]
 pub static CLUSTER_IPS6: HashMap<[u32; 4], u32> = HashMap::pinned(capacity::FRONTENDS, 0);
+/// BPF_F_NO_COMMON_LRU: each CPU keeps its own LRU lists, so an insert on
+/// the connect path never takes the map-wide LRU lock (the table itself is
+/// still shared: every CPU sees every entry).
+const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+
 #[map]
 pub static SOCK_REVNAT4: LruHashMap<SockRevNat4Key, SockRevNat4Value> =
-    LruHashMap::pinned(capacity::SOCK_REVNAT, 0);
+    LruHashMap::pinned(capacity::SOCK_REVNAT, BPF_F_NO_COMMON_LRU);
 #[map]
 pub static SOCK_REVNAT6: LruHashMap<SockRevNat6Key, SockRevNat6Value> =
-    LruHashMap::pinned(capacity::SOCK_REVNAT, 0);
+    LruHashMap::pinned(capacity::SOCK_REVNAT, BPF_F_NO_COMMON_LRU);
 #[map]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
-    LruHashMap::pinned(capacity::AFFINITY, 0);
+    LruHashMap::pinned(capacity::AFFINITY, BPF_F_NO_COMMON_LRU);
 #[map]
 pub static COUNTERS: PerCpuArray<ServiceCounters> = PerCpuArray::pinned(capacity::SERVICES, 0);
 /// Read only by `ferry services`; the programs never touch it.
