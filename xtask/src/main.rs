@@ -61,6 +61,10 @@ struct BenchArgs {
     /// Largest scale for the iptables datapath.
     #[arg(long, default_value_t = 30_000)]
     iptables_max: usize,
+    /// Above this scale the nftables ruleset is loaded in transactions of
+    /// 5,000 Service ports (one transaction is quadratic in nf_tables).
+    #[arg(long, default_value_t = 10_000)]
+    nft_one_transaction_max: usize,
     /// Data-plane rounds per datapath and scale (default 5; quick 3).
     #[arg(long)]
     rounds: Option<usize>,
@@ -206,6 +210,7 @@ fn bench(a: BenchArgs) -> Result<()> {
             }),
             scales,
             iptables_max: a.iptables_max,
+            nft_one_transaction_max: a.nft_one_transaction_max,
             datapaths: a.datapaths.unwrap_or_else(|| {
                 vec![
                     bench::Dp::Direct,

@@ -49,6 +49,14 @@ pub const NAMING: Naming = Naming {
     dir_prefix: "ferry-bench-",
 };
 
+/// Service ports per `nft -f` transaction above
+/// `Options::nft_one_transaction_max`.
+const NFT_CHUNK: usize = 5_000;
+
+/// Programming from nothing is repeated only up to this scale; above it,
+/// once (it takes minutes for the peers).
+const REPEAT_PROGRAM_MAX: usize = 10_000;
+
 /// Longest any one control-plane command (restore, nft -f, agent pass)
 /// may take before the bench gives up.
 const PROGRAM_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -89,8 +97,15 @@ pub struct Options {
     pub udp_connects: usize,
     /// Seconds of request/response and of bulk transfer per round.
     pub flow_secs: f64,
-    /// Programming from nothing, repeated (per datapath and scale).
+    /// Programming from nothing, repeated (per datapath and scale, up to
+    /// 10,000 Services).
     pub program_repeats: usize,
+    /// Above this many Services the nftables ruleset is loaded in several
+    /// transactions: in one, nf_tables binds each anonymous verdict map
+    /// (one per Service) with a walk over the whole transaction, so a
+    /// full sync takes time quadratic in the number of Services (2 minutes
+    /// at 10,000, hours at 100,000).
+    pub nft_one_transaction_max: usize,
     /// Scale at which one endpoint change is timed.
     pub change_scale: usize,
     /// Endpoint changes timed (alternately removing and restoring it).
@@ -123,6 +138,8 @@ pub struct Round {
 pub struct Program {
     pub wall_us: u64,
     pub peak_rss_kib: u64,
+    /// Loaded in several transactions (nftables at large scales).
+    pub transactions: usize,
     /// Ferry only: the agent's stages.
     pub stages: Option<Stages>,
 }
@@ -151,7 +168,11 @@ pub struct DpResult {
     pub services: usize,
     pub program: Vec<Program>,
     pub rounds: Vec<Round>,
+    /// Ferry: connect4 run time with the reverse-translation map full (as
+    /// on a long-running node) ...
     pub bpf: Vec<BpfRound>,
+    /// ... and right after programming, with it (nearly) empty.
+    pub bpf_fresh: Vec<BpfRound>,
     /// Peers: rule restores. Ferry: manifests re-read from files.
     pub change: Vec<Change>,
     /// Ferry: the object swapped in memory (an API watch's update).
@@ -174,6 +195,7 @@ impl DpResult {
             program: Vec::new(),
             rounds: Vec::new(),
             bpf: Vec::new(),
+            bpf_fresh: Vec::new(),
             change: Vec::new(),
             change_in_memory: Vec::new(),
             map_memory: Vec::new(),
@@ -273,11 +295,10 @@ impl Drop for Rules<'_> {
 }
 
 fn flush_rules(node: &Netns) -> Result<()> {
-    run_timed_in(
+    proc::run_to_end_in(
         node.path(),
         "nft",
         &["flush", "ruleset"],
-        None,
         Duration::from_secs(600),
     )?;
     Ok(())
@@ -286,7 +307,7 @@ fn flush_rules(node: &Netns) -> Result<()> {
 /// Nothing of any datapath is active: no rules in the node namespace, no
 /// program attached to the bench's cgroup.
 fn ensure_idle(node: &Netns, cgroup: &Cgroup) -> Result<()> {
-    let out = sandbox::command_stdout(&mut node.command("nft").args(["list", "ruleset"]))?;
+    let out = sandbox::command_stdout(node.command("nft").args(["list", "ruleset"]))?;
     ensure!(
         out.trim().is_empty(),
         "rules left in the node namespace:\n{out}"
@@ -354,7 +375,7 @@ fn setup_node(node: &Netns) -> Result<()> {
         "net.ipv4.ip_local_port_range=1024 65535",
         "net.ipv4.tcp_syn_retries=1",
     ] {
-        sandbox::command_stdout(&mut node.command("sysctl").args(["-q", "-w", kv]))?;
+        sandbox::command_stdout(node.command("sysctl").args(["-q", "-w", kv]))?;
     }
     Ok(())
 }
@@ -372,9 +393,11 @@ struct Env<'a> {
 struct Scale {
     w: Workload,
     manifests: PathBuf,
-    /// (jumps, full, change on, change off) rule files.
-    iptables: Option<(PathBuf, PathBuf, PathBuf, PathBuf)>,
-    nft: Option<(PathBuf, PathBuf, PathBuf)>,
+    /// (full, change on, change off) rule files.
+    iptables: Option<(PathBuf, PathBuf, PathBuf)>,
+    /// nft: the full transaction, or its chunks when it is too big for
+    /// one (see `Options::nft_one_transaction_max`), and the changes.
+    nft: Option<(Vec<PathBuf>, PathBuf, PathBuf)>,
 }
 
 fn bench_scale(env: &Env, n: usize, out: &mut Vec<DpResult>) -> Result<()> {
@@ -404,26 +427,33 @@ fn bench_scale(env: &Env, n: usize, out: &mut Vec<DpResult>) -> Result<()> {
 
     let wants = |dp| env.opts.datapaths.contains(&dp);
     let iptables = if wants(Dp::Iptables) && n <= env.opts.iptables_max {
-        let jumps = dir.join("iptables-jumps.rules");
         let full = dir.join("iptables-full.rules");
         let on = dir.join("iptables-change-on.rules");
         let off = dir.join("iptables-change-off.rules");
-        fs::write(&jumps, kubeproxy::iptables_jumps())?;
         fs::write(&full, kubeproxy::iptables_full(&ports))?;
         fs::write(&on, kubeproxy::iptables_change(&after, &changes))?;
         fs::write(&off, kubeproxy::iptables_change(&ports, &back))?;
-        Some((jumps, full, on, off))
+        Some((full, on, off))
     } else {
         None
     };
     let nft = if wants(Dp::Nftables) {
-        let full = dir.join("nft-full.nft");
         let on = dir.join("nft-change-on.nft");
         let off = dir.join("nft-change-off.nft");
-        fs::write(&full, kubeproxy::nft_full(&ports))?;
+        let chunks = if n <= env.opts.nft_one_transaction_max {
+            vec![kubeproxy::nft_full(&ports)]
+        } else {
+            kubeproxy::nft_full_chunks(&ports, NFT_CHUNK)
+        };
+        let mut files = Vec::new();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let file = dir.join(format!("nft-full-{i:03}.nft"));
+            fs::write(&file, chunk)?;
+            files.push(file);
+        }
         fs::write(&on, kubeproxy::nft_change(&changes))?;
         fs::write(&off, kubeproxy::nft_change(&back))?;
-        Some((full, on, off))
+        Some((files, on, off))
     } else {
         None
     };
@@ -572,7 +602,12 @@ fn bench_ferry(env: &Env, s: &Scale) -> Result<DpResult> {
     let o = env.opts;
     let n = s.w.services;
     let mut r = DpResult::new(Dp::Ferry, n);
-    for rep in 0..o.program_repeats.max(1) {
+    let repeats = if n <= REPEAT_PROGRAM_MAX {
+        o.program_repeats.max(1)
+    } else {
+        1
+    };
+    for rep in 0..repeats {
         check_interrupted()?;
         let root = env.bpffs.join(format!("n{n}-{rep}"));
         let (mut agent, stages) = Agent::start(
@@ -586,13 +621,15 @@ fn bench_ferry(env: &Env, s: &Scale) -> Result<DpResult> {
         r.program.push(Program {
             wall_us: stages.total_us(),
             peak_rss_kib: stages.hwm_kib,
+            transactions: 1,
             stages: Some(stages.clone()),
         });
         r.agent_rss_kib = stages.rss_kib;
-        if rep + 1 < o.program_repeats {
+        if rep + 1 < repeats {
             agent.exit()?;
             continue; // dropping the agent removes the datapath
         }
+        r.bpf_fresh = bpf_rounds(env, &s.w, agent.bpffs())?;
         prefill(env, &s.w)?;
         r.rounds = dataplane(env, Dp::Ferry, &s.w)?;
         r.bpf = bpf_rounds(env, &s.w, agent.bpffs())?;
@@ -699,14 +736,16 @@ fn bench_rules(env: &Env, s: &Scale, dp: Dp) -> Result<DpResult> {
     let n = s.w.services;
     let mut r = DpResult::new(dp, n);
     let ns = env.node.path();
-    let restore = |file: &Path| {
-        run_timed_in(
-            ns,
-            "iptables-restore",
-            &["-w", "5", "--noflush", "--counters"],
-            Some(file),
-            PROGRAM_TIMEOUT,
-        )
+    // The system's iptables (the nf_tables backend on Debian), as
+    // kube-proxy runs it: --noflush for partial syncs; full syncs without
+    // it (see `kubeproxy::iptables_full`).
+    let restore = |file: &Path, noflush: bool| {
+        let args: &[&str] = if noflush {
+            &["-w", "5", "--noflush", "--counters"]
+        } else {
+            &["-w", "5", "--counters"]
+        };
+        run_timed_in(ns, "iptables-restore", args, Some(file), PROGRAM_TIMEOUT)
     };
     let nft = |file: &Path| {
         run_timed_in(
@@ -717,40 +756,46 @@ fn bench_rules(env: &Env, s: &Scale, dp: Dp) -> Result<DpResult> {
             PROGRAM_TIMEOUT,
         )
     };
-    let (full, on, off) = match dp {
+    let (full, on, off): (Vec<PathBuf>, &PathBuf, &PathBuf) = match dp {
         Dp::Iptables => {
-            let (_, full, on, off) = s.iptables.as_ref().expect("checked by the caller");
-            (full, on, off)
+            let (full, on, off) = s.iptables.as_ref().expect("checked by the caller");
+            (vec![full.clone()], on, off)
         }
         _ => {
             let (full, on, off) = s.nft.as_ref().expect("wanted");
-            (full, on, off)
+            (full.clone(), on, off)
         }
     };
-    let text = fs::read_to_string(full)?;
-    r.rule_lines = text.lines().count();
-    r.rule_bytes = text.len();
-    drop(text);
+    for f in &full {
+        let text = fs::read_to_string(f)?;
+        r.rule_lines += text.lines().count();
+        r.rule_bytes += text.len();
+    }
     let _rules = Rules(env.node);
-    for rep in 0..o.program_repeats.max(1) {
+    let repeats = if n <= REPEAT_PROGRAM_MAX {
+        o.program_repeats.max(1)
+    } else {
+        1
+    };
+    for rep in 0..repeats {
         check_interrupted()?;
         if rep > 0 {
             flush_rules(env.node)?;
         }
-        let (wall, rss) = if dp == Dp::Iptables {
-            let (jumps, ..) = s.iptables.as_ref().expect("checked");
-            let a = restore(jumps)?;
-            let b = restore(full)?;
-            (a.wall + b.wall, a.max_rss_kib.max(b.max_rss_kib))
-        } else {
-            let t = nft(full)?;
-            (t.wall, t.max_rss_kib)
+        let mut program = Program {
+            transactions: full.len(),
+            ..Program::default()
         };
-        r.program.push(Program {
-            wall_us: wall.as_micros() as u64,
-            peak_rss_kib: rss,
-            stages: None,
-        });
+        for f in &full {
+            let t = if dp == Dp::Iptables {
+                restore(f, false)?
+            } else {
+                nft(f)?
+            };
+            program.wall_us += t.wall.as_micros() as u64;
+            program.peak_rss_kib = program.peak_rss_kib.max(t.max_rss_kib);
+        }
+        r.program.push(program);
     }
     r.rounds = dataplane(env, dp, &s.w)?;
     if n == o.change_scale {
@@ -759,7 +804,7 @@ fn bench_rules(env: &Env, s: &Scale, dp: Dp) -> Result<DpResult> {
             check_interrupted()?;
             let file = if i % 2 == 0 { on } else { off };
             let t = if dp == Dp::Iptables {
-                restore(file)?
+                restore(file, true)?
             } else {
                 nft(file)?
             };
@@ -788,12 +833,23 @@ pub fn write_inputs(n: usize, dir: &Path) -> Result<()> {
     let changes: Vec<(&ServicePort, &ServicePort)> =
         ports.iter().zip(&after).filter(|(a, b)| a != b).collect();
     let back: Vec<(&ServicePort, &ServicePort)> = changes.iter().map(|(a, b)| (*b, *a)).collect();
-    fs::write(dir.join("iptables-jumps.rules"), kubeproxy::iptables_jumps())?;
-    fs::write(dir.join("iptables-full.rules"), kubeproxy::iptables_full(&ports))?;
-    fs::write(dir.join("iptables-change-on.rules"), kubeproxy::iptables_change(&after, &changes))?;
-    fs::write(dir.join("iptables-change-off.rules"), kubeproxy::iptables_change(&ports, &back))?;
+    fs::write(
+        dir.join("iptables-full.rules"),
+        kubeproxy::iptables_full(&ports),
+    )?;
+    fs::write(
+        dir.join("iptables-change-on.rules"),
+        kubeproxy::iptables_change(&after, &changes),
+    )?;
+    fs::write(
+        dir.join("iptables-change-off.rules"),
+        kubeproxy::iptables_change(&ports, &back),
+    )?;
     fs::write(dir.join("nft-full.nft"), kubeproxy::nft_full(&ports))?;
-    fs::write(dir.join("nft-change-on.nft"), kubeproxy::nft_change(&changes))?;
+    fs::write(
+        dir.join("nft-change-on.nft"),
+        kubeproxy::nft_change(&changes),
+    )?;
     fs::write(dir.join("nft-change-off.nft"), kubeproxy::nft_change(&back))?;
     Ok(())
 }

@@ -62,13 +62,35 @@ fn pidfd_open(pid: libc::pid_t) -> std::io::Result<OwnedFd> {
 /// Runs `program args` in the network namespace at `netns` (entered with
 /// setns(2) between fork and exec, so the child starts there and nsenter's
 /// own start-up is not timed), stdin from `stdin` (or /dev/null). Fails if
-/// it exits non-zero, or runs longer than `timeout` (then it is killed).
+/// it exits non-zero, or runs longer than `timeout` or past Ctrl-C (then
+/// it is killed).
 pub fn run_timed_in(
     netns: &Path,
     program: &str,
     args: &[&str],
     stdin: Option<&Path>,
     timeout: Duration,
+) -> Result<Timed> {
+    run_in(netns, program, args, stdin, timeout, true)
+}
+
+/// The same, but not cut short by Ctrl-C (for cleaning up).
+pub fn run_to_end_in(
+    netns: &Path,
+    program: &str,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<Timed> {
+    run_in(netns, program, args, None, timeout, false)
+}
+
+fn run_in(
+    netns: &Path,
+    program: &str,
+    args: &[&str],
+    stdin: Option<&Path>,
+    timeout: Duration,
+    interruptible: bool,
 ) -> Result<Timed> {
     let ns = File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
     let ns_fd = ns.as_raw_fd();
@@ -119,7 +141,7 @@ pub fn run_timed_in(
         if rc > 0 {
             break;
         }
-        if Instant::now() >= deadline {
+        if Instant::now() >= deadline || (interruptible && interrupted()) {
             // SAFETY: the pidfd refers to our unreaped child.
             unsafe {
                 libc::syscall(
@@ -146,6 +168,7 @@ pub fn run_timed_in(
     drop(child);
     let stderr = err_reader.join().unwrap_or_default();
     if killed {
+        check_interrupted()?;
         bail!("{desc} ran longer than {timeout:?}; killed");
     }
     if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {

@@ -85,7 +85,10 @@ impl Chart<'_> {
         let (y_lo, y_hi, y_ticks) = if self.log_y {
             let lo = y_min.log10().floor();
             let hi = y_max.log10().ceil().max(lo + 1.0);
-            let ticks = (lo as i32..=hi as i32).map(|e| 10f64.powi(e)).collect();
+            let ticks = (lo as i32..=hi as i32)
+                .flat_map(|e| [1.0, 2.0, 5.0].map(|m| m * 10f64.powi(e)))
+                .filter(|t| t.log10() <= hi + 1e-9)
+                .collect();
             (lo, hi, ticks)
         } else {
             let ticks = linear_ticks(y_max * 1.05, 6);
