@@ -185,6 +185,9 @@ pub struct DpResult {
     /// Peers: size of the full rule input.
     pub rule_lines: usize,
     pub rule_bytes: usize,
+    /// /proc/loadavg (1, 5, 15 min) when this datapath's turn began and
+    /// ended: the bench itself keeps about one CPU busy, more is others.
+    pub load: (String, String),
 }
 
 impl DpResult {
@@ -203,6 +206,7 @@ impl DpResult {
             agent_hwm_kib: 0,
             rule_lines: 0,
             rule_bytes: 0,
+            load: (report::load_average(), String::new()),
         }
     }
 }
@@ -223,6 +227,8 @@ pub struct Meta {
     pub load_before: String,
     pub load_after: String,
     pub duration_s: f64,
+    /// Why the run stopped early, if it did.
+    pub incomplete: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -260,10 +266,21 @@ pub fn run(opts: Options) -> Result<PathBuf> {
     if !leftovers.is_empty() {
         eprintln!("[bench] removed leftovers: {leftovers:?}");
     }
-    outcome?;
     results.meta.duration_s = started.elapsed().as_secs_f64();
     results.meta.load_after = report::load_average();
-    report::write(&opts, &results)
+    match outcome {
+        Ok(()) => report::write(&opts, &results),
+        Err(e) if !results.results.is_empty() => {
+            // Keep what was measured, marked as such (and not as latest).
+            results.meta.incomplete = Some(format!("{e:#}"));
+            match report::write(&opts, &results) {
+                Ok(path) => eprintln!("[bench] partial report: {}", path.display()),
+                Err(w) => eprintln!("[bench] could not write the partial report: {w:#}"),
+            }
+            Err(e)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// A scratch directory `$TMPDIR/ferry-bench-<pid>-<n>`, removed on drop.
@@ -481,6 +498,8 @@ fn bench_scale(env: &Env, n: usize, out: &mut Vec<DpResult>) -> Result<()> {
             Dp::Iptables | Dp::Nftables => bench_rules(env, &scale, dp),
         }
         .with_context(|| format!("{dp} at {n} Services"))?;
+        let mut r = r;
+        r.load.1 = report::load_average();
         eprintln!(
             "[bench] {n} Services: {dp} done in {:.1} s: {}",
             t.elapsed().as_secs_f64(),

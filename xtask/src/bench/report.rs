@@ -106,6 +106,7 @@ pub fn collect_meta() -> Meta {
         load_before: load_average(),
         load_after: String::new(),
         duration_s: 0.0,
+        incomplete: None,
     }
 }
 
@@ -546,6 +547,13 @@ fn markdown(res: &Results, latency_svg: &str, programming_svg: &str) -> String {
         services_label(o.change_scale),
         o.change_repeats
     );
+    if let Some(why) = &m.incomplete {
+        let _ = writeln!(
+            s,
+            "> **Incomplete run**: it stopped early ({}); only what was measured before is reported.\n",
+            why.replace('\n', " ")
+        );
+    }
     if o.quick {
         s.push_str("> A quick run: small scales, few repetitions, on a machine that may be busy. Treat its figures as a smoke test of the tooling, not as results.\n\n");
     }
@@ -564,16 +572,20 @@ fn markdown(res: &Results, latency_svg: &str, programming_svg: &str) -> String {
     s.push('\n');
 
     s.push_str("## New connections\n\nTCP connect + 1-byte request + 1-byte response on a fresh connection to a Service chosen uniformly at random among all of them (direct: to one of its endpoints chosen at random), one connection at a time, closed with RST. Latency in µs; rate in connections per second on one client thread.\n\n");
-    s.push_str("| Services | Datapath | p50 | p99 | mean | conn/s | p50 vs direct | p99 vs direct | p99 vs iptables | p99 vs nftables |\n");
-    s.push_str("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str("| Services | Datapath | p50 | p99 | mean | conn/s | p50 vs direct | p99 vs direct | p99 vs iptables | p99 vs nftables | load avg. (1 min) at start / end |\n");
+    s.push_str("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for n in v.scales() {
         for dp in DATAPATHS {
             if v.get(dp, n).is_none() {
                 continue;
             }
+            let load = v.get(dp, n).map_or(String::new(), |r| {
+                let first = |l: &str| l.split_whitespace().next().unwrap_or("").to_string();
+                format!("{} / {}", first(&r.load.0), first(&r.load.1))
+            });
             let _ = writeln!(
                 s,
-                "| {} | {dp} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {dp} | {} | {} | {} | {} | {} | {} | {} | {} | {load} |",
                 services_label(n),
                 sp(v.p50_us(dp, n), 1),
                 sp(v.p99_us(dp, n), 1),
@@ -811,16 +823,19 @@ pub fn write(opts: &Options, res: &Results) -> Result<PathBuf> {
     let dir = &opts.out_dir;
     super::check_out_dir(dir)?;
     let mode = if opts.quick { "quick" } else { "full" };
-    let stem = format!("{}-{mode}", res.meta.date);
+    let complete = res.meta.incomplete.is_none();
+    let stem = format!(
+        "{}-{mode}{}",
+        res.meta.date,
+        if complete { "" } else { "-incomplete" }
+    );
     let v = View {
         results: &res.results,
     };
     let (latency, programming) = plots(&v);
-    let files = [
+    let mut files = vec![
         (format!("{stem}-latency.svg"), latency.clone()),
         (format!("{stem}-programming.svg"), programming.clone()),
-        ("latest-latency.svg".into(), latency),
-        ("latest-programming.svg".into(), programming),
         (
             format!("{stem}.json"),
             serde_json::to_string_pretty(res)? + "\n",
@@ -833,11 +848,17 @@ pub fn write(opts: &Options, res: &Results) -> Result<PathBuf> {
                 &format!("{stem}-programming.svg"),
             ),
         ),
-        (
-            "latest.md".into(),
-            markdown(res, "latest-latency.svg", "latest-programming.svg"),
-        ),
     ];
+    if complete {
+        files.extend([
+            ("latest-latency.svg".into(), latency),
+            ("latest-programming.svg".into(), programming),
+            (
+                "latest.md".into(),
+                markdown(res, "latest-latency.svg", "latest-programming.svg"),
+            ),
+        ]);
+    }
     for (name, content) in files {
         let path = dir.join(&name);
         fs::write(&path, content).with_context(|| format!("writing {}", path.display()))?;

@@ -325,12 +325,26 @@ mod tests {
     use super::*;
     use lb_userspace::source::manifests::read_manifests;
 
+    /// A scratch directory, removed on drop (also when the test fails).
+    struct Scratch(PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
     #[test]
     fn manifests_read_back_as_kube_proxy_sees_them() {
-        let dir = std::env::temp_dir().join(format!("ferry-bench-unit-{}", std::process::id()));
+        let scratch = Scratch(std::env::temp_dir().join(format!(
+            "ferry-bench-unit-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        )));
+        let dir = &scratch.0;
         let w = Workload::new(1203);
-        w.write_manifests(&dir).unwrap();
-        let snapshot = read_manifests(&dir, NODE_NAME);
+        w.write_manifests(dir).unwrap();
+        let snapshot = read_manifests(dir, NODE_NAME);
         assert!(snapshot.invalid.is_empty(), "{:?}", snapshot.invalid);
         assert_eq!(snapshot.cluster.services.len(), 1203);
         let ports = service_ports(&snapshot.cluster);
@@ -342,10 +356,10 @@ mod tests {
 
         let changed = w.changed_service();
         let file = w
-            .write_file(&dir, changed / SERVICES_PER_FILE, true)
+            .write_file(dir, changed / SERVICES_PER_FILE, true)
             .unwrap();
-        assert_eq!(file, Workload::file_of(&dir, changed));
-        let after = service_ports(&read_manifests(&dir, NODE_NAME).cluster);
+        assert_eq!(file, Workload::file_of(dir, changed));
+        let after = service_ports(&read_manifests(dir, NODE_NAME).cluster);
         let diff: Vec<_> = ports
             .iter()
             .zip(&after)
@@ -358,6 +372,5 @@ mod tests {
             assert_eq!(d.name, Workload::service_name(changed));
             assert_eq!(d.endpoints.len(), PODS - 1);
         }
-        fs::remove_dir_all(&dir).unwrap();
     }
 }
