@@ -161,6 +161,15 @@ fn services(bpffs_dir: PathBuf, output: OutputFormat) -> Result<()> {
     Ok(())
 }
 
+/// The agent's runtime: two workers are plenty for watches, syncs and a
+/// few HTTP endpoints, on any size of node.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
@@ -171,13 +180,9 @@ fn main() -> Result<()> {
             node_name,
             node_ips,
             host_netns,
-        } => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?
-            .block_on(standalone(
-                manifests, datapath, node_name, node_ips, host_netns,
-            )),
+        } => runtime()?.block_on(standalone(
+            manifests, datapath, node_name, node_ips, host_netns,
+        )),
         Command::Agent {
             kubeconfig,
             node_name,
@@ -187,20 +192,16 @@ fn main() -> Result<()> {
             healthz_bind_address,
             metrics_bind_address,
             sync_period,
-        } => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?
-            .block_on(agent(
-                kubeconfig,
-                node_name,
-                datapath,
-                node_ips,
-                host_netns,
-                healthz_bind_address,
-                metrics_bind_address,
-                sync_period,
-            )),
+        } => runtime()?.block_on(agent(
+            kubeconfig,
+            node_name,
+            datapath,
+            node_ips,
+            host_netns,
+            healthz_bind_address,
+            metrics_bind_address,
+            sync_period,
+        )),
         Command::Status {
             metrics_bind_address,
             output,
