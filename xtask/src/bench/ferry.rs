@@ -25,7 +25,7 @@ use lb_userspace::netutil;
 use lb_userspace::source::manifests::read_manifests;
 use serde::{Deserialize, Serialize};
 
-use super::proc::{interrupted, rss_of, stdout_of};
+use super::proc::{check_interrupted, rss_of, stdout_of};
 use super::workload::{NODE_NAME, Workload};
 
 /// Arguments of the hidden `bench-agent` subcommand.
@@ -262,9 +262,7 @@ impl Agent {
     fn next(&mut self, want: &str, timeout: Duration) -> Result<Stages> {
         let deadline = Instant::now() + timeout;
         loop {
-            if interrupted() {
-                bail!("interrupted");
-            }
+            check_interrupted()?;
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 bail!("the bench agent did not answer within {timeout:?}");

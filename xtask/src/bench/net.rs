@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use lb_userspace::sandbox::Netns;
 
-use super::proc::interrupted;
+use super::proc::check_interrupted;
 
 const LISTENER: u64 = 1 << 62;
 const UDP: u64 = 1 << 61;
@@ -338,8 +338,8 @@ pub fn tcp_new_connections(targets: &[SocketAddrV4]) -> Result<(Vec<u64>, Durati
     let mut lat = Vec::with_capacity(targets.len());
     let started = Instant::now();
     for (i, addr) in targets.iter().enumerate() {
-        if i % 256 == 0 && interrupted() {
-            bail!("interrupted");
+        if i % 256 == 0 {
+            check_interrupted()?;
         }
         let t0 = Instant::now();
         let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
@@ -358,8 +358,8 @@ pub fn tcp_new_connections(targets: &[SocketAddrV4]) -> Result<(Vec<u64>, Durati
 /// Just the connections, untimed (for the BPF run time counters).
 pub fn tcp_connections(targets: &[SocketAddrV4]) -> Result<()> {
     for (i, addr) in targets.iter().enumerate() {
-        if i % 256 == 0 && interrupted() {
-            bail!("interrupted");
+        if i % 256 == 0 {
+            check_interrupted()?;
         }
         one_request(*addr).with_context(|| format!("request to {addr}"))?;
     }
@@ -371,8 +371,8 @@ pub fn tcp_connections(targets: &[SocketAddrV4]) -> Result<()> {
 pub fn udp_connects(targets: &[SocketAddrV4]) -> Result<Vec<u64>> {
     let mut out = Vec::with_capacity(targets.len());
     for (i, addr) in targets.iter().enumerate() {
-        if i % 1024 == 0 && interrupted() {
-            bail!("interrupted");
+        if i % 1024 == 0 {
+            check_interrupted()?;
         }
         let sa = libc::sockaddr_in {
             sin_family: libc::AF_INET as libc::sa_family_t,

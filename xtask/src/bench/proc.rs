@@ -7,25 +7,39 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
+static SENDER: AtomicI32 = AtomicI32::new(0);
 
-extern "C" fn on_signal(_: libc::c_int) {
+extern "C" fn on_signal(signo: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    SIGNAL.store(signo, Ordering::SeqCst);
+    if !info.is_null() {
+        // SAFETY: the kernel hands a valid siginfo to SA_SIGINFO handlers.
+        SENDER.store(unsafe { (*info).si_pid() }, Ordering::SeqCst);
+    }
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
 /// SIGINT and SIGTERM set a flag that the bench checks between steps (and
 /// in its loops), so that every guard still runs and nothing is left
-/// behind. Children get the terminal's SIGINT themselves.
+/// behind. Children get the terminal's SIGINT themselves. Who sent the
+/// signal (si_pid) is kept for the error message.
 pub fn install_signal_handlers() {
-    // SAFETY: the handler only stores to an atomic (async-signal-safe).
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    for signo in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: a zeroed sigaction with an SA_SIGINFO handler that only
+        // does async-signal-safe work.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as libc::sighandler_t;
+            sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(signo, &sa, std::ptr::null_mut());
+        }
     }
 }
 
@@ -33,12 +47,27 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::Relaxed)
 }
 
-/// Fails when Ctrl-C (or SIGTERM) arrived.
+/// Fails when Ctrl-C (or SIGTERM) arrived, saying from whom.
 pub fn check_interrupted() -> Result<()> {
-    if interrupted() {
-        bail!("interrupted");
+    if !interrupted() {
+        return Ok(());
     }
-    Ok(())
+    let name = match SIGNAL.load(Ordering::SeqCst) {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        _ => "a signal",
+    };
+    let pid = SENDER.load(Ordering::SeqCst);
+    // A short-lived sender (`kill`) is usually gone by now.
+    let who = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            String::from_utf8_lossy(&c)
+                .replace('\0', " ")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_else(|_| "gone".into());
+    bail!("interrupted by {name} from pid {pid} ({who})")
 }
 
 /// What a timed command did.
