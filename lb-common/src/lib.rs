@@ -64,6 +64,25 @@ pub mod maps {
     ];
 }
 
+/// Map creation flags (`map_flags`), shared so that the agent can tell a
+/// pinned map created with other flags (by another Ferry version) and
+/// recreate it.
+pub mod map_flags {
+    /// BPF_F_NO_PREALLOC: elements are allocated as they are added. The
+    /// lookup maps use it: they then take kernel memory for what they hold,
+    /// not for their capacity, and their elements sit densely in the
+    /// kernel's direct map instead of scattered over a preallocated
+    /// vmalloc area the size of the capacity.
+    pub const LOOKUP: u32 = 1 << 0;
+    /// BPF_F_NO_COMMON_LRU: each CPU keeps its own LRU lists, so an insert
+    /// on the connect path never takes a map-wide lock (the table itself is
+    /// still shared: every CPU sees every entry). LRU maps are always
+    /// preallocated.
+    pub const LRU: u32 = 1 << 1;
+    /// Arrays are preallocated and take no flags.
+    pub const ARRAY: u32 = 0;
+}
+
 /// Default capacities. The agent may raise them at load time
 /// (`EbpfLoader::set_max_entries`); these are what the object declares.
 pub mod capacity {

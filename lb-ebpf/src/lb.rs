@@ -155,14 +155,17 @@ pub fn forward<F: Family>(
         return Verdict::Refuse(ECONNREFUSED);
     };
     let (baddr, bport) = F::backend_addr(backend);
-    remember::<F>(ctx, baddr, bport, addr, port, fe.service_id);
+    remember::<F>(ctx, baddr, bport, addr, port, fe.service_id, pick);
     count(fe.service_id, false);
     Verdict::Translate(baddr, bport)
 }
 
 /// Records backend → frontend for this socket, for recvmsg and getpeername.
-/// Written only when it changes: a UDP socket sending many datagrams to one
-/// frontend costs one lookup per datagram, not one LRU update.
+/// From sendmsg it is written only when it changes: a UDP socket sending
+/// many datagrams to one frontend costs one lookup per datagram, not one
+/// LRU update. A connect is (nearly always) the socket's first, so there
+/// the lookup would only add a second walk of a cold hash bucket: on this
+/// path every map access is a likely cache miss (see bench/).
 #[inline(always)]
 fn remember<F: Family>(
     ctx: *mut c_void,
@@ -171,10 +174,13 @@ fn remember<F: Family>(
     frontend_addr: F::Addr,
     frontend_port: u16,
     service_id: u32,
+    pick: Pick,
 ) {
     let cookie = unsafe { bpf_get_socket_cookie(ctx) };
     let key = F::rev_key(cookie, backend_addr, backend_port);
-    if let Some(existing) = unsafe { F::revnat().get(&key) } {
+    if let Pick::SocketCookie = pick
+        && let Some(existing) = unsafe { F::revnat().get(&key) }
+    {
         let (a, p, s) = F::rev_frontend(existing);
         if a == frontend_addr && p == frontend_port && s == service_id {
             return;

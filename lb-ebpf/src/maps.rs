@@ -9,45 +9,47 @@ use aya_ebpf::{
 use lb_common::{
     AffinityKey, AffinityValue, Backend4, Backend6, Config, Frontend4Key, Frontend6Key,
     FrontendValue, NodePortKey, ServiceCounters, ServiceName, SlotKey, SockRevNat4Key,
-    SockRevNat4Value, SockRevNat6Key, SockRevNat6Value, capacity,
+    SockRevNat4Value, SockRevNat6Key, SockRevNat6Value, capacity, map_flags,
 };
 
 #[map]
 pub static FRONTENDS4: HashMap<Frontend4Key, FrontendValue> =
-    HashMap::pinned(capacity::FRONTENDS, 0);
+    HashMap::pinned(capacity::FRONTENDS, map_flags::LOOKUP);
 #[map]
 pub static FRONTENDS6: HashMap<Frontend6Key, FrontendValue> =
-    HashMap::pinned(capacity::FRONTENDS, 0);
+    HashMap::pinned(capacity::FRONTENDS, map_flags::LOOKUP);
 #[map]
-pub static SLOTS: HashMap<SlotKey, u32> = HashMap::pinned(capacity::SLOTS, 0);
+pub static SLOTS: HashMap<SlotKey, u32> = HashMap::pinned(capacity::SLOTS, map_flags::LOOKUP);
 #[map]
-pub static BACKENDS4: HashMap<u32, Backend4> = HashMap::pinned(capacity::BACKENDS, 0);
+pub static BACKENDS4: HashMap<u32, Backend4> =
+    HashMap::pinned(capacity::BACKENDS, map_flags::LOOKUP);
 #[map]
-pub static BACKENDS6: HashMap<u32, Backend6> = HashMap::pinned(capacity::BACKENDS, 0);
+pub static BACKENDS6: HashMap<u32, Backend6> =
+    HashMap::pinned(capacity::BACKENDS, map_flags::LOOKUP);
 #[map]
-pub static CLUSTER_IPS4: HashMap<u32, u32> = HashMap::pinned(capacity::FRONTENDS, 0);
+pub static CLUSTER_IPS4: HashMap<u32, u32> =
+    HashMap::pinned(capacity::FRONTENDS, map_flags::LOOKUP);
 #[map]
-pub static CLUSTER_IPS6: HashMap<[u32; 4], u32> = HashMap::pinned(capacity::FRONTENDS, 0);
-/// BPF_F_NO_COMMON_LRU: each CPU keeps its own LRU lists, so an insert on
-/// the connect path never takes the map-wide LRU lock (the table itself is
-/// still shared: every CPU sees every entry).
-const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
-
+pub static CLUSTER_IPS6: HashMap<[u32; 4], u32> =
+    HashMap::pinned(capacity::FRONTENDS, map_flags::LOOKUP);
 #[map]
 pub static SOCK_REVNAT4: LruHashMap<SockRevNat4Key, SockRevNat4Value> =
-    LruHashMap::pinned(capacity::SOCK_REVNAT, BPF_F_NO_COMMON_LRU);
+    LruHashMap::pinned(capacity::SOCK_REVNAT, map_flags::LRU);
 #[map]
 pub static SOCK_REVNAT6: LruHashMap<SockRevNat6Key, SockRevNat6Value> =
-    LruHashMap::pinned(capacity::SOCK_REVNAT, BPF_F_NO_COMMON_LRU);
+    LruHashMap::pinned(capacity::SOCK_REVNAT, map_flags::LRU);
 #[map]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
-    LruHashMap::pinned(capacity::AFFINITY, BPF_F_NO_COMMON_LRU);
+    LruHashMap::pinned(capacity::AFFINITY, map_flags::LRU);
 #[map]
-pub static COUNTERS: PerCpuArray<ServiceCounters> = PerCpuArray::pinned(capacity::SERVICES, 0);
+pub static COUNTERS: PerCpuArray<ServiceCounters> =
+    PerCpuArray::pinned(capacity::SERVICES, map_flags::ARRAY);
 /// Read only by `ferry services`; the programs never touch it.
 #[map]
-pub static SERVICE_NAMES: HashMap<u32, ServiceName> = HashMap::pinned(capacity::SERVICES, 0);
+pub static SERVICE_NAMES: HashMap<u32, ServiceName> =
+    HashMap::pinned(capacity::SERVICES, map_flags::LOOKUP);
 #[map]
-pub static NODEPORT_BINDS: HashMap<NodePortKey, u8> = HashMap::pinned(capacity::NODEPORT_BINDS, 0);
+pub static NODEPORT_BINDS: HashMap<NodePortKey, u8> =
+    HashMap::pinned(capacity::NODEPORT_BINDS, map_flags::LOOKUP);
 #[map]
-pub static CONFIG: Array<Config> = Array::pinned(1, 0);
+pub static CONFIG: Array<Config> = Array::pinned(1, map_flags::ARRAY);

@@ -13,7 +13,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::{
     datapath::{Datapath, SyncReport},
-    model::{self, Computed, InvalidObject, NodeInfo},
+    model::{self, Computed, Incremental, InvalidObject, NodeInfo},
     source::{Snapshot, SnapshotReceiver},
 };
 
@@ -75,16 +75,28 @@ impl InvalidLog {
     }
 }
 
-/// One full pass: compute, sync, log.
+/// One full pass from scratch: compute, sync, log.
 pub fn reconcile_once(
     datapath: &mut Datapath,
     node: &NodeConfig,
     snapshot: &Snapshot,
     log: &mut InvalidLog,
 ) -> Pass {
+    reconcile_with(datapath, node, &mut Incremental::new(), snapshot, log)
+}
+
+/// One full pass, as the control loop runs it: compute (reusing what
+/// `model` remembers of the objects that did not change), sync, log.
+pub fn reconcile_with(
+    datapath: &mut Datapath,
+    node: &NodeConfig,
+    model: &mut Incremental,
+    snapshot: &Snapshot,
+    log: &mut InvalidLog,
+) -> Pass {
     let started = Instant::now();
     let info = node.node_info(snapshot);
-    let mut computed = model::compute(&snapshot.cluster, &info);
+    let mut computed = model.compute(&snapshot.cluster, &info);
     computed.invalid.extend(snapshot.invalid.iter().cloned());
     log.report(&computed.invalid);
     let report = datapath.sync(&computed.desired);
@@ -185,12 +197,14 @@ pub async fn run_with(
     mut on_pass: impl FnMut(&PassContext<'_>),
 ) {
     let mut log = InvalidLog::default();
+    // Held across passes: a pass costs what changed since the last one.
+    let mut model = Incremental::new();
     let mut last: Option<Arc<Snapshot>> = None;
     // Whether the last pass left a failed write behind: then the same
     // snapshot is synced again after RETRY, until it goes through.
     let mut failed = false;
     let mut sync = |datapath: &mut Datapath, snapshot: &Arc<Snapshot>, repair: bool| {
-        let pass = reconcile_once(datapath, &node, snapshot, &mut log);
+        let pass = reconcile_with(datapath, &node, &mut model, snapshot, &mut log);
         on_pass(&PassContext {
             snapshot,
             pass: &pass,

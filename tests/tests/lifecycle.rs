@@ -312,3 +312,59 @@ fn every_program_attaches_and_cleanup_detaches_everything() -> Result<()> {
     assert_eq!(e.errno, Some(libc::ENETUNREACH), "{e}");
     Ok(())
 }
+
+/// `bpftool map show pinned PATH` as JSON.
+fn pinned_map_info(path: &std::path::Path) -> Result<serde_json::Value> {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "show", "pinned"])
+        .arg(path)
+        .output()?;
+    ensure!(out.status.success(), "bpftool: {:?}", out);
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+#[test]
+fn a_pinned_map_left_with_other_flags_is_recreated() -> Result<()> {
+    require_root();
+    let _serial = serial();
+    let mut env = Env::new(1, &[TARGET])?;
+    write_web(&env, 1)?;
+    // What an older Ferry left: FRONTENDS4 with this version's key and value
+    // sizes and capacity, but preallocated (flags 0). Reused as is, its
+    // elements would not come from the slab as this version's do.
+    let maps = env.bpffs.path().join("maps");
+    std::fs::create_dir_all(&maps)?;
+    let pin = maps.join("FRONTENDS4");
+    let status = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&pin)
+        .args([
+            "type",
+            "hash",
+            "key",
+            "8",
+            "value",
+            "16",
+            "entries",
+            "262144",
+            "name",
+            "FRONTENDS4",
+        ])
+        .status()?;
+    ensure!(status.success(), "bpftool map create: {status}");
+    let old_id = pinned_map_info(&pin)?["id"].as_u64();
+    assert_eq!(pinned_map_info(&pin)?["flags"].as_u64(), Some(0));
+
+    env.start(&[FE])?;
+    let info = pinned_map_info(&pin)?;
+    assert_ne!(info["id"].as_u64(), old_id, "the old pin was reused");
+    assert_eq!(
+        info["flags"].as_u64(),
+        Some(u64::from(lb_common::map_flags::LOOKUP)),
+        "{info}"
+    );
+    let r = env.node().run(|| tcp_request(fe_addr()))?;
+    assert_eq!(r.server, "b0");
+    assert_eq!(r.peer, Some(fe_addr()));
+    Ok(())
+}

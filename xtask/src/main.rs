@@ -100,11 +100,6 @@ struct BenchArgs {
     /// Do not pin the client and server threads.
     #[arg(long, conflicts_with = "cpu")]
     no_pin: bool,
-    /// Translated UDP sockets opened before Ferry's measurements to fill
-    /// its reverse-translation LRU map, as on a long-running node (default:
-    /// 300000; 0 measures an empty map).
-    #[arg(long, default_value_t = 300_000)]
-    prefill: usize,
 }
 
 fn workspace_root() -> std::path::PathBuf {
@@ -236,7 +231,6 @@ fn bench(a: BenchArgs) -> Result<()> {
                     std::thread::available_parallelism().map_or(0, |n| n.get() - 1)
                 }))
             },
-            prefill: a.prefill,
         };
     bench::check_out_dir(&opts.out_dir)?;
     let report = bench::run(opts)?;

@@ -65,52 +65,86 @@ pub enum LoadError {
     },
 }
 
-/// Expected (key size, value size, max entries) of each pinned map. A pin
-/// whose layout differs was left by another version of Ferry: aya would
-/// reuse it blindly, so it is removed and recreated instead.
-fn expected_layout(name: &str) -> Option<(u32, u32, u32)> {
+/// A pinned map's shape: what must match for a pin to be reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Layout {
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    flags: u32,
+}
+
+/// The layout each pinned map has in this version. A pin whose layout
+/// differs was left by another version of Ferry: aya would reuse it
+/// blindly, so it is removed and recreated instead.
+fn expected_layout(name: &str) -> Option<Layout> {
     use core::mem::size_of;
-    use lb_common::capacity;
     use lb_common::*;
     fn sz<T>() -> u32 {
         size_of::<T>() as u32
     }
-    Some(match name {
+    let (key_size, value_size, max_entries, flags) = match name {
         names::FRONTENDS4 => (
             sz::<Frontend4Key>(),
             sz::<FrontendValue>(),
             capacity::FRONTENDS,
+            map_flags::LOOKUP,
         ),
         names::FRONTENDS6 => (
             sz::<Frontend6Key>(),
             sz::<FrontendValue>(),
             capacity::FRONTENDS,
+            map_flags::LOOKUP,
         ),
-        names::SLOTS => (sz::<SlotKey>(), 4, capacity::SLOTS),
-        names::BACKENDS4 => (4, sz::<Backend4>(), capacity::BACKENDS),
-        names::BACKENDS6 => (4, sz::<Backend6>(), capacity::BACKENDS),
-        names::CLUSTER_IPS4 => (4, 4, capacity::FRONTENDS),
-        names::CLUSTER_IPS6 => (16, 4, capacity::FRONTENDS),
+        names::SLOTS => (sz::<SlotKey>(), 4, capacity::SLOTS, map_flags::LOOKUP),
+        names::BACKENDS4 => (4, sz::<Backend4>(), capacity::BACKENDS, map_flags::LOOKUP),
+        names::BACKENDS6 => (4, sz::<Backend6>(), capacity::BACKENDS, map_flags::LOOKUP),
+        names::CLUSTER_IPS4 => (4, 4, capacity::FRONTENDS, map_flags::LOOKUP),
+        names::CLUSTER_IPS6 => (16, 4, capacity::FRONTENDS, map_flags::LOOKUP),
         names::SOCK_REVNAT4 => (
             sz::<SockRevNat4Key>(),
             sz::<SockRevNat4Value>(),
             capacity::SOCK_REVNAT,
+            map_flags::LRU,
         ),
         names::SOCK_REVNAT6 => (
             sz::<SockRevNat6Key>(),
             sz::<SockRevNat6Value>(),
             capacity::SOCK_REVNAT,
+            map_flags::LRU,
         ),
         names::AFFINITY => (
             sz::<AffinityKey>(),
             sz::<AffinityValue>(),
             capacity::AFFINITY,
+            map_flags::LRU,
         ),
-        names::COUNTERS => (4, sz::<ServiceCounters>(), capacity::SERVICES),
-        names::SERVICE_NAMES => (4, sz::<ServiceName>(), capacity::SERVICES),
-        names::NODEPORT_BINDS => (sz::<NodePortKey>(), 1, capacity::NODEPORT_BINDS),
-        names::CONFIG => (4, sz::<Config>(), 1),
+        names::COUNTERS => (
+            4,
+            sz::<ServiceCounters>(),
+            capacity::SERVICES,
+            map_flags::ARRAY,
+        ),
+        names::SERVICE_NAMES => (
+            4,
+            sz::<ServiceName>(),
+            capacity::SERVICES,
+            map_flags::LOOKUP,
+        ),
+        names::NODEPORT_BINDS => (
+            sz::<NodePortKey>(),
+            1,
+            capacity::NODEPORT_BINDS,
+            map_flags::LOOKUP,
+        ),
+        names::CONFIG => (4, sz::<Config>(), 1, map_flags::ARRAY),
         _ => return None,
+    };
+    Some(Layout {
+        key_size,
+        value_size,
+        max_entries,
+        flags,
     })
 }
 
@@ -124,7 +158,12 @@ fn drop_incompatible_pins(bpffs: &BpffsDir) {
             continue;
         };
         let found = MapInfo::from_pin(&path)
-            .map(|i| (i.key_size(), i.value_size(), i.max_entries()))
+            .map(|i| Layout {
+                key_size: i.key_size(),
+                value_size: i.value_size(),
+                max_entries: i.max_entries(),
+                flags: i.map_flags(),
+            })
             .ok();
         if found != Some(expected) {
             tracing::warn!(

@@ -13,14 +13,14 @@ pub mod store;
 pub mod sync;
 #[cfg(test)]
 mod sync_tests;
+#[cfg(test)]
+mod sync_timing;
 
 pub use loader::{LoadError, cleanup, load_and_attach};
 pub use maps::Maps;
 pub use paths::{BpffsDir, cgroup2_root};
 pub use sync::{Installed, SyncError, SyncReport};
 
-use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::path::Path;
 
 use lb_common::Config;
@@ -67,36 +67,12 @@ impl Datapath {
     /// still pointing at a UDP backend that left the set they were
     /// translated through (see `sockets`).
     pub fn sync(&mut self, desired: &DesiredState) -> SyncReport {
-        let before = self.udp_members();
-        let mut report = self.installed.sync(&mut self.maps, desired);
-        let after = self.udp_members();
-        let gone: Vec<sockets::Departed> = before.difference(&after).copied().collect();
+        let (mut report, gone) = self.installed.sync_with_departures(&mut self.maps, desired);
         if !gone.is_empty() {
             report.udp_sockets_destroyed =
                 sockets::destroy_udp_sockets(&self.maps, &self.cgroup, &gone);
         }
         report
-    }
-
-    /// (service id of the set, backend) for every UDP backend in a set.
-    fn udp_members(&self) -> HashSet<sockets::Departed> {
-        let udp: HashMap<u32, SocketAddr> = self
-            .installed
-            .backends
-            .iter()
-            .filter(|(addr, _)| addr.protocol == crate::model::Protocol::Udp)
-            .map(|(addr, b)| (b.id, SocketAddr::new(addr.ip, addr.port)))
-            .collect();
-        self.installed
-            .sets
-            .values()
-            .flat_map(|set| {
-                set.slots
-                    .iter()
-                    .filter_map(|id| udp.get(id))
-                    .map(move |backend| (set.id, *backend))
-            })
-            .collect()
     }
 }
 

@@ -2,20 +2,22 @@
 //! an in-memory store: at no moment may a frontend's count reach a slot that
 //! is empty or a backend that does not exist.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use lb_common::{FRONTEND_F_DROP, FrontendKind, FrontendValue};
 
+use super::sockets::Departed;
 use super::store::{BackendAddr, Store};
-use super::sync::{Installed, assign_slots};
+use super::sync::{Installed, InstalledBackend, InstalledSet, assign_slots};
 use crate::model::{
     Backend, BackendSet, BackendSetKey, DesiredState, EmptyOutcome, Frontend, FrontendAddr,
     IpFamily, Protocol, Selection, ServiceRef,
 };
 
 #[derive(Default)]
-struct MemStore {
+pub(super) struct MemStore {
     backends: HashMap<u32, BackendAddr>,
     slots: HashMap<(u32, u32), u32>,
     frontends: HashMap<FrontendAddr, FrontendValue>,
@@ -23,12 +25,18 @@ struct MemStore {
     names: HashMap<u32, String>,
     /// Fail every write after this many succeeded (None: never).
     fail_after: Option<usize>,
+    /// Skip the invariant check after each write (timing runs: it costs
+    /// O(frontends) per write).
+    pub(super) unchecked: bool,
     writes: usize,
     violations: Vec<String>,
 }
 
 impl MemStore {
     fn check(&mut self, op: &str) {
+        if self.unchecked {
+            return;
+        }
         for (fe, v) in &self.frontends {
             for slot in 1..=v.count as u32 {
                 match self.slots.get(&(v.service_id, slot)) {
@@ -126,8 +134,8 @@ impl Store for MemStore {
     }
 }
 
-fn key(name: &str) -> BackendSetKey {
-    BackendSetKey {
+fn key(name: &str) -> Arc<BackendSetKey> {
+    Arc::new(BackendSetKey {
         service: ServiceRef {
             namespace: "default".into(),
             name: name.into(),
@@ -136,7 +144,7 @@ fn key(name: &str) -> BackendSetKey {
         protocol: Protocol::Tcp,
         family: IpFamily::V4,
         selection: Selection::Cluster,
-    }
+    })
 }
 
 fn fe(ip: &str) -> FrontendAddr {
@@ -163,11 +171,11 @@ fn desired(services: &[(&str, &str, &[u8])]) -> DesiredState {
     for (name, ip, backends) in services {
         d.backend_sets.insert(
             key(name),
-            BackendSet {
+            Arc::new(BackendSet {
                 backends: backends.iter().map(|i| backend(*i)).collect(),
                 empty_outcome: EmptyOutcome::Reject,
                 affinity_timeout_secs: None,
-            },
+            }),
         );
         d.frontends.insert(
             fe(ip),
@@ -258,7 +266,7 @@ fn empty_sets_reject_or_drop() {
     let (store, _) = run(std::slice::from_ref(&d));
     let v = store.frontends[&fe("10.96.0.1")];
     assert_eq!((v.count, v.flags & FRONTEND_F_DROP), (0, 0));
-    d.backend_sets.get_mut(&key("a")).unwrap().empty_outcome = EmptyOutcome::Drop;
+    Arc::make_mut(d.backend_sets.get_mut(&key("a")).unwrap()).empty_outcome = EmptyOutcome::Drop;
     let (store, _) = run(&[desired(&[("a", "10.96.0.1", &[1])]), d]);
     let v = store.frontends[&fe("10.96.0.1")];
     assert_eq!(v.count, 0);
@@ -313,7 +321,7 @@ fn set_ids_are_stable_and_names_recorded() {
 #[test]
 fn one_endpoint_ready_in_one_service_and_terminating_in_another_keeps_both_views() {
     let mut d = desired(&[("a", "10.96.0.1", &[1]), ("b", "10.96.0.2", &[1])]);
-    d.backend_sets.get_mut(&key("b")).unwrap().backends[0].terminating = true;
+    Arc::make_mut(d.backend_sets.get_mut(&key("b")).unwrap()).backends[0].terminating = true;
     let mut store = MemStore::default();
     let mut installed = Installed::default();
     installed.sync(&mut store, &d);
@@ -327,4 +335,227 @@ fn one_endpoint_ready_in_one_service_and_terminating_in_another_keeps_both_views
     assert_eq!(flags, vec![0, lb_common::BACKEND_F_TERMINATING]);
     // And a second sync has nothing to fix.
     assert_eq!(installed.sync(&mut store, &d).changes, 0);
+}
+
+/// The mirror a restarted agent reads back from the store (as `adopt` does
+/// from the maps): no memory of earlier passes.
+fn adopt(store: &MemStore) -> Installed {
+    let mut installed = Installed::default();
+    let mut slots: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for ((id, slot), backend) in &store.slots {
+        let v = slots.entry(*id).or_default();
+        let i = *slot as usize - 1;
+        if v.len() <= i {
+            v.resize(i + 1, 0);
+        }
+        v[i] = *backend;
+    }
+    for (id, name) in &store.names {
+        let slots = slots.remove(id).unwrap_or_default();
+        installed
+            .sets
+            .insert(name.clone(), InstalledSet { id: *id, slots });
+    }
+    for (id, slots) in slots {
+        installed
+            .sets
+            .insert(format!("#orphan-{id}"), InstalledSet { id, slots });
+    }
+    for (id, addr) in &store.backends {
+        installed
+            .backends
+            .insert(*addr, InstalledBackend { id: *id });
+    }
+    installed.frontends = store.frontends.clone();
+    installed.cluster_ips = store.cluster_ips.clone();
+    installed
+}
+
+type Contents = (
+    BTreeMap<u32, BackendAddr>,
+    BTreeMap<(u32, u32), u32>,
+    BTreeMap<FrontendAddr, (u32, u16, u16)>,
+    BTreeMap<IpAddr, u32>,
+    BTreeMap<u32, String>,
+);
+
+fn contents(store: &MemStore) -> Contents {
+    (
+        store.backends.iter().map(|(k, v)| (*k, *v)).collect(),
+        store.slots.iter().map(|(k, v)| (*k, *v)).collect(),
+        (store.frontends.iter())
+            .map(|(k, v)| (*k, (v.service_id, v.count, v.flags)))
+            .collect(),
+        store.cluster_ips.iter().map(|(k, v)| (*k, *v)).collect(),
+        store.names.iter().map(|(k, v)| (*k, v.clone())).collect(),
+    )
+}
+
+/// `desired` with set `name` changed by `f` and every other set, key and
+/// frontend the very same `Arc`s, as the model hands out.
+fn with_set_changed(d: &DesiredState, name: &str, f: impl FnOnce(&mut BackendSet)) -> DesiredState {
+    let mut d = d.clone();
+    f(Arc::make_mut(d.backend_sets.get_mut(&key(name)).unwrap()));
+    d
+}
+
+#[test]
+fn a_set_changed_among_pointer_equal_ones_is_the_only_one_rewritten() {
+    let first = desired(&[
+        ("a", "10.96.0.1", &[1, 2]),
+        ("b", "10.96.0.2", &[3]),
+        ("c", "10.96.0.3", &[4, 5]),
+    ]);
+    let second = with_set_changed(&first, "b", |s| s.backends.push(backend(6)));
+    let third = with_set_changed(&second, "c", |s| s.backends.truncate(1));
+    let (store, _) = run(&[first, second, third.clone()]);
+    assert_eq!(store.reachable(&fe("10.96.0.1")), ips(&[1, 2]));
+    assert_eq!(store.reachable(&fe("10.96.0.2")), ips(&[3, 6]));
+    assert_eq!(store.reachable(&fe("10.96.0.3")), ips(&[4]));
+    // The same as syncing the last state from nothing.
+    let (fresh, _) = run(std::slice::from_ref(&third));
+    for ip in ["10.96.0.1", "10.96.0.2", "10.96.0.3"] {
+        assert_eq!(store.reachable(&fe(ip)), fresh.reachable(&fe(ip)), "{ip}");
+    }
+    assert_eq!(store.backends.len(), fresh.backends.len());
+    assert_eq!(store.slots.len(), fresh.slots.len());
+
+    // Only the changed set costs writes: a backend, a slot, a count.
+    let mut store = MemStore::default();
+    let mut installed = Installed::default();
+    installed.sync(&mut store, &third);
+    let back = with_set_changed(&third, "b", |s| s.backends.push(backend(7)));
+    assert_eq!(installed.sync(&mut store, &back).changes, 3);
+    assert!(store.violations.is_empty(), "{:#?}", store.violations);
+}
+
+#[test]
+fn a_mirror_adopted_from_the_store_with_fresh_arcs_converges() {
+    let first = desired(&[("a", "10.96.0.1", &[1, 2]), ("b", "10.96.0.2", &[3])]);
+    let (store, _) = run(std::slice::from_ref(&first));
+    let mut store = store;
+    let mut adopted = adopt(&store);
+    // Fresh Arcs with equal values: nothing to write.
+    let again = desired(&[("a", "10.96.0.1", &[1, 2]), ("b", "10.96.0.2", &[3])]);
+    let report = adopted.sync(&mut store, &again);
+    assert_eq!((report.changes, report.errors.len()), (0, 0));
+    assert_eq!(adopted, adopt(&store));
+    // And a change after that lands as on a mirror that never restarted.
+    let next = desired(&[("a", "10.96.0.1", &[2, 4]), ("c", "10.96.0.3", &[3])]);
+    adopted.sync(&mut store, &next);
+    assert!(store.violations.is_empty(), "{:#?}", store.violations);
+    let (reference, _) = run(&[first, next]);
+    assert_eq!(contents(&store), contents(&reference));
+}
+
+/// Adds, removes and changes sets, frontends and backends in turn.
+fn steps() -> Vec<DesiredState> {
+    let first = desired(&[
+        ("a", "10.96.0.1", &[1, 2, 3]),
+        ("b", "10.96.0.2", &[3, 4]),
+        ("c", "10.96.0.3", &[5]),
+    ]);
+    let grown = with_set_changed(&first, "a", |s| s.backends.push(backend(9)));
+    let shrunk = with_set_changed(&grown, "b", |s| {
+        s.backends.remove(0);
+    });
+    let terminating = with_set_changed(&shrunk, "c", |s| s.backends[0].terminating = true);
+    let mut dropped = terminating.clone();
+    dropped.backend_sets.remove(&key("c"));
+    dropped.frontends.remove(&fe("10.96.0.3"));
+    dropped.cluster_ips.remove(&"10.96.0.3".parse().unwrap());
+    let empty = with_set_changed(&dropped, "a", |s| {
+        s.backends.clear();
+        s.empty_outcome = EmptyOutcome::Drop;
+    });
+    let readded = desired(&[
+        ("a", "10.96.0.1", &[2]),
+        ("b", "10.96.0.2", &[4, 6]),
+        ("c", "10.96.0.3", &[5, 1]),
+        ("d", "10.96.0.4", &[7, 8]),
+    ]);
+    vec![first, grown, shrunk, terminating, dropped, empty, readded]
+}
+
+#[test]
+fn a_pass_writes_what_a_mirror_read_back_from_the_store_would() {
+    let (mut kept, mut kept_store) = (Installed::default(), MemStore::default());
+    let mut fresh_store = MemStore::default();
+    for (i, d) in steps().iter().enumerate() {
+        let mut fresh = adopt(&fresh_store);
+        let a = kept.sync(&mut kept_store, d);
+        let b = fresh.sync(&mut fresh_store, d);
+        assert_eq!((a.changes, &a.errors), (b.changes, &b.errors), "step {i}");
+        assert_eq!(contents(&kept_store), contents(&fresh_store), "step {i}");
+        assert_eq!(kept, fresh, "step {i}");
+        assert!(
+            kept_store.violations.is_empty(),
+            "{:#?}",
+            kept_store.violations
+        );
+    }
+}
+
+#[test]
+fn failed_writes_on_the_fast_path_are_retried() {
+    let steps = steps();
+    for fail_at in 0..12 {
+        let (mut installed, mut store) = (Installed::default(), MemStore::default());
+        for d in &steps {
+            store.fail_after = Some(store.writes + fail_at);
+            installed.sync(&mut store, d);
+            assert!(store.violations.is_empty(), "{:#?}", store.violations);
+            store.fail_after = None;
+            let report = installed.sync(&mut store, d);
+            assert!(report.errors.is_empty(), "{:?}", report.errors);
+            // Converged: a mirror read back agrees, and has nothing to do.
+            assert_eq!(installed, adopt(&store), "fail at {fail_at}");
+            assert_eq!(installed.sync(&mut store, d).changes, 0);
+            let (reference, _) = run(std::slice::from_ref(d));
+            for addr in d.frontends.keys() {
+                assert_eq!(store.reachable(addr), reference.reachable(addr));
+            }
+        }
+    }
+}
+
+/// (service id, backend) for every UDP backend a set's slots hold, as
+/// `Datapath::sync` used to work it out around each pass.
+fn udp_members(installed: &Installed) -> HashSet<Departed> {
+    let udp: HashMap<u32, SocketAddr> = (installed.backends.iter())
+        .filter(|(addr, _)| addr.protocol == Protocol::Udp)
+        .map(|(addr, b)| (b.id, SocketAddr::new(addr.ip, addr.port)))
+        .collect();
+    (installed.sets.values())
+        .flat_map(|set| {
+            (set.slots.iter())
+                .filter_map(|id| udp.get(id))
+                .map(move |backend| (set.id, *backend))
+        })
+        .collect()
+}
+
+fn as_udp(d: &DesiredState) -> DesiredState {
+    let mut d = d.clone();
+    for set in d.backend_sets.values_mut() {
+        for b in &mut Arc::make_mut(set).backends {
+            b.protocol = Protocol::Udp;
+        }
+    }
+    d
+}
+
+#[test]
+fn udp_departures_are_the_members_a_pass_took_away() {
+    let (mut installed, mut store) = (Installed::default(), MemStore::default());
+    for (i, d) in steps().iter().map(as_udp).enumerate() {
+        let before = udp_members(&installed);
+        let (report, departed) = installed.sync_with_departures(&mut store, &d);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let after = udp_members(&installed);
+        let want: BTreeSet<Departed> = before.difference(&after).copied().collect();
+        let got: BTreeSet<Departed> = departed.iter().copied().collect();
+        assert_eq!(got, want, "step {i}");
+        assert_eq!(got.len(), departed.len(), "no duplicates");
+    }
 }

@@ -87,84 +87,98 @@ impl EndpointsIndex {
         // non-terminating copies of one IP:port); sort so that the result
         // depends on the objects only, not on list order.
         let mut sorted: Vec<&EndpointSlice> = slices.iter().map(Arc::as_ref).collect();
-        sorted.sort_by(|a, b| {
-            (&a.metadata.namespace, &a.metadata.name)
-                .cmp(&(&b.metadata.namespace, &b.metadata.name))
-        });
+        sorted.sort_by(|a, b| slice_identity(a).cmp(&slice_identity(b)));
 
-        type Merged = BTreeMap<ServicePortName, BTreeMap<(IpAddr, u16), Endpoint>>;
-        let mut merged: BTreeMap<(ServiceRef, IpFamily), (Merged, BTreeSet<IpAddr>)> =
-            BTreeMap::new();
-
+        let mut grouped: BTreeMap<(ServiceRef, IpFamily), Vec<ReadSlice>> = BTreeMap::new();
         for (i, slice) in sorted.iter().enumerate() {
             // Two slices with one namespace/name can only come from files;
             // which one is meant cannot be told, so every copy is ignored.
             let same = |other: Option<&&EndpointSlice>| {
-                other.is_some_and(|o| {
-                    (&o.metadata.namespace, &o.metadata.name)
-                        == (&slice.metadata.namespace, &slice.metadata.name)
-                })
+                other.is_some_and(|o| slice_identity(o) == slice_identity(slice))
             };
             let previous = i.checked_sub(1).and_then(|p| sorted.get(p));
             if same(previous) {
                 continue;
             }
             if same(sorted.get(i + 1)) {
-                invalid.push(InvalidObject {
-                    kind: ObjectKind::EndpointSlice,
-                    namespace: namespace_or_default(slice.metadata.namespace.as_deref()),
-                    name: slice.metadata.name.clone().unwrap_or_default(),
-                    reason: "defined more than once; every definition is ignored".into(),
-                });
+                invalid.push(duplicate_slice(slice));
                 continue;
             }
             let Some(read) = read_slice(slice, node_name, invalid) else {
                 continue;
             };
-            let (ports, local_ready) = merged.entry((read.service, read.family)).or_default();
-            for (port_name, number) in &read.ports {
-                let endpoints = ports.entry(port_name.clone()).or_default();
-                for ep in &read.endpoints {
-                    let ep = Endpoint {
-                        port: *number,
-                        ..ep.clone()
-                    };
-                    add_endpoint(endpoints, ep);
-                }
-            }
-            // kube-proxy counts endpoints per slice port, so a slice without
-            // a usable port contributes nothing to the health check either.
-            if !read.ports.is_empty() {
-                local_ready.extend(
-                    read.endpoints
-                        .iter()
-                        .filter(|e| e.local && e.ready)
-                        .map(|e| e.ip),
-                );
-            }
+            grouped
+                .entry((read.service.clone(), read.family))
+                .or_default()
+                .push(read);
         }
 
-        let services = merged
+        let services = grouped
             .into_iter()
-            .map(|(key, (ports, local_ready_ips))| {
-                let by_port = ports
-                    .into_iter()
-                    .map(|(name, eps)| (name, eps.into_values().collect()))
-                    .collect();
-                (
-                    key,
-                    ServiceEndpoints {
-                        by_port,
-                        local_ready_ips,
-                    },
-                )
-            })
+            .map(|(key, reads)| (key, merge_slices(reads.iter())))
             .collect();
         EndpointsIndex { services }
     }
 
     pub fn get(&self, service: &ServiceRef, family: IpFamily) -> Option<&ServiceEndpoints> {
         self.services.get(&(service.clone(), family))
+    }
+}
+
+/// A slice's namespace/name as written: what tells two definitions of one
+/// slice apart, and the order slices are merged in.
+pub fn slice_identity(slice: &EndpointSlice) -> (Option<&str>, Option<&str>) {
+    (
+        slice.metadata.namespace.as_deref(),
+        slice.metadata.name.as_deref(),
+    )
+}
+
+/// The report for a slice defined more than once (only files can do that).
+pub fn duplicate_slice(slice: &EndpointSlice) -> InvalidObject {
+    InvalidObject {
+        kind: ObjectKind::EndpointSlice,
+        namespace: namespace_or_default(slice.metadata.namespace.as_deref()),
+        name: slice.metadata.name.clone().unwrap_or_default(),
+        reason: "defined more than once; every definition is ignored".into(),
+    }
+}
+
+/// Merges the slices of one Service and family, given in slice
+/// namespace/name order (which copy of a repeated IP:port wins depends on
+/// it), as kube-proxy's EndpointSliceCache does.
+pub fn merge_slices<'a>(reads: impl IntoIterator<Item = &'a ReadSlice>) -> ServiceEndpoints {
+    let mut ports: BTreeMap<ServicePortName, BTreeMap<(IpAddr, u16), Endpoint>> = BTreeMap::new();
+    let mut local_ready_ips = BTreeSet::new();
+    for read in reads {
+        for (port_name, number) in &read.ports {
+            let endpoints = ports.entry(port_name.clone()).or_default();
+            for ep in &read.endpoints {
+                let ep = Endpoint {
+                    port: *number,
+                    ..ep.clone()
+                };
+                add_endpoint(endpoints, ep);
+            }
+        }
+        // kube-proxy counts endpoints per slice port, so a slice without a
+        // usable port contributes nothing to the health check either.
+        if !read.ports.is_empty() {
+            local_ready_ips.extend(
+                read.endpoints
+                    .iter()
+                    .filter(|e| e.local && e.ready)
+                    .map(|e| e.ip),
+            );
+        }
+    }
+    let by_port = ports
+        .into_iter()
+        .map(|(name, eps)| (name, eps.into_values().collect()))
+        .collect();
+    ServiceEndpoints {
+        by_port,
+        local_ready_ips,
     }
 }
 
@@ -182,16 +196,18 @@ fn add_endpoint(endpoints: &mut BTreeMap<(IpAddr, u16), Endpoint>, ep: Endpoint)
     }
 }
 
-struct ReadSlice {
-    service: ServiceRef,
-    family: IpFamily,
+/// One EndpointSlice as read, before merging.
+#[derive(Debug)]
+pub struct ReadSlice {
+    pub service: ServiceRef,
+    pub family: IpFamily,
     /// Usable ports: (name, protocol) → the endpoints' port number.
     ports: Vec<(ServicePortName, u16)>,
     /// Usable endpoints, port not yet set.
     endpoints: Vec<Endpoint>,
 }
 
-fn read_slice(
+pub fn read_slice(
     slice: &EndpointSlice,
     node_name: &str,
     invalid: &mut Vec<InvalidObject>,

@@ -5,7 +5,13 @@
 //! - `service`: a v1 Service, defaulted and validated.
 //! - `endpoints`: EndpointSlices merged per Service, port and family.
 //! - `topology`: kube-proxy's CategorizeEndpoints.
-//! - `compute`: frontends, backend sets, ClusterIPs, NodePorts, health checks.
+//! - `plan`: one Service's backend sets and the frontends it asks for.
+//! - `merge`: conflicts between Services settled; the desired state.
+//! - `compute`: all of the above from scratch.
+//! - `incremental`: the same result, reusing what did not change since the
+//!   last pass (`memo`: results remembered by object identity; `patch`: the
+//!   last desired state updated for Services whose claims did not change;
+//!   `reports`: the invalid objects, counted per cause).
 //! - `node`: this node's addresses and zone.
 //!
 //! Where kube-proxy's behaviour does not decide, the model chooses:
@@ -25,17 +31,32 @@
 
 mod compute;
 mod endpoints;
+mod incremental;
 pub mod ip;
+mod memo;
+mod merge;
 mod node;
+mod patch;
+mod plan;
+mod reports;
 mod service;
 mod topology;
 mod types;
 
+#[cfg(test)]
+mod incremental_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod testutil;
 
 pub use compute::compute;
+pub use incremental::{Incremental, Pass};
 pub use node::node_info;
 pub use types::*;
+
+/// Hash maps for lookups on the control loop's hot path. Keys are
+/// addresses, ports, names and pointers from the API server or the agent
+/// itself, not from network peers, so SipHash's flooding resistance buys
+/// nothing; a fixed seed keeps runs reproducible.
+pub(crate) type FoldHashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;

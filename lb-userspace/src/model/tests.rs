@@ -2078,30 +2078,6 @@ fn result_does_not_depend_on_input_order() {
 /// not depend on input order, on any of them.
 #[test]
 fn never_panics_on_arbitrary_input() {
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            // xorshift64*
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-            items[(self.next() % items.len() as u64) as usize]
-        }
-        fn chance(&mut self, percent: u64) -> bool {
-            self.next() % 100 < percent
-        }
-        /// Mostly from `good`, sometimes from `bad`.
-        fn either<T: Copy>(&mut self, good: &[T], bad: &[T]) -> T {
-            if self.chance(92) {
-                self.pick(good)
-            } else {
-                self.pick(bad)
-            }
-        }
-    }
     type Pool<T> = (&'static [T], &'static [T]);
     const CLUSTER_IPS: Pool<&str> = (
         &[

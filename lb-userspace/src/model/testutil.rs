@@ -327,3 +327,37 @@ impl EndpointExt for Endpoint {
         self
     }
 }
+
+/// xorshift64*: random test inputs, reproducible from a seed without a
+/// dependency.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len())]
+    }
+
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+
+    /// Mostly from `good`, sometimes from `bad`.
+    pub fn either<T: Copy>(&mut self, good: &[T], bad: &[T]) -> T {
+        if self.chance(92) {
+            self.pick(good)
+        } else {
+            self.pick(bad)
+        }
+    }
+}

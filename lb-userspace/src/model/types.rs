@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 pub use lb_common::FrontendKind;
 
@@ -162,7 +163,7 @@ impl fmt::Display for FrontendAddr {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frontend {
     pub kind: FrontendKind,
-    pub set: BackendSetKey,
+    pub set: Arc<BackendSetKey>,
 }
 
 /// A health check node port the agent serves (type LoadBalancer with
@@ -176,13 +177,18 @@ pub struct HealthCheck {
 }
 
 /// Everything the datapath should hold for this node.
+///
+/// Keys and sets are shared (`Arc`): one set is named by its frontends and
+/// ClusterIP, and an unchanged Service hands the same ones from pass to pass
+/// (see `Incremental`), so that cloning is cheap and the datapath can tell an
+/// unchanged set by pointer.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredState {
-    pub backend_sets: BTreeMap<BackendSetKey, BackendSet>,
+    pub backend_sets: BTreeMap<Arc<BackendSetKey>, Arc<BackendSet>>,
     pub frontends: BTreeMap<FrontendAddr, Frontend>,
     /// Every ClusterIP, with one of its Service's sets (for counting
     /// refusals of undefined ports).
-    pub cluster_ips: BTreeMap<IpAddr, BackendSetKey>,
+    pub cluster_ips: BTreeMap<IpAddr, Arc<BackendSetKey>>,
     /// NodePorts that host binds may not take.
     pub node_ports: BTreeSet<(u16, Protocol)>,
     /// Keyed by the health check node port.

@@ -42,7 +42,7 @@ use kube::{
 use serde::de::DeserializeOwned;
 
 use crate::model::ClusterState;
-use crate::source::{Snapshot, SnapshotSender};
+use crate::source::{Snapshot, SnapshotSender, slim};
 
 /// kube-proxy's selector: Services (and their slices) handled by another
 /// proxy, and headless ones, are not ours.
@@ -384,14 +384,14 @@ pub async fn run(
             Api::<Service>::all(client.clone()),
             labelled(),
             Watched::Services,
-            slim_meta,
+            slim::service,
             |e| Update::Service(Box::new(e)),
         ),
         watch(
             Api::<EndpointSlice>::all(client.clone()),
             labelled(),
             Watched::EndpointSlices,
-            slim_meta,
+            slim::endpoint_slice,
             |e| Update::Slice(Box::new(e)),
         ),
         watch(

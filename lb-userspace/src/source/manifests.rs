@@ -17,20 +17,29 @@
 //! without a namespace get `default`; a second object with the kind,
 //! namespace and name of an earlier one is reported and ignored.
 
+//!
+//! [`ManifestReader`] reads PATH again at the cost of what changed since
+//! its last read: files whose metadata is unchanged are not opened, and
+//! their objects are the very same `Arc`s as before.
+
+mod assemble;
 mod documents;
 mod files;
 mod objects;
+mod parse;
+mod reader;
 mod watch;
 
 use std::path::{Path, PathBuf};
 
-use self::objects::{Collector, Origin};
 use crate::source::{Snapshot, SnapshotSender};
+
+pub use self::reader::{ManifestReader, ReadStats};
 
 /// Reads the manifests under `path` once. `node` is the Node object named
 /// `node_name`, if one is among them.
 pub fn read_manifests(path: &Path, node_name: &str) -> Snapshot {
-    snapshot_of(&files::read_inputs(path), node_name)
+    ManifestReader::new(path, node_name).read()
 }
 
 /// Publishes the manifests under `path` on `tx`: a first snapshot at once,
@@ -45,38 +54,6 @@ pub fn read_manifests(path: &Path, node_name: &str) -> Snapshot {
 /// should check PATH first.
 pub async fn run(path: PathBuf, node_name: String, tx: SnapshotSender) {
     watch::run(path, node_name, tx, watch::Mode::Notify).await;
-}
-
-fn snapshot_of(inputs: &[files::Input], node_name: &str) -> Snapshot {
-    let mut collector = Collector::new(node_name);
-    for input in inputs {
-        let bytes = match &input.content {
-            Ok(bytes) => bytes,
-            Err(cause) => {
-                collector.unreadable(&Origin::file(&input.path), cause);
-                continue;
-            }
-        };
-        let docs = if input.is_json() {
-            documents::json_documents(bytes)
-        } else {
-            match std::str::from_utf8(bytes) {
-                Ok(text) => documents::yaml_documents(text),
-                Err(e) => {
-                    collector.unreadable(&Origin::file(&input.path), format!("not UTF-8: {e}"));
-                    continue;
-                }
-            }
-        };
-        for doc in docs {
-            let origin = Origin::document(&input.path, doc.index, doc.line);
-            match doc.value {
-                Ok(value) => collector.add(value, &origin),
-                Err(cause) => collector.unreadable(&origin, cause),
-            }
-        }
-    }
-    collector.finish()
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 pub mod kube;
 pub mod manifests;
+pub mod slim;
 
 use std::sync::Arc;
 

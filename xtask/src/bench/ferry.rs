@@ -1,12 +1,12 @@
 //! Ferry's side: the agent (a child process running Ferry's own pipeline:
-//! manifests → `model::compute` → `Datapath::sync`, each stage timed), the
+//! manifests → `model::Incremental` → `Datapath::sync`, each stage timed), the
 //! datapath guard, the programs' run time counters and the maps' memory.
 //!
 //! The agent is this binary again (`xtask bench-agent`), so its peak RSS
 //! is that of a process doing exactly the agent's work, and the parent
 //! can ask it for changes over a pipe while it keeps its state, as a
 //! running agent does. It runs the same library calls `ferry standalone`
-//! runs (`reconcile_once` split into its stages), without the tokio
+//! runs (`reconcile_with` split into its stages), without the tokio
 //! runtime, file watcher and health server around them.
 
 use std::io::{BufRead as _, BufReader, Write as _};
@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use lb_userspace::datapath::{self, BpffsDir, Datapath};
-use lb_userspace::model::{self, ClusterState};
+use lb_userspace::model::{self, ClusterState, Incremental};
 use lb_userspace::netutil;
-use lb_userspace::source::manifests::read_manifests;
+use lb_userspace::source::manifests::ManifestReader;
 use serde::{Deserialize, Serialize};
 
 use super::proc::{check_interrupted, rss_of, stdout_of};
@@ -79,9 +79,16 @@ fn node_info() -> model::NodeInfo {
     model::node_info(None, NODE_NAME, &[IpAddr::V4(Ipv4Addr::new(10, 244, 0, 1))])
 }
 
-fn pass(dp: &mut Datapath, cluster: &ClusterState, stages: &mut Stages) -> Result<()> {
+/// One pass, as the agent's control loop runs it: `model` is held across
+/// passes, so an in-memory change costs what changed.
+fn pass(
+    dp: &mut Datapath,
+    model: &mut Incremental,
+    cluster: &ClusterState,
+    stages: &mut Stages,
+) -> Result<()> {
     let t = Instant::now();
-    let computed = model::compute(cluster, &node_info());
+    let computed = model.compute(cluster, &node_info());
     stages.compute_us = t.elapsed().as_micros() as u64;
     ensure!(
         computed.invalid.is_empty(),
@@ -126,14 +133,18 @@ pub fn agent_main(a: AgentArgs) -> Result<()> {
     stages.load_us = t.elapsed().as_micros() as u64;
 
     let t = Instant::now();
-    let snapshot = read_manifests(&a.manifests, NODE_NAME);
+    // One reader for the agent's life, as `ferry standalone`'s watcher
+    // keeps: a later read parses only the files that changed.
+    let mut reader = ManifestReader::new(&a.manifests, NODE_NAME);
+    let snapshot = reader.read();
     stages.read_us = t.elapsed().as_micros() as u64;
     ensure!(
         snapshot.invalid.is_empty(),
         "unreadable manifests: {:?}",
         &snapshot.invalid[..snapshot.invalid.len().min(3)]
     );
-    pass(&mut dp, &snapshot.cluster, &mut stages)?;
+    let mut model = Incremental::new();
+    pass(&mut dp, &mut model, &snapshot.cluster, &mut stages)?;
     emit("programmed", &stages)?;
 
     // The in-memory change: the changed Service's slice with its last
@@ -167,9 +178,9 @@ pub fn agent_main(a: AgentArgs) -> Result<()> {
         match line.trim() {
             "file" => {
                 let t = Instant::now();
-                let snapshot = read_manifests(&a.manifests, NODE_NAME);
+                let snapshot = reader.read();
                 stages.read_us = t.elapsed().as_micros() as u64;
-                pass(&mut dp, &snapshot.cluster, &mut stages)?;
+                pass(&mut dp, &mut model, &snapshot.cluster, &mut stages)?;
             }
             cmd @ ("mem on" | "mem off") => {
                 let t = Instant::now();
@@ -178,7 +189,7 @@ pub fn agent_main(a: AgentArgs) -> Result<()> {
                     cluster.endpoint_slices[index] = changed_slice.clone();
                 }
                 stages.read_us = t.elapsed().as_micros() as u64;
-                pass(&mut dp, &cluster, &mut stages)?;
+                pass(&mut dp, &mut model, &cluster, &mut stages)?;
             }
             "exit" => {
                 let (rss, hwm) = rss_of("self")?;

@@ -19,6 +19,7 @@
 
 mod ferry;
 mod kubeproxy;
+mod memlat;
 mod net;
 mod proc;
 mod report;
@@ -114,9 +115,6 @@ pub struct Options {
     pub seed: u64,
     /// CPU the client and server threads are pinned to (None: not pinned).
     pub cpu: Option<usize>,
-    /// Translated sockets opened before Ferry's measurements, to fill its
-    /// socket reverse-translation LRU map as on a long-running node.
-    pub prefill: usize,
 }
 
 /// One data-plane round.
@@ -168,11 +166,8 @@ pub struct DpResult {
     pub services: usize,
     pub program: Vec<Program>,
     pub rounds: Vec<Round>,
-    /// Ferry: connect4 run time with the reverse-translation map full (as
-    /// on a long-running node) ...
+    /// Ferry: connect4's run time per call.
     pub bpf: Vec<BpfRound>,
-    /// ... and right after programming, with it (nearly) empty.
-    pub bpf_fresh: Vec<BpfRound>,
     /// Peers: rule restores. Ferry: manifests re-read from files.
     pub change: Vec<Change>,
     /// Ferry: the object swapped in memory (an API watch's update).
@@ -198,7 +193,6 @@ impl DpResult {
             program: Vec::new(),
             rounds: Vec::new(),
             bpf: Vec::new(),
-            bpf_fresh: Vec::new(),
             change: Vec::new(),
             change_in_memory: Vec::new(),
             map_memory: Vec::new(),
@@ -229,6 +223,8 @@ pub struct Meta {
     pub duration_s: f64,
     /// Why the run stopped early, if it did.
     pub incomplete: Option<String>,
+    /// Dependent random reads, by working set size.
+    pub memory_latency: Vec<memlat::MemLatency>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -255,8 +251,10 @@ pub fn run(opts: Options) -> Result<PathBuf> {
     if !stale.is_empty() {
         eprintln!("[bench] removed leftovers of a killed run: {stale:?}");
     }
+    let mut meta = report::collect_meta();
+    meta.memory_latency = memlat::measure(opts.seed);
     let mut results = Results {
-        meta: report::collect_meta(),
+        meta,
         options: opts.clone(),
         results: Vec::new(),
     };
@@ -648,8 +646,6 @@ fn bench_ferry(env: &Env, s: &Scale) -> Result<DpResult> {
             agent.exit()?;
             continue; // dropping the agent removes the datapath
         }
-        r.bpf_fresh = bpf_rounds(env, &s.w, agent.bpffs())?;
-        prefill(env, &s.w)?;
         r.rounds = dataplane(env, Dp::Ferry, &s.w)?;
         r.bpf = bpf_rounds(env, &s.w, agent.bpffs())?;
         r.map_memory = ferry::map_memory(agent.bpffs())?;
@@ -670,6 +666,10 @@ fn bench_ferry(env: &Env, s: &Scale) -> Result<DpResult> {
                 s.w.write_file(&s.manifests, file, false)?;
                 agent.change("file")?;
             }
+            // The in-memory changes swap objects into the snapshot the agent was
+            // programmed from; the file passes above gave it new objects.
+            // Back to those first (untimed), as a watch-fed agent would be.
+            agent.change("mem off")?;
             for i in 0..o.change_repeats.div_ceil(2) * 2 {
                 check_interrupted()?;
                 let st = agent.change(if i % 2 == 0 { "mem on" } else { "mem off" })?;
@@ -685,30 +685,6 @@ fn bench_ferry(env: &Env, s: &Scale) -> Result<DpResult> {
         r.agent_hwm_kib = last.hwm_kib;
     }
     Ok(r)
-}
-
-/// Fills Ferry's SOCK_REVNAT4 LRU map the way a long-running node has it:
-/// every translated socket leaves an entry there until the map is full and
-/// evicts (262,144 entries by default), so a busy node's connects run
-/// against a full map. UDP connects are the cheapest translated sockets.
-fn prefill(env: &Env, w: &Workload) -> Result<()> {
-    let n = env.opts.prefill;
-    if n == 0 {
-        return Ok(());
-    }
-    let t = Instant::now();
-    let seed = env.opts.seed ^ 0x9ef1;
-    for chunk in 0..n.div_ceil(50_000) {
-        check_interrupted()?;
-        let count = (n - chunk * 50_000).min(50_000);
-        let targets = udp_targets(Dp::Ferry, w, seed + chunk as u64, count);
-        env.node.run(|| net::udp_connects(&targets))?;
-    }
-    eprintln!(
-        "[bench]   {n} translated UDP sockets opened in {:.1} s to fill the reverse-translation map",
-        t.elapsed().as_secs_f64()
-    );
-    Ok(())
 }
 
 /// The connect4 program's own run time per call, with BPF run time stats

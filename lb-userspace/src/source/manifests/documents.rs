@@ -8,6 +8,7 @@
 //! read as a stream of concatenated JSON values.
 
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// One document of a file, or why it could not be parsed.
 #[derive(Debug)]
@@ -55,25 +56,37 @@ pub(super) fn yaml_documents(text: &str) -> Vec<Document> {
     docs
 }
 
-/// Parses a stream of JSON values (usually one). A syntax error ends the
+/// One JSON document of a file, left as text for the collector to
+/// deserialize (see `Collector::add_json`), or why it could not be parsed.
+#[derive(Debug)]
+pub(super) struct JsonDocument<'a> {
+    /// 1-based ordinal among the file's non-null documents.
+    pub index: usize,
+    /// 1-based line of the file where the document starts.
+    pub line: usize,
+    pub value: Result<&'a RawValue, String>,
+}
+
+/// Splits a stream of JSON values (usually one). A syntax error ends the
 /// stream: JSON has no separator to resynchronise on.
-pub(super) fn json_documents(bytes: &[u8]) -> Vec<Document> {
+pub(super) fn json_documents(bytes: &[u8]) -> Vec<JsonDocument<'_>> {
     let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
     let mut docs = Vec::new();
-    let mut stream = serde_json::Deserializer::from_slice(bytes).into_iter::<Value>();
+    let mut stream = serde_json::Deserializer::from_slice(bytes).into_iter::<&RawValue>();
+    let mut lines = LineCounter::default();
     loop {
         let offset = stream.byte_offset();
         let Some(next) = stream.next() else { break };
-        let line = 1 + line_of_offset(bytes, offset);
+        let line = 1 + lines.line_of(bytes, offset);
         match next {
-            Ok(Value::Null) => continue,
-            Ok(value) => docs.push(Document {
+            Ok(raw) if raw.get() == "null" => continue,
+            Ok(raw) => docs.push(JsonDocument {
                 index: docs.len() + 1,
                 line,
-                value: Ok(value),
+                value: Ok(raw),
             }),
             Err(e) => {
-                docs.push(Document {
+                docs.push(JsonDocument {
                     index: docs.len() + 1,
                     line,
                     value: Err(format!("invalid JSON: {e}")),
@@ -85,13 +98,29 @@ pub(super) fn json_documents(bytes: &[u8]) -> Vec<Document> {
     docs
 }
 
-/// Number of newlines before `offset`, skipping leading whitespace (which
-/// belongs to no document).
-fn line_of_offset(bytes: &[u8], offset: usize) -> usize {
-    let rest = &bytes[offset.min(bytes.len())..];
-    let skipped = rest.iter().take_while(|b| b.is_ascii_whitespace()).count();
-    let end = (offset + skipped).min(bytes.len());
-    bytes[..end].iter().filter(|&&b| b == b'\n').count()
+/// Line numbers of increasing offsets, counting each newline once (a file
+/// of many concatenated documents must not be rescanned from its start
+/// for each).
+#[derive(Default)]
+struct LineCounter {
+    offset: usize,
+    newlines: usize,
+}
+
+impl LineCounter {
+    /// Number of newlines before `offset`, skipping leading whitespace
+    /// (which belongs to no document).
+    fn line_of(&mut self, bytes: &[u8], offset: usize) -> usize {
+        let rest = &bytes[offset.min(bytes.len())..];
+        let skipped = rest.iter().take_while(|b| b.is_ascii_whitespace()).count();
+        let end = (offset + skipped).min(bytes.len()).max(self.offset);
+        self.newlines += bytes[self.offset..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count();
+        self.offset = end;
+        self.newlines
+    }
 }
 
 /// Splits YAML text at document-start lines. Returns each chunk with the
@@ -187,6 +216,7 @@ mod tests {
         assert_eq!(docs.len(), 3);
         assert_eq!((docs[0].index, docs[0].line), (1, 1));
         assert_eq!((docs[1].index, docs[1].line), (2, 3));
+        assert_eq!(docs[1].value.as_ref().unwrap().get(), "{\"b\": 2}");
         assert!(docs[2].value.as_ref().unwrap_err().contains("invalid JSON"));
     }
 }

@@ -1,66 +1,50 @@
-//! Which files PATH names, their contents, and fingerprints of both.
+//! Which files PATH names, their identities (from metadata) and contents.
 
 use std::collections::hash_map::DefaultHasher;
-use std::fs;
+use std::fs::{self, File, Metadata};
 use std::hash::{Hash, Hasher};
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 /// Extensions read from a directory (compared case-insensitively).
 const EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
 
-/// One manifest file as read.
-#[derive(Debug)]
-pub(super) struct Input {
-    pub path: PathBuf,
-    /// The bytes, or why they could not be had (a whole-file InvalidObject).
-    pub content: Result<Vec<u8>, String>,
+/// How long after a change a file's identity is not trusted (see
+/// [`FileId::is_recent`]): above every common timestamp granularity (FAT's
+/// is 2 s). Costs one more read (not parse) of a file just changed.
+pub(super) const RECENT: Duration = Duration::from_secs(2);
+
+/// What PATH names.
+pub(super) struct Listing {
+    /// The manifest files, in reading order, with their identities as
+    /// listed (`None` if their metadata cannot be had, e.g. a dangling
+    /// symlink: reading them reports the problem).
+    pub files: Vec<(PathBuf, Option<FileId>)>,
+    /// PATH is a directory: its files may vanish between listing and
+    /// reading (that removal is seen on the next scan).
+    pub is_dir: bool,
 }
 
-impl Input {
-    pub fn is_json(&self) -> bool {
-        self.path
-            .extension()
-            .is_some_and(|ext| ext.eq_ignore_ascii_case("json"))
-    }
-}
-
-/// Reads PATH: the file itself (whatever its extension), or every
-/// manifest file of the directory, sorted by name. A file that vanishes
-/// between listing and reading is skipped: its removal is a change that is
-/// seen on the next scan anyway.
-pub(super) fn read_inputs(path: &Path) -> Vec<Input> {
+/// Lists PATH: the file itself (whatever its extension), or every
+/// manifest file of the directory, sorted by name. `Err`: the directory
+/// cannot be listed (the cause, for a whole-PATH report).
+pub(super) fn list(path: &Path) -> Result<Listing, String> {
     let is_dir = fs::metadata(path).is_ok_and(|m| m.is_dir());
     let files = if is_dir {
-        match list_dir(path) {
-            Ok(files) => files,
-            Err(e) => {
-                return vec![Input {
-                    path: path.to_owned(),
-                    content: Err(format!("cannot list directory: {e}")),
-                }];
-            }
-        }
+        list_dir(path).map_err(|e| format!("cannot list directory: {e}"))?
     } else {
-        vec![path.to_owned()]
+        let id = fs::metadata(path).ok().map(|m| FileId::of(&m));
+        vec![(path.to_owned(), id)]
     };
-    files
-        .into_iter()
-        .filter_map(|file| match fs::read(&file) {
-            Err(e) if is_dir && e.kind() == io::ErrorKind::NotFound => None,
-            content => Some(Input {
-                path: file,
-                content: content.map_err(|e| format!("cannot read: {e}")),
-            }),
-        })
-        .collect()
+    Ok(Listing { files, is_dir })
 }
 
 /// Manifest files of a directory (not its subdirectories), sorted by name.
 /// Hidden files (editor swap and lock files, Kubernetes' `..data` links)
 /// are skipped; so are entries that are directories.
-fn list_dir(dir: &Path) -> io::Result<Vec<PathBuf>> {
+fn list_dir(dir: &Path) -> io::Result<Vec<(PathBuf, Option<FileId>)>> {
     let mut files = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
@@ -81,50 +65,84 @@ fn list_dir(dir: &Path) -> io::Result<Vec<PathBuf>> {
         let path = entry.path();
         // Follows symlinks; a dangling one is kept so that reading it
         // reports the problem.
-        if fs::metadata(&path).is_ok_and(|m| !m.is_file()) {
-            continue;
-        }
-        files.push(path);
+        let id = match fs::metadata(&path) {
+            Ok(m) if !m.is_file() => continue,
+            Ok(m) => Some(FileId::of(&m)),
+            Err(_) => None,
+        };
+        files.push((path, id));
     }
-    files.sort();
+    files.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(files)
 }
 
-/// Hash of what was read: equal fingerprints mean equal snapshots.
-pub(super) fn content_fingerprint(inputs: &[Input]) -> u64 {
-    let mut h = DefaultHasher::new();
-    inputs.len().hash(&mut h);
-    for input in inputs {
-        input.path.hash(&mut h);
-        match &input.content {
-            Ok(bytes) => (0u8, bytes).hash(&mut h),
-            Err(e) => (1u8, e).hash(&mut h),
-        }
-    }
-    h.finish()
+/// A file's identity as far as metadata tells: any write changes its size
+/// or its mtime and ctime, a replacement (editors' rename, a ConfigMap's
+/// symlink swap) its inode, a chmod its ctime. This is what make and file
+/// watchers trust; contents are not hashed to confirm it. The one blind
+/// spot, a write within the timestamps' granularity of the previous one
+/// that keeps the size, is covered by [`FileId::is_recent`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct FileId {
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    dev: u64,
+    ino: u64,
 }
 
-/// Cheap hash of the files' metadata (names, sizes, mtimes, inodes), for
-/// polling: when it changes, the contents are read again.
-pub(super) fn stat_fingerprint(path: &Path) -> u64 {
-    let mut h = DefaultHasher::new();
-    let listed = if fs::metadata(path).is_ok_and(|m| m.is_dir()) {
-        list_dir(path)
-    } else {
-        Ok(vec![path.to_owned()])
-    };
-    match listed {
-        Ok(files) => {
-            for file in files {
-                file.hash(&mut h);
-                match fs::metadata(&file) {
-                    Ok(m) => (m.len(), m.mtime(), m.mtime_nsec(), m.dev(), m.ino()).hash(&mut h),
-                    Err(e) => e.kind().hash(&mut h),
-                }
-            }
+impl FileId {
+    pub fn of(m: &Metadata) -> Self {
+        FileId {
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+            dev: m.dev(),
+            ino: m.ino(),
         }
-        Err(e) => e.kind().hash(&mut h),
     }
+
+    /// True when the file changed less than `margin` before `now`, so
+    /// shortly that a further change could leave the same timestamps
+    /// (coarse clock ticks, or whole seconds on some filesystems): such an
+    /// identity must not be trusted to mean "unchanged" (git's "racily
+    /// clean" entries). A timestamp in the future (clock skew) counts as
+    /// recent.
+    pub fn is_recent(&self, now: SystemTime, margin: Duration) -> bool {
+        let changed = self.mtime.max(self.ctime);
+        let Some(settled) = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .ok()
+            .and_then(|d| d.checked_sub(margin))
+        else {
+            return true;
+        };
+        let settled = (
+            i64::try_from(settled.as_secs()).unwrap_or(i64::MAX),
+            i64::from(settled.subsec_nanos()),
+        );
+        changed >= settled
+    }
+}
+
+/// A file's contents with the identity of what was read (taken from the
+/// open file, so that a rename between listing and reading cannot pair
+/// one file's identity with another's bytes), or why they could not be
+/// had (the cause, for a whole-file report).
+pub(super) fn read(path: &Path) -> io::Result<(Vec<u8>, FileId)> {
+    let mut file = File::open(path)?;
+    let id = FileId::of(&file.metadata()?);
+    let mut bytes = Vec::with_capacity(usize::try_from(id.len).unwrap_or(0));
+    file.read_to_end(&mut bytes)?;
+    Ok((bytes, id))
+}
+
+/// Hash of a file's bytes: a file whose metadata changed but whose hash
+/// did not (rewritten with the same text, `touch`ed) keeps its parsed
+/// objects and changes no snapshot.
+pub(super) fn content_hash(bytes: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    bytes.hash(&mut h);
     h.finish()
 }
 

@@ -1,8 +1,13 @@
-//! Turning parsed documents into Kubernetes objects: dispatch on
-//! apiVersion/kind, unwrap Lists, deserialize into the k8s-openapi types and
-//! collect everything that fails as an [`InvalidObject`].
+//! Turning one file's parsed documents into Kubernetes objects: dispatch
+//! on apiVersion/kind, unwrap Lists, deserialize into the k8s-openapi types
+//! and collect everything that fails as an [`InvalidObject`].
+//!
+//! Nothing here looks beyond the file: duplicates across (and within)
+//! files and the choice of this node's Node are the assembly's business
+//! (`assemble.rs`), so that a file's result can be kept while it does not
+//! change.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
@@ -10,11 +15,13 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::model::{ClusterState, InvalidObject, ObjectKind};
-use crate::source::Snapshot;
+use crate::model::{InvalidObject, ObjectKind};
+use crate::source::slim;
 
 /// Namespace given to Services and EndpointSlices that name none, as
 /// `kubectl apply` would.
@@ -114,45 +121,80 @@ impl Known {
     }
 }
 
-/// Accumulates the objects of every file, in reading order.
-pub(super) struct Collector<'n> {
-    node_name: &'n str,
-    services: Vec<Arc<Service>>,
-    endpoint_slices: Vec<Arc<EndpointSlice>>,
-    node: Option<Arc<Node>>,
-    /// First definition of each (kind, namespace, name), to report later
-    /// duplicates.
-    seen: HashMap<(ObjectKind, String, String), String>,
-    invalid: Vec<InvalidObject>,
+/// An object read from a file, shared (not copied) by every snapshot
+/// assembled while its file is unchanged.
+#[derive(Clone, Debug)]
+pub(super) enum Object {
+    Service(Arc<Service>),
+    EndpointSlice(Arc<EndpointSlice>),
+    Node(Arc<Node>),
 }
 
-impl<'n> Collector<'n> {
-    pub fn new(node_name: &'n str) -> Self {
-        Collector {
-            node_name,
-            services: Vec::new(),
-            endpoint_slices: Vec::new(),
-            node: None,
-            seen: HashMap::new(),
-            invalid: Vec::new(),
-        }
+impl Object {
+    /// What duplicates are detected by: kind, namespace (empty for Nodes)
+    /// and name.
+    pub fn key(&self) -> (ObjectKind, &str, &str) {
+        let (kind, meta) = match self {
+            Object::Service(s) => (ObjectKind::Service, &s.metadata),
+            Object::EndpointSlice(s) => (ObjectKind::EndpointSlice, &s.metadata),
+            Object::Node(n) => (ObjectKind::Node, &n.metadata),
+        };
+        let namespace = match self {
+            Object::Node(_) => "",
+            _ => meta.namespace.as_deref().unwrap_or(""),
+        };
+        (kind, namespace, meta.name.as_deref().unwrap_or(""))
     }
 
-    pub fn finish(self) -> Snapshot {
-        Snapshot {
-            cluster: ClusterState {
-                services: self.services,
-                endpoint_slices: self.endpoint_slices,
-            },
-            node: self.node,
-            invalid: self.invalid,
+    /// Equal objects of one kind (deep comparison).
+    pub fn same_content(&self, other: &Object) -> bool {
+        match (self, other) {
+            (Object::Service(a), Object::Service(b)) => a == b,
+            (Object::EndpointSlice(a), Object::EndpointSlice(b)) => a == b,
+            (Object::Node(a), Object::Node(b)) => a == b,
+            _ => false,
         }
+    }
+}
+
+/// One result of reading a file, in reading order: the order of objects
+/// decides which of two duplicates is kept, and reports are listed in it.
+#[derive(Clone, Debug)]
+pub(super) enum Entry {
+    /// `origin`: where it was defined, for duplicate reports.
+    Object {
+        object: Object,
+        origin: String,
+    },
+    Invalid(InvalidObject),
+}
+
+/// Accumulates the objects and reports of one file, in reading order.
+#[derive(Default)]
+pub(super) struct Collector {
+    entries: Vec<Entry>,
+}
+
+impl Collector {
+    pub fn finish(self) -> Vec<Entry> {
+        self.entries
+    }
+
+    fn report(&mut self, invalid: InvalidObject) {
+        self.entries.push(Entry::Invalid(invalid));
+    }
+
+    fn accept(&mut self, object: Object, origin: &Origin<'_>) {
+        self.entries.push(Entry::Object {
+            object,
+            origin: origin.to_string(),
+        });
     }
 
     /// Records input that yielded no object at all (an unreadable file, an
     /// unparseable document).
     pub fn unreadable(&mut self, origin: &Origin<'_>, cause: impl fmt::Display) {
-        self.invalid.push(InvalidObject {
+        self.report(InvalidObject {
             kind: ObjectKind::Manifest,
             namespace: String::new(),
             name: String::new(),
@@ -202,30 +244,123 @@ impl<'n> Collector<'n> {
         }
         match known {
             Known::Service => {
-                if let Some(mut service) = self.decode::<Service>(known, map, origin) {
-                    default_namespace(&mut service.metadata);
-                    if self.first_definition(known, &service.metadata, origin) {
-                        self.services.push(Arc::new(service));
-                    }
+                if let Some(service) = self.decode::<Service>(known, map, origin) {
+                    self.accept_service(service, origin);
                 }
             }
             Known::EndpointSlice => {
-                if let Some(mut slice) = self.decode::<EndpointSlice>(known, map, origin) {
-                    default_namespace(&mut slice.metadata);
-                    if self.first_definition(known, &slice.metadata, origin) {
-                        self.endpoint_slices.push(Arc::new(slice));
-                    }
+                if let Some(slice) = self.decode::<EndpointSlice>(known, map, origin) {
+                    self.accept_endpoint_slice(slice, origin);
                 }
             }
             Known::Node => {
-                if let Some(node) = self.decode::<Node>(known, map, origin)
-                    && self.first_definition(known, &node.metadata, origin)
-                    && node.metadata.name.as_deref() == Some(self.node_name)
-                {
-                    self.node = Some(Arc::new(node));
+                if let Some(node) = self.decode::<Node>(known, map, origin) {
+                    self.accept_node(node, origin);
                 }
             }
         }
+    }
+
+    fn accept_service(&mut self, mut service: Service, origin: &Origin<'_>) {
+        slim::service(&mut service);
+        default_namespace(&mut service.metadata);
+        self.accept(Object::Service(Arc::new(service)), origin);
+    }
+
+    fn accept_endpoint_slice(&mut self, mut slice: EndpointSlice, origin: &Origin<'_>) {
+        slim::endpoint_slice(&mut slice);
+        default_namespace(&mut slice.metadata);
+        self.accept(Object::EndpointSlice(Arc::new(slice)), origin);
+    }
+
+    /// Every Node is kept, whatever its name: which one is this node's is
+    /// decided on assembly (where duplicates of all of them are reported).
+    fn accept_node(&mut self, node: Node, origin: &Origin<'_>) {
+        self.accept(Object::Node(Arc::new(node)), origin);
+    }
+
+    /// Reads one JSON document (or List item) given as its text.
+    ///
+    /// The common case, a well-formed object of a known kind (or a List of
+    /// them), is deserialized straight into its k8s-openapi type: going
+    /// through a `serde_json::Value` tree first (and recording the path
+    /// for errors) made reading ten thousand Services and their slices
+    /// take most of a second, nearly all of it in allocating and freeing
+    /// the tree. Anything else (an unknown kind, a value of the wrong type,
+    /// no name, ...) takes the general path through [`Collector::add`],
+    /// which reports it exactly as for YAML.
+    pub fn add_json(&mut self, raw: &RawValue, origin: &Origin<'_>) {
+        self.add_json_item(raw, None, origin);
+    }
+
+    /// `inherited`: the kind and apiVersion of a typed List's items.
+    fn add_json_item(
+        &mut self,
+        raw: &RawValue,
+        inherited: Option<(&'static str, &str)>,
+        origin: &Origin<'_>,
+    ) {
+        if self.try_add_typed(raw, origin) {
+            return;
+        }
+        match serde_json::from_str::<Value>(raw.get()) {
+            Ok(mut value) => {
+                if let (Some((kind, api_version)), Value::Object(fields)) = (inherited, &mut value)
+                {
+                    inherit_kind(fields, kind, api_version);
+                }
+                self.add(value, origin);
+            }
+            Err(e) => self.unreadable(origin, format_args!("invalid JSON: {e}")),
+        }
+    }
+
+    /// The fast path of [`Collector::add_json`]; false when the general
+    /// path must read (and, if need be, report) the document instead.
+    fn try_add_typed(&mut self, raw: &RawValue, origin: &Origin<'_>) -> bool {
+        let Ok(head) = serde_json::from_str::<Head<'_>>(raw.get()) else {
+            return false;
+        };
+        // Without its own kind and apiVersion, a document is rejected, or
+        // (a typed List's item) inherits the List's: the general path does
+        // either.
+        let kind = head.kind.as_deref().filter(|k| !k.is_empty());
+        let api_version = head.api_version.as_deref().filter(|v| !v.is_empty());
+        let (Some(kind), Some(api_version)) = (kind, api_version) else {
+            return false;
+        };
+        if let Some(item_kind) = list_item_kind(kind) {
+            let Some(items) = head.items else {
+                return false;
+            };
+            let inherited = item_kind.map(|k| (k, api_version));
+            for (i, item) in items.iter().enumerate() {
+                self.add_json_item(item, inherited, &origin.item(i));
+            }
+            return true;
+        }
+        let Some(known) = Known::from_kind(kind) else {
+            return false;
+        };
+        if api_version != known.api_version() {
+            return false;
+        }
+        let named = |meta: &ObjectMeta| meta.name.as_deref().is_some_and(|n| !n.is_empty());
+        match known {
+            Known::Service => match serde_json::from_str::<Service>(raw.get()) {
+                Ok(service) if named(&service.metadata) => self.accept_service(service, origin),
+                _ => return false,
+            },
+            Known::EndpointSlice => match serde_json::from_str::<EndpointSlice>(raw.get()) {
+                Ok(slice) if named(&slice.metadata) => self.accept_endpoint_slice(slice, origin),
+                _ => return false,
+            },
+            Known::Node => match serde_json::from_str::<Node>(raw.get()) {
+                Ok(node) if named(&node.metadata) => self.accept_node(node, origin),
+                _ => return false,
+            },
+        }
+        true
     }
 
     /// `item_kind`: for typed lists (ServiceList...), the kind and
@@ -250,12 +385,7 @@ impl<'n> Collector<'n> {
         };
         for (i, mut item) in items.into_iter().enumerate() {
             if let (Some((kind, api_version)), Value::Object(fields)) = (&item_kind, &mut item) {
-                fields
-                    .entry("kind")
-                    .or_insert_with(|| Value::String((*kind).to_owned()));
-                fields
-                    .entry("apiVersion")
-                    .or_insert_with(|| Value::String(api_version.clone()));
+                inherit_kind(fields, kind, api_version);
             }
             self.add(item, &origin.item(i));
         }
@@ -277,7 +407,7 @@ impl<'n> Collector<'n> {
                 } else {
                     format!("{path}: {}", e.into_inner())
                 };
-                self.invalid.push(InvalidObject {
+                self.report(InvalidObject {
                     kind: known.object_kind(),
                     namespace,
                     name,
@@ -287,7 +417,7 @@ impl<'n> Collector<'n> {
             }
         };
         if name.is_empty() {
-            self.invalid.push(InvalidObject {
+            self.report(InvalidObject {
                 kind: known.object_kind(),
                 namespace,
                 name,
@@ -296,31 +426,6 @@ impl<'n> Collector<'n> {
             return None;
         }
         Some(object)
-    }
-
-    /// True for the first object of this identity; later ones are reported.
-    fn first_definition(&mut self, known: Known, meta: &ObjectMeta, origin: &Origin<'_>) -> bool {
-        let kind = known.object_kind();
-        let namespace = if known.namespaced() {
-            meta.namespace.clone().unwrap_or_default()
-        } else {
-            String::new()
-        };
-        let name = meta.name.clone().unwrap_or_default();
-        let key = (kind, namespace, name);
-        if let Some(first) = self.seen.get(&key) {
-            let reason = format!("{origin}: duplicate {kind}, ignored (first defined at {first})");
-            let (_, namespace, name) = key;
-            self.invalid.push(InvalidObject {
-                kind,
-                namespace,
-                name,
-                reason,
-            });
-            return false;
-        }
-        self.seen.insert(key, origin.to_string());
-        true
     }
 
     fn reject(
@@ -332,13 +437,35 @@ impl<'n> Collector<'n> {
         cause: impl fmt::Display,
     ) {
         let (namespace, name) = identity(map, namespaced);
-        self.invalid.push(InvalidObject {
+        self.report(InvalidObject {
             kind,
             namespace,
             name,
             reason: format!("{origin}: {cause}"),
         });
     }
+}
+
+/// What decides how a JSON document is read: its kind and apiVersion, and
+/// a List's items (left unparsed).
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "apiVersion", borrow, default)]
+    api_version: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    items: Option<Vec<&'a RawValue>>,
+}
+
+/// A typed List's item without its own kind or apiVersion takes the List's.
+fn inherit_kind(fields: &mut Map<String, Value>, kind: &str, api_version: &str) {
+    fields
+        .entry("kind")
+        .or_insert_with(|| Value::String(kind.to_owned()));
+    fields
+        .entry("apiVersion")
+        .or_insert_with(|| Value::String(api_version.to_owned()));
 }
 
 /// For a List kind, `Some(item kind)`: `Some(None)` for the generic v1

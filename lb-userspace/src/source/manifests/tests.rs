@@ -562,3 +562,73 @@ async fn polling_fallback_publishes_on_changes() {
         .expect("run did not stop")
         .unwrap();
 }
+
+/// JSON documents of known kinds are deserialized straight into their
+/// types, everything else through the general path; either way the result
+/// must be what the same text gives as YAML (JSON is YAML's flow style):
+/// the same objects, and the same reports, word for word.
+#[test]
+fn json_reads_exactly_like_the_same_text_as_yaml() {
+    let text = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {"apiVersion": "v1", "kind": "Service",
+             "metadata": {"name": "good"},
+             "spec": {"clusterIP": "10.96.0.1", "ports": [{"port": 80, "targetPort": 8080}]}},
+            {"apiVersion": "v1", "kind": "Service",
+             "metadata": {"name": "bad-port", "namespace": "ns"},
+             "spec": {"ports": [{"port": "eighty"}]}},
+            {"apiVersion": "v1", "kind": "Service", "metadata": {},
+             "spec": {"ports": [{"port": 1}]}},
+            {"apiVersion": "v2", "kind": "Service", "metadata": {"name": "v2"}},
+            {"kind": "Service", "metadata": {"name": "no-version"}},
+            {"apiVersion": "v1", "kind": "ServiceList",
+             "items": [{"metadata": {"name": "inherits"}, "spec": {"ports": [{"port": 2}]}},
+                       {"kind": "", "metadata": {"name": "empty-kind"}}]},
+            {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+             "metadata": {"name": "good-1", "labels": {"kubernetes.io/service-name": "good"}},
+             "addressType": "IPv4",
+             "endpoints": [{"addresses": ["10.244.0.5"]}],
+             "ports": [{"port": 8080}]},
+            {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+             "metadata": {"name": "bad-1"}, "addressType": "IPv4", "endpoints": "none"},
+            {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"}},
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm"}},
+            {"apiVersion": "v1", "kind": "Service",
+             "metadata": {"name": "good"}, "spec": {"ports": [{"port": 81}]}},
+            "a string",
+            {"apiVersion": "v1", "kind": "List", "items": {"not": "a sequence"}}
+        ]
+    })
+    .to_string();
+    let read = |file: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), file, &text);
+        let snapshot = read_manifests(&path, "node-a");
+        let objects = (
+            format!("{:?}", snapshot.cluster.services),
+            format!("{:?}", snapshot.cluster.endpoint_slices),
+            format!("{:?}", snapshot.node),
+        );
+        let invalid: Vec<String> = snapshot
+            .invalid
+            .iter()
+            .map(|i| i.to_string().replace(&path.display().to_string(), "FILE"))
+            .collect();
+        (objects, invalid)
+    };
+    let (json_objects, json_invalid) = read("m.json");
+    let (yaml_objects, yaml_invalid) = read("m.yaml");
+    assert_eq!(json_invalid, yaml_invalid);
+    assert_eq!(json_objects, yaml_objects);
+    // The fast path was taken for the good objects and the general one
+    // reported the rest.
+    assert!(json_objects.0.contains("\"good\""), "{}", json_objects.0);
+    assert!(
+        json_objects.0.contains("\"inherits\""),
+        "{}",
+        json_objects.0
+    );
+    assert_eq!(json_invalid.len(), 10, "{json_invalid:#?}");
+}

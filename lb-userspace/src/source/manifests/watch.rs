@@ -1,10 +1,12 @@
 //! Republishing snapshots when the manifest files change.
 //!
 //! The directory holding the manifests is watched with notify (inotify);
-//! bursts of events are debounced, then everything is read again and a
-//! snapshot is published only if the contents' fingerprint changed. A slow
-//! metadata check backs the watch up (a lost inotify event, a replaced
-//! directory); without notify, that check runs every 500 ms instead.
+//! bursts of events are debounced, then PATH is scanned again with a
+//! [`ManifestReader`] (which reads only the files whose metadata changed)
+//! and a snapshot is published only if some file's contents changed. A slow
+//! rescan backs the watch up (a lost inotify event, a replaced directory);
+//! without notify, it runs every 500 ms instead: when nothing changed, a
+//! scan costs a directory listing and a stat per file.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use tokio::time::{Instant, sleep, timeout_at};
 use tracing::{debug, info, warn};
 
 use super::files;
+use super::reader::ManifestReader;
 use crate::source::SnapshotSender;
 
 /// A burst of events is over after this much quiet...
@@ -40,12 +43,7 @@ pub(super) enum Mode {
 pub(super) async fn run(path: PathBuf, node_name: String, tx: SnapshotSender, mode: Mode) {
     let dir = files::watch_dir(&path);
     let mut watch = Watch::new(dir, mode);
-    let mut scanner = Scanner {
-        path,
-        node_name,
-        last: None,
-        stat: 0,
-    };
+    let mut scanner = Scanner::new(path, node_name);
     // The watch is armed before the first read, so no change after that
     // read can be missed.
     scanner.rescan(&tx).await;
@@ -70,11 +68,7 @@ pub(super) async fn run(path: PathBuf, node_name: String, tx: SnapshotSender, mo
                     watch.watcher = None;
                 }
             }
-            () = sleep(period) => {
-                if scanner.stat_changed().await {
-                    scanner.rescan(&tx).await;
-                }
-            }
+            () = sleep(period) => scanner.rescan(&tx).await,
         }
         watch.rearm_if_replaced();
     }
@@ -84,56 +78,57 @@ pub(super) async fn run(path: PathBuf, node_name: String, tx: SnapshotSender, mo
 struct Scanner {
     path: PathBuf,
     node_name: String,
-    /// Content fingerprint of the last published snapshot.
-    last: Option<u64>,
-    /// Metadata fingerprint as of the last read.
-    stat: u64,
+    /// What was read so far; `None` only while a scan has it (or after a
+    /// scan panicked: the next one then starts over).
+    reader: Option<ManifestReader>,
 }
 
 impl Scanner {
-    /// Reads everything; publishes a snapshot if the contents changed since
-    /// the last one (the first call always publishes).
-    async fn rescan(&mut self, tx: &SnapshotSender) {
-        let path = self.path.clone();
-        let node_name = self.node_name.clone();
-        let last = self.last;
-        let result = tokio::task::spawn_blocking(move || {
-            let stat = files::stat_fingerprint(&path);
-            let inputs = files::read_inputs(&path);
-            let fingerprint = files::content_fingerprint(&inputs);
-            let snapshot =
-                (last != Some(fingerprint)).then(|| super::snapshot_of(&inputs, &node_name));
-            (stat, fingerprint, snapshot)
-        })
-        .await;
-        match result {
-            Ok((stat, _, None)) => {
-                self.stat = stat;
-                debug!(path = %self.path.display(), "manifests: unchanged");
-            }
-            Ok((stat, fingerprint, Some(snapshot))) => {
-                self.stat = stat;
-                self.last = Some(fingerprint);
-                info!(
-                    path = %self.path.display(),
-                    services = snapshot.cluster.services.len(),
-                    endpoint_slices = snapshot.cluster.endpoint_slices.len(),
-                    node = snapshot.node.is_some(),
-                    invalid = snapshot.invalid.len(),
-                    "manifests: publishing snapshot"
-                );
-                tx.send_replace(Some(Arc::new(snapshot)));
-            }
-            Err(e) => warn!(path = %self.path.display(), "manifests: reading failed: {e}"),
+    fn new(path: PathBuf, node_name: String) -> Self {
+        let reader = ManifestReader::new(path.clone(), node_name.clone());
+        Scanner {
+            path,
+            node_name,
+            reader: Some(reader),
         }
     }
 
-    async fn stat_changed(&mut self) -> bool {
-        let path = self.path.clone();
-        match tokio::task::spawn_blocking(move || files::stat_fingerprint(&path)).await {
-            Ok(stat) => stat != self.stat,
-            Err(_) => true,
-        }
+    /// Scans PATH; publishes a snapshot if the contents changed since the
+    /// last one (the first call always publishes).
+    async fn rescan(&mut self, tx: &SnapshotSender) {
+        let mut reader = self
+            .reader
+            .take()
+            .unwrap_or_else(|| ManifestReader::new(self.path.clone(), self.node_name.clone()));
+        let result = tokio::task::spawn_blocking(move || {
+            let snapshot = reader.read_if_changed();
+            (reader, snapshot)
+        })
+        .await;
+        let (reader, snapshot) = match result {
+            Ok(done) => done,
+            Err(e) => {
+                warn!(path = %self.path.display(), "manifests: reading failed: {e}");
+                return;
+            }
+        };
+        let stats = reader.stats();
+        self.reader = Some(reader);
+        let Some(snapshot) = snapshot else {
+            debug!(path = %self.path.display(), files = stats.files, read = stats.read, "manifests: unchanged");
+            return;
+        };
+        info!(
+            path = %self.path.display(),
+            services = snapshot.cluster.services.len(),
+            endpoint_slices = snapshot.cluster.endpoint_slices.len(),
+            node = snapshot.node.is_some(),
+            invalid = snapshot.invalid.len(),
+            files = stats.files,
+            parsed = stats.parsed,
+            "manifests: publishing snapshot"
+        );
+        tx.send_replace(Some(Arc::new(snapshot)));
     }
 }
 
@@ -222,7 +217,7 @@ impl Watch {
 }
 
 fn start_watcher(dir: &Path) -> notify::Result<(RecommendedWatcher, mpsc::Receiver<()>)> {
-    // One pending wake-up is enough: every wake-up rereads everything.
+    // One pending wake-up is enough: every wake-up rescans everything.
     let (tx, rx) = mpsc::channel(1);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
         let relevant = match &event {
