@@ -160,14 +160,13 @@ fn describe(s: &Snapshot) -> BTreeMap<String, String> {
         );
     }
     for sl in &s.cluster.endpoint_slices {
-        let m = &sl.metadata;
         out.insert(
             format!(
                 "EndpointSlice/{}/{}",
-                m.namespace.clone().unwrap_or_default(),
-                m.name.clone().unwrap_or_default()
+                sl.namespace.clone().unwrap_or_default(),
+                sl.name.clone().unwrap_or_default()
             ),
-            m.resource_version.clone().unwrap_or_default(),
+            sl.resource_version.clone().unwrap_or_default(),
         );
     }
     if let Some(n) = &s.node {
@@ -191,13 +190,9 @@ fn slice_addresses(s: &Snapshot, name: &str) -> Vec<String> {
     s.cluster
         .endpoint_slices
         .iter()
-        .filter(|e| e.metadata.name.as_deref() == Some(name))
-        .flat_map(|e| {
-            e.endpoints
-                .iter()
-                .flatten()
-                .flat_map(|ep| ep.addresses.clone())
-        })
+        .filter(|e| e.name.as_deref() == Some(name))
+        .flat_map(|e| e.endpoints.iter().filter_map(|ep| ep.address.as_ref()))
+        .map(ToString::to_string)
         .collect()
 }
 
@@ -1048,6 +1043,13 @@ fn typed<T: k8s_openapi::serde::de::DeserializeOwned>(v: Value) -> Arc<T> {
     Arc::new(serde_json::from_value(v).expect("a valid object"))
 }
 
+/// A slice as sources keep it.
+fn typed_slice(v: Value) -> Arc<lb_userspace::model::EndpointSliceInfo> {
+    let slice: k8s_openapi::api::discovery::v1::EndpointSlice =
+        serde_json::from_value(v).expect("a valid EndpointSlice");
+    Arc::new(slice.into())
+}
+
 #[test]
 fn agent_drift_check_sees_exactly_what_changed_behind_the_mirror() -> Result<()> {
     use lb_userspace::datapath::{Datapath, store::frontend4_key};
@@ -1091,8 +1093,8 @@ fn agent_drift_check_sees_exactly_what_changed_behind_the_mirror() -> Result<()>
         ),
     ];
     snapshot.cluster.endpoint_slices = vec![
-        typed(web_slice(&["10.0.0.1", "10.0.0.2"])),
-        typed(
+        typed_slice(web_slice(&["10.0.0.1", "10.0.0.2"])),
+        typed_slice(
             EndpointSlice::new("default", "web6-1", "web6", AddressType::IPv6)
                 .port("dns", 5353, "UDP")
                 .endpoint(Endpoint::new("fd00::1").node(NODE))

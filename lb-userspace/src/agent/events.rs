@@ -48,10 +48,10 @@ pub fn involved_object(invalid: &InvalidObject, snapshot: &Snapshot) -> Option<O
         obj.map(|o| (o.meta().uid.clone(), o.meta().resource_version.clone()))
             .unwrap_or_default()
     }
-    let same = |meta: &ObjectMeta| {
-        meta.name.as_deref() == Some(invalid.name.as_str())
-            && meta.namespace.as_deref().unwrap_or_default() == invalid.namespace
+    let same_name = |namespace: Option<&str>, name: Option<&str>| {
+        name == Some(invalid.name.as_str()) && namespace.unwrap_or_default() == invalid.namespace
     };
+    let same = |meta: &ObjectMeta| same_name(meta.namespace.as_deref(), meta.name.as_deref());
     let (api_version, (uid, resource_version)) = match invalid.kind {
         ObjectKind::Service => (
             "v1",
@@ -66,14 +66,13 @@ pub fn involved_object(invalid: &InvalidObject, snapshot: &Snapshot) -> Option<O
         ),
         ObjectKind::EndpointSlice => (
             "discovery.k8s.io/v1",
-            reference(
-                snapshot
-                    .cluster
-                    .endpoint_slices
-                    .iter()
-                    .find(|s| same(&s.metadata))
-                    .map(|s| s.as_ref()),
-            ),
+            snapshot
+                .cluster
+                .endpoint_slices
+                .iter()
+                .find(|s| same_name(s.namespace.as_deref(), s.name.as_deref()))
+                .map(|s| (s.uid.clone(), s.resource_version.clone()))
+                .unwrap_or_default(),
         ),
         ObjectKind::Node => (
             "v1",

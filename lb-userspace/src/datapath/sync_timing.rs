@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::sync::Installed;
 use super::sync_tests::MemStore;
-use crate::model::{self, ClusterState, Incremental, NodeInfo};
+use crate::model::{self, ClusterState, EndpointSliceInfo, Incremental, NodeInfo};
 
 const SERVICES: usize = 10_000;
 const UDP_SERVICES: usize = 1_000;
@@ -54,7 +54,7 @@ fn service(s: usize) -> Arc<Service> {
     Arc::new(svc)
 }
 
-fn slice(s: usize, changed: bool) -> Arc<EndpointSlice> {
+fn slice(s: usize, changed: bool) -> Arc<EndpointSliceInfo> {
     let name = format!("svc-{s:06}");
     let mut ports = vec![EndpointPort {
         name: Some("http".into()),
@@ -96,7 +96,7 @@ fn slice(s: usize, changed: bool) -> Arc<EndpointSlice> {
     slice.metadata.namespace = Some("bench".into());
     slice.metadata.name = Some(format!("{name}-abcde"));
     slice.metadata.labels = Some([("kubernetes.io/service-name".to_string(), name)].into());
-    Arc::new(slice)
+    Arc::new(slice.into())
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {

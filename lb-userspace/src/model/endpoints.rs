@@ -12,14 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-
-use super::ip::parse_ip_lenient;
-use super::service::{has_skip_label, namespace_or_default};
+use super::service::namespace_or_default;
+use super::slice_info::EndpointSliceInfo;
 use super::types::{InvalidObject, IpFamily, ObjectKind, Protocol, ServiceRef};
-
-/// Label joining an EndpointSlice to its Service (same namespace).
-pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
 
 /// One endpoint of one service port, as kube-proxy's `BaseEndpointInfo`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,22 +74,22 @@ impl EndpointsIndex {
     /// Reads every slice. `node_name` decides locality (an empty name is
     /// never local, as in kube-proxy). Bad entries are appended to `invalid`.
     pub fn build(
-        slices: &[Arc<EndpointSlice>],
+        slices: &[Arc<EndpointSliceInfo>],
         node_name: &str,
         invalid: &mut Vec<InvalidObject>,
     ) -> Self {
         // Merging depends on the order slices are seen in (ties between two
         // non-terminating copies of one IP:port); sort so that the result
         // depends on the objects only, not on list order.
-        let mut sorted: Vec<&EndpointSlice> = slices.iter().map(Arc::as_ref).collect();
-        sorted.sort_by(|a, b| slice_identity(a).cmp(&slice_identity(b)));
+        let mut sorted: Vec<&EndpointSliceInfo> = slices.iter().map(Arc::as_ref).collect();
+        sorted.sort_by(|a, b| a.identity().cmp(&b.identity()));
 
         let mut grouped: BTreeMap<(ServiceRef, IpFamily), Vec<ReadSlice>> = BTreeMap::new();
         for (i, slice) in sorted.iter().enumerate() {
             // Two slices with one namespace/name can only come from files;
             // which one is meant cannot be told, so every copy is ignored.
-            let same = |other: Option<&&EndpointSlice>| {
-                other.is_some_and(|o| slice_identity(o) == slice_identity(slice))
+            let same = |other: Option<&&EndpointSliceInfo>| {
+                other.is_some_and(|o| o.identity() == slice.identity())
             };
             let previous = i.checked_sub(1).and_then(|p| sorted.get(p));
             if same(previous) {
@@ -125,21 +120,12 @@ impl EndpointsIndex {
     }
 }
 
-/// A slice's namespace/name as written: what tells two definitions of one
-/// slice apart, and the order slices are merged in.
-pub fn slice_identity(slice: &EndpointSlice) -> (Option<&str>, Option<&str>) {
-    (
-        slice.metadata.namespace.as_deref(),
-        slice.metadata.name.as_deref(),
-    )
-}
-
 /// The report for a slice defined more than once (only files can do that).
-pub fn duplicate_slice(slice: &EndpointSlice) -> InvalidObject {
+pub fn duplicate_slice(slice: &EndpointSliceInfo) -> InvalidObject {
     InvalidObject {
         kind: ObjectKind::EndpointSlice,
-        namespace: namespace_or_default(slice.metadata.namespace.as_deref()),
-        name: slice.metadata.name.clone().unwrap_or_default(),
+        namespace: namespace_or_default(slice.namespace.as_deref()),
+        name: slice.name.clone().unwrap_or_default(),
         reason: "defined more than once; every definition is ignored".into(),
     }
 }
@@ -208,17 +194,16 @@ pub struct ReadSlice {
 }
 
 pub fn read_slice(
-    slice: &EndpointSlice,
+    slice: &EndpointSliceInfo,
     node_name: &str,
     invalid: &mut Vec<InvalidObject>,
 ) -> Option<ReadSlice> {
-    let meta = &slice.metadata;
     // Listed by kube-proxy with the same label selector as Services.
-    if has_skip_label(meta.labels.as_ref()) {
+    if slice.skipped {
         return None;
     }
-    let namespace = namespace_or_default(meta.namespace.as_deref());
-    let name = meta.name.clone().unwrap_or_default();
+    let namespace = namespace_or_default(slice.namespace.as_deref());
+    let name = slice.name.clone().unwrap_or_default();
     let mut report = |reason: String| {
         invalid.push(InvalidObject {
             kind: ObjectKind::EndpointSlice,
@@ -234,11 +219,7 @@ pub fn read_slice(
 
     // Slices without the label belong to no Service (custom controllers make
     // such slices for their own purposes): ignored, not invalid.
-    let service_name = meta
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(LABEL_SERVICE_NAME))
-        .filter(|n| !n.is_empty())?;
+    let service_name = slice.service_name.as_ref().filter(|n| !n.is_empty())?;
     let family = match slice.address_type.as_str() {
         "IPv4" => IpFamily::V4,
         "IPv6" => IpFamily::V6,
@@ -250,7 +231,7 @@ pub fn read_slice(
     };
 
     let mut ports = Vec::new();
-    for (i, port) in slice.ports.iter().flatten().enumerate() {
+    for (i, port) in slice.ports.iter().enumerate() {
         // The API server defaults a nil name to "" and a nil protocol to TCP
         // (discovery/v1 SetDefaults_EndpointPort); files read in standalone
         // mode are not defaulted, so do it here.
@@ -287,30 +268,34 @@ pub fn read_slice(
     }
 
     let mut endpoints = Vec::new();
-    for (i, ep) in slice.endpoints.iter().flatten().enumerate() {
+    for (i, ep) in slice.endpoints.iter().enumerate() {
         // Only addresses[0] is used; an endpoint without one is ignored.
-        let Some(address) = ep.addresses.first() else {
+        let Some(address) = &ep.address else {
             continue;
         };
-        let Some(ip) = parse_ip_lenient(address) else {
-            report(format!("endpoints[{i}]: invalid address {address:?}"));
+        let Some(ip) = address.ip() else {
+            report(format!(
+                "endpoints[{i}]: invalid address {:?}",
+                address.to_string()
+            ));
             continue;
         };
         if IpFamily::of(&ip) != family {
             report(format!(
-                "endpoints[{i}]: address {address:?} does not match addressType {}",
+                "endpoints[{i}]: address {:?} does not match addressType {}",
+                address.to_string(),
                 slice.address_type
             ));
             continue;
         }
-        let conditions = ep.conditions.as_ref();
+        let conditions = &ep.conditions;
         // Missing conditions mean ready, serving, not terminating: kube-proxy
         // reads `serving` as true when nil (not "same as ready").
-        let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
-        let serving = conditions.and_then(|c| c.serving).unwrap_or(true);
-        let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
+        let ready = conditions.ready.unwrap_or(true);
+        let serving = conditions.serving.unwrap_or(true);
+        let terminating = conditions.terminating.unwrap_or(false);
         let local = !node_name.is_empty() && ep.node_name.as_deref() == Some(node_name);
-        let hints = ep.hints.as_ref();
+        let hints = ep.hints.as_deref();
         let zone_hints = hints
             .and_then(|h| h.for_zones.as_ref())
             .into_iter()
@@ -356,7 +341,7 @@ mod tests {
     use super::*;
     use crate::model::testutil::*;
 
-    fn index(slices: Vec<Arc<EndpointSlice>>) -> (EndpointsIndex, Vec<InvalidObject>) {
+    fn index(slices: Vec<Arc<EndpointSliceInfo>>) -> (EndpointsIndex, Vec<InvalidObject>) {
         let mut invalid = Vec::new();
         let index = EndpointsIndex::build(&slices, NODE, &mut invalid);
         (index, invalid)
@@ -547,7 +532,7 @@ mod tests {
         // (description, slice) → (endpoints left on port "p", reasons).
         type Row = (
             &'static str,
-            Arc<EndpointSlice>,
+            Arc<EndpointSliceInfo>,
             Vec<&'static str>,
             Vec<&'static str>,
         );
@@ -808,7 +793,7 @@ mod tests {
     #[test]
     fn local_ready_ips_count_distinct_ips_over_ports_and_slices() {
         // Reference table "Health count".
-        let cases: Vec<(&str, Vec<Arc<EndpointSlice>>, usize)> = vec![
+        let cases: Vec<(&str, Vec<Arc<EndpointSliceInfo>>, usize)> = vec![
             (
                 "two slices, two ports, same two local IPs",
                 vec![

@@ -24,18 +24,16 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::compute::unique_services;
-use super::endpoints::{
-    ReadSlice, ServiceEndpoints, duplicate_slice, merge_slices, read_slice, slice_identity,
-};
+use super::endpoints::{ReadSlice, ServiceEndpoints, duplicate_slice, merge_slices, read_slice};
 use super::memo::{ByObject, Changes, Derived};
 use super::merge::Merger;
 use super::patch::{patch, same_claims};
 use super::plan::{ServicePlan, plan_service};
 use super::reports::Reports;
 use super::service::read_service;
+use super::slice_info::EndpointSliceInfo;
 use super::types::{
     ClusterState, Computed, DesiredState, InvalidObject, IpFamily, NodeInfo, ServiceRef,
 };
@@ -74,7 +72,7 @@ pub enum Pass {
     Planned,
 }
 
-/// A slice's namespace/name as `slice_identity` reads it, owned.
+/// A slice's namespace/name as `EndpointSliceInfo::identity` gives it, owned.
 type SliceName = (Option<String>, Option<String>);
 
 /// What the last merge gave.
@@ -103,15 +101,15 @@ impl Derived for ServiceRead {
 
 #[derive(Debug)]
 struct SliceRead {
-    object: Arc<EndpointSlice>,
+    object: Arc<EndpointSliceInfo>,
     /// The Service and family it serves, None when it is not used.
     target: Option<(ServiceRef, IpFamily)>,
     invalid: Vec<InvalidObject>,
 }
 
 impl Derived for SliceRead {
-    type Object = EndpointSlice;
-    fn object(&self) -> &Arc<EndpointSlice> {
+    type Object = EndpointSliceInfo;
+    fn object(&self) -> &Arc<EndpointSliceInfo> {
         &self.object
     }
 }
@@ -270,7 +268,7 @@ impl Incremental {
             |read| read.service.clone(),
         )?;
         let slice_pairs = pair(&slices.removed, &slices.added, |slice| {
-            let (namespace, name) = slice_identity(&slice.object);
+            let (namespace, name) = slice.object.identity();
             (namespace.map(str::to_owned), name.map(str::to_owned))
         })?;
 
@@ -292,7 +290,7 @@ impl Incremental {
         for (old, new) in slice_pairs {
             // No copy of a slice defined twice is read, nor reported but as
             // a duplicate (which it still is).
-            let identity = slice_identity(&old.object);
+            let identity = old.object.identity();
             if self
                 .duplicated_slices
                 .binary_search_by(|(ns, name)| (ns.as_deref(), name.as_deref()).cmp(&identity))
@@ -362,7 +360,7 @@ fn read_service_object(object: &Arc<Service>) -> ServiceRead {
     }
 }
 
-fn read_slice_object(object: &Arc<EndpointSlice>, node_name: &str) -> SliceRead {
+fn read_slice_object(object: &Arc<EndpointSliceInfo>, node_name: &str) -> SliceRead {
     let mut invalid = Vec::new();
     let target =
         read_slice(object, node_name, &mut invalid).map(|read| (read.service, read.family));
@@ -401,7 +399,7 @@ impl SliceRead {
     fn merge_order(&self) -> (Option<IpFamily>, (Option<&str>, Option<&str>)) {
         (
             self.target.as_ref().map(|(_, family)| *family),
-            slice_identity(&self.object),
+            self.object.identity(),
         )
     }
 }
@@ -415,19 +413,19 @@ fn used_slices<'a>(
     invalid: &mut Vec<InvalidObject>,
 ) -> (Vec<&'a Arc<SliceRead>>, Vec<SliceName>) {
     let mut sorted: Vec<&Arc<SliceRead>> = slices.iter().collect();
-    sorted.sort_by(|a, b| slice_identity(&a.object).cmp(&slice_identity(&b.object)));
+    sorted.sort_by(|a, b| a.object.identity().cmp(&b.object.identity()));
     let mut used = Vec::with_capacity(sorted.len());
     let mut duplicated = Vec::new();
     for (i, slice) in sorted.iter().enumerate() {
         let same = |other: Option<&&Arc<SliceRead>>| {
-            other.is_some_and(|o| slice_identity(&o.object) == slice_identity(&slice.object))
+            other.is_some_and(|o| o.object.identity() == slice.object.identity())
         };
         if same(i.checked_sub(1).and_then(|p| sorted.get(p))) {
             continue;
         }
         if same(sorted.get(i + 1)) {
             invalid.push(duplicate_slice(&slice.object));
-            let (namespace, name) = slice_identity(&slice.object);
+            let (namespace, name) = slice.object.identity();
             duplicated.push((namespace.map(str::to_owned), name.map(str::to_owned)));
             continue;
         }

@@ -7,8 +7,8 @@
 
 use std::sync::Arc;
 
+use super::EndpointSliceInfo;
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::testutil::*;
 use super::types::{ClusterState, NodeInfo};
@@ -66,7 +66,7 @@ fn random_service_named(rng: &mut Rng, ns: &str, name: &str) -> Arc<Service> {
     s.build()
 }
 
-fn random_slice(rng: &mut Rng) -> Arc<EndpointSlice> {
+fn random_slice(rng: &mut Rng) -> Arc<EndpointSliceInfo> {
     let ns = rng.pick(NAMESPACES);
     let service_name = rng.pick(NAMES);
     let name = format!("{service_name}-{}", rng.below(3));
@@ -79,7 +79,7 @@ fn random_slice_named(
     ns: &str,
     name: &str,
     service_name: &str,
-) -> Arc<EndpointSlice> {
+) -> Arc<EndpointSliceInfo> {
     let family = if rng.chance(15) { "IPv6" } else { "IPv4" };
     let mut b = slice(ns, name, service_name, family)
         .port("http", "TCP", 8080)
@@ -173,13 +173,15 @@ fn incremental_equals_compute_after_every_change() {
 
 /// A new version of a random slice of the list: other endpoints, now and
 /// then another family or Service.
-fn replace_slice(rng: &mut Rng, slices: &mut [Arc<EndpointSlice>]) {
+fn replace_slice(rng: &mut Rng, slices: &mut [Arc<EndpointSliceInfo>]) {
     if slices.is_empty() {
         return;
     }
     let i = rng.below(slices.len());
-    let meta = &slices[i].metadata;
-    let (ns, name) = (meta.namespace.clone().unwrap(), meta.name.clone().unwrap());
+    let (ns, name) = (
+        slices[i].namespace.clone().unwrap(),
+        slices[i].name.clone().unwrap(),
+    );
     let service_name = if rng.chance(10) {
         rng.pick(NAMES).to_string()
     } else {

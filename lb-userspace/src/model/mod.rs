@@ -3,6 +3,7 @@
 //!
 //! - [`ip`]: lenient IP/CIDR parsing (kube-proxy's ParseIPSloppy).
 //! - `service`: a v1 Service, defaulted and validated.
+//! - `slice_info`: what the model keeps of an EndpointSlice.
 //! - `endpoints`: EndpointSlices merged per Service, port and family.
 //! - `topology`: kube-proxy's CategorizeEndpoints.
 //! - `plan`: one Service's backend sets and the frontends it asks for.
@@ -40,6 +41,7 @@ mod patch;
 mod plan;
 mod reports;
 mod service;
+mod slice_info;
 mod topology;
 mod types;
 
@@ -53,6 +55,7 @@ mod testutil;
 pub use compute::compute;
 pub use incremental::{Incremental, Pass};
 pub use node::node_info;
+pub use slice_info::{EndpointAddress, EndpointInfo, EndpointSliceInfo, LABEL_SERVICE_NAME};
 pub use types::*;
 
 /// Hash maps for lookups on the control loop's hot path. Keys are

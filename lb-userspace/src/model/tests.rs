@@ -6,7 +6,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::endpoints::EndpointsIndex;
 use super::testutil::*;
@@ -16,14 +15,14 @@ use super::*;
 // ---------------------------------------------------------------------------
 // Helpers
 
-fn run(services: Vec<Arc<Service>>, slices: Vec<Arc<EndpointSlice>>) -> Computed {
+fn run(services: Vec<Arc<Service>>, slices: Vec<Arc<EndpointSliceInfo>>) -> Computed {
     run_on(&node(), services, slices)
 }
 
 fn run_on(
     node: &NodeInfo,
     services: Vec<Arc<Service>>,
-    slices: Vec<Arc<EndpointSlice>>,
+    slices: Vec<Arc<EndpointSliceInfo>>,
 ) -> Computed {
     let state = ClusterState {
         services,
@@ -370,7 +369,7 @@ enum St {
     NotServing,
 }
 
-fn terminating_slice(eps: &[(&str, bool, St)]) -> Arc<EndpointSlice> {
+fn terminating_slice(eps: &[(&str, bool, St)]) -> Arc<EndpointSliceInfo> {
     let mut s = slice("ns1", "svc1-abc", "svc1", "IPv4").port("", "TCP", 80);
     for (ip, local, st) in eps {
         let e = ep(ip).node(if *local { NODE } else { "host-1" });
@@ -385,7 +384,7 @@ fn terminating_slice(eps: &[(&str, bool, St)]) -> Arc<EndpointSlice> {
 
 /// The Local selection (what an external client of an eTP=Local frontend
 /// would get) straight from CategorizeEndpoints on the merged slices.
-fn external_local_selection(slices: &[Arc<EndpointSlice>]) -> Served {
+fn external_local_selection(slices: &[Arc<EndpointSliceInfo>]) -> Served {
     let mut invalid = Vec::new();
     let index = EndpointsIndex::build(slices, NODE, &mut invalid);
     let eps = index
@@ -591,7 +590,7 @@ fn upstream_topology_through_compute() {
         addresses: vec![ip("192.168.0.2")],
         zone: zone.map(Into::into),
     };
-    let cases: Vec<(&str, NodeInfo, Arc<EndpointSlice>, Served)> = vec![
+    let cases: Vec<(&str, NodeInfo, Arc<EndpointSliceInfo>, Served)> = vec![
         (
             "zone-a node, zone hints",
             node_in(Some("zone-a"), NODE),
@@ -863,7 +862,7 @@ fn slices_are_merged_and_duplicates_keep_the_non_terminating_copy() {
     // (what, slices) → (backend, terminating) of the ClusterIP.
     type Row = (
         &'static str,
-        Vec<Arc<EndpointSlice>>,
+        Vec<Arc<EndpointSliceInfo>>,
         Vec<(&'static str, bool)>,
     );
     let cases: Vec<Row> = vec![
@@ -1356,7 +1355,7 @@ fn empty_outcome_table() {
     type Row = (
         &'static str,
         Option<&'static str>,
-        Vec<Arc<EndpointSlice>>,
+        Vec<Arc<EndpointSliceInfo>>,
         Served,
     );
     let cases: Vec<Row> = vec![
@@ -1604,7 +1603,7 @@ fn invalid_input_is_reported_and_disturbs_nothing_else() {
     struct Case {
         name: &'static str,
         services: Vec<Arc<Service>>,
-        slices: Vec<Arc<EndpointSlice>>,
+        slices: Vec<Arc<EndpointSliceInfo>>,
         reasons: Vec<&'static str>,
         /// Frontends of the bad objects that must still be served.
         still: Vec<(&'static str, Served)>,

@@ -12,7 +12,7 @@ use k8s_openapi::api::discovery::v1::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::endpoints::LABEL_SERVICE_NAME;
+use super::slice_info::{EndpointSliceInfo, LABEL_SERVICE_NAME};
 use super::types::NodeInfo;
 
 /// This node in the reference tables.
@@ -239,8 +239,8 @@ impl SliceBuilder {
         self
     }
 
-    pub fn build(self) -> Arc<EndpointSlice> {
-        Arc::new(self.0)
+    pub fn build(self) -> Arc<EndpointSliceInfo> {
+        Arc::new(self.0.into())
     }
 }
 

@@ -257,7 +257,8 @@ pub struct NodeInfo {
 #[derive(Clone, Debug, Default)]
 pub struct ClusterState {
     pub services: Vec<std::sync::Arc<k8s_openapi::api::core::v1::Service>>,
-    pub endpoint_slices: Vec<std::sync::Arc<k8s_openapi::api::discovery::v1::EndpointSlice>>,
+    /// Each slice as the model reads it ([`super::EndpointSliceInfo`]).
+    pub endpoint_slices: Vec<std::sync::Arc<super::EndpointSliceInfo>>,
 }
 
 /// The model's result: desired state plus every object it had to skip.

@@ -17,6 +17,7 @@
 //! snapshot stays in force.
 
 use std::{
+    borrow::Cow,
     collections::BTreeSet,
     fmt::{self, Debug},
     path::Path,
@@ -35,13 +36,13 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{
         WatchStreamExt as _,
-        reflector::{ObjectRef, store::Writer},
+        reflector::{self, ObjectRef, store::Writer},
         watcher,
     },
 };
 use serde::de::DeserializeOwned;
 
-use crate::model::ClusterState;
+use crate::model::{ClusterState, EndpointSliceInfo};
 use crate::source::{Snapshot, SnapshotSender, slim};
 
 /// kube-proxy's selector: Services (and their slices) handled by another
@@ -212,7 +213,7 @@ pub async fn check_node(client: Client, node_name: String) {
 /// An event of one of the watchers (boxed: the objects are large).
 enum Update {
     Service(Box<watcher::Event<Service>>),
-    Slice(Box<watcher::Event<EndpointSlice>>),
+    Slice(Box<watcher::Event<EndpointSliceInfo>>),
     Node(Box<watcher::Event<Node>>),
 }
 
@@ -250,12 +251,12 @@ impl Update {
 
 type Item = (Watched, Result<Update, watcher::Error>);
 
-/// One watcher with kube-runtime's default backoff, its objects slimmed.
+/// One watcher with kube-runtime's default backoff; `wrap` reduces each
+/// object to what is kept of it.
 fn watch<K>(
     api: Api<K>,
     config: watcher::Config,
     what: Watched,
-    slim: fn(&mut K),
     wrap: fn(watcher::Event<K>) -> Update,
 ) -> BoxStream<'static, Item>
 where
@@ -263,8 +264,50 @@ where
 {
     watcher(api, config)
         .default_backoff()
-        .map(move |r| (what, r.map(|e| wrap(e.modify(slim)))))
+        .map(move |r| (what, r.map(wrap)))
         .boxed()
+}
+
+/// The same event with each object turned into another type.
+fn map_event<A, B>(event: watcher::Event<A>, f: impl Fn(A) -> B) -> watcher::Event<B> {
+    match event {
+        watcher::Event::Apply(o) => watcher::Event::Apply(f(o)),
+        watcher::Event::Delete(o) => watcher::Event::Delete(f(o)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(o) => watcher::Event::InitApply(f(o)),
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
+}
+
+/// The reflector keys what it stores by kind, namespace and name: an
+/// EndpointSlice is stored as the model's reduced copy of it.
+impl reflector::Lookup for EndpointSliceInfo {
+    type DynamicType = ();
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        <EndpointSlice as Resource>::kind(&())
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        <EndpointSlice as Resource>::group(&())
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        <EndpointSlice as Resource>::version(&())
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        <EndpointSlice as Resource>::plural(&())
+    }
+    fn name(&self) -> Option<Cow<'_, str>> {
+        self.name.as_deref().map(Cow::Borrowed)
+    }
+    fn namespace(&self) -> Option<Cow<'_, str>> {
+        self.namespace.as_deref().map(Cow::Borrowed)
+    }
+    fn resource_version(&self) -> Option<Cow<'_, str>> {
+        self.resource_version.as_deref().map(Cow::Borrowed)
+    }
+    fn uid(&self) -> Option<Cow<'_, str>> {
+        self.uid.as_deref().map(Cow::Borrowed)
+    }
 }
 
 fn slim_meta<K: Resource>(o: &mut K) {
@@ -297,7 +340,7 @@ fn node_view(n: &Node) -> impl PartialEq + '_ {
 /// The reflector stores and which of them had their initial list.
 struct Stores {
     services: Writer<Service>,
-    slices: Writer<EndpointSlice>,
+    slices: Writer<EndpointSliceInfo>,
     nodes: Writer<Node>,
     listed: BTreeSet<Watched>,
     node_name: String,
@@ -346,10 +389,7 @@ impl Stores {
                 .cmp(&(&b.metadata.namespace, &b.metadata.name))
         });
         let mut endpoint_slices = self.slices.as_reader().state();
-        endpoint_slices.sort_by(|a, b| {
-            (&a.metadata.namespace, &a.metadata.name)
-                .cmp(&(&b.metadata.namespace, &b.metadata.name))
-        });
+        endpoint_slices.sort_by(|a, b| a.identity().cmp(&b.identity()));
         let node = self
             .nodes
             .as_reader()
@@ -384,22 +424,19 @@ pub async fn run(
             Api::<Service>::all(client.clone()),
             labelled(),
             Watched::Services,
-            slim::service,
-            |e| Update::Service(Box::new(e)),
+            |e| Update::Service(Box::new(e.modify(slim::service))),
         ),
         watch(
             Api::<EndpointSlice>::all(client.clone()),
             labelled(),
             Watched::EndpointSlices,
-            slim::endpoint_slice,
-            |e| Update::Slice(Box::new(e)),
+            |e| Update::Slice(Box::new(map_event(e, EndpointSliceInfo::from))),
         ),
         watch(
             Api::<Node>::all(client),
             watcher::Config::default().fields(&format!("metadata.name={node_name}")),
             Watched::Node,
-            slim_node,
-            |e| Update::Node(Box::new(e)),
+            |e| Update::Node(Box::new(e.modify(slim_node))),
         ),
     ];
     let mut events = futures::stream::select_all(streams);
@@ -533,6 +570,72 @@ mod tests {
             .map(|s| format!("{}/{}", s.namespace().unwrap(), s.name_any()))
             .collect();
         assert_eq!(names, ["a/b", "a/y", "b/x"]);
+    }
+
+    /// Slices are stored reduced, keyed by namespace/name as objects are.
+    #[test]
+    fn kube_slices_are_stored_as_the_model_reads_them() {
+        let mut stores = Stores::new("n1".into());
+        let slice = |ns: &str, name: &str, ip: &str| {
+            let mut s = EndpointSlice {
+                address_type: "IPv4".into(),
+                endpoints: Some(vec![k8s_openapi::api::discovery::v1::Endpoint {
+                    addresses: vec![ip.into()],
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            };
+            s.metadata.namespace = Some(ns.into());
+            s.metadata.name = Some(name.into());
+            s.metadata.uid = Some(format!("uid-{name}"));
+            s
+        };
+        let apply = |stores: &mut Stores, e: watcher::Event<EndpointSlice>| {
+            stores.apply(&Update::Slice(Box::new(map_event(
+                e,
+                EndpointSliceInfo::from,
+            ))))
+        };
+        apply(
+            &mut stores,
+            watcher::Event::Apply(slice("b", "s", "10.0.0.1")),
+        );
+        apply(
+            &mut stores,
+            watcher::Event::Apply(slice("a", "s", "10.0.0.2")),
+        );
+        // An update replaces the slice of that namespace/name.
+        apply(
+            &mut stores,
+            watcher::Event::Apply(slice("b", "s", "10.0.0.3")),
+        );
+        let view = |stores: &Stores| -> Vec<(String, String, String)> {
+            stores
+                .snapshot()
+                .cluster
+                .endpoint_slices
+                .iter()
+                .map(|s| {
+                    (
+                        s.namespace.clone().unwrap(),
+                        s.uid.clone().unwrap(),
+                        s.endpoints[0].address.as_ref().unwrap().to_string(),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(
+            view(&stores),
+            [
+                ("a".into(), "uid-s".into(), "10.0.0.2".into()),
+                ("b".into(), "uid-s".into(), "10.0.0.3".into())
+            ]
+        );
+        apply(&mut stores, watcher::Event::Delete(slice("a", "s", "")));
+        assert_eq!(
+            view(&stores),
+            [("b".into(), "uid-s".into(), "10.0.0.3".into())]
+        );
     }
 
     #[test]

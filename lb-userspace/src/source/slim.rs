@@ -1,17 +1,14 @@
-//! Dropping what the model never reads from objects as they arrive, before
+//! Dropping what the model never reads from Services as they arrive, before
 //! a source stores them.
 //!
-//! Every Service and EndpointSlice stays in memory for as long as it
-//! exists, so at 10,000 Services the objects are most of the agent's
-//! memory. Gone are the server's bookkeeping (managedFields, which is
-//! often larger than the object, and annotations such as
-//! last-applied-configuration) and the parts of an endpoint kube-proxy
-//! ignores (targetRef, hostname, deprecatedTopology). Vectors are
-//! shrunk to their length: deserializing a sequence of unknown length
-//! grows its vector by doubling, and an endpoint is 352 bytes.
+//! Every Service stays in memory for as long as it exists. Gone are the
+//! server's bookkeeping (managedFields, which is often larger than the
+//! object, and annotations such as last-applied-configuration). Vectors
+//! are shrunk to their length: deserializing a sequence of unknown length
+//! grows its vector by doubling. (EndpointSlices, the larger part, are
+//! kept as `model::EndpointSliceInfo` instead.)
 
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 fn metadata(meta: &mut ObjectMeta) {
@@ -26,29 +23,14 @@ pub fn service(service: &mut Service) {
     }
 }
 
-pub fn endpoint_slice(slice: &mut EndpointSlice) {
-    metadata(&mut slice.metadata);
-    let endpoints = slice.endpoints.iter_mut().flatten();
-    for endpoint in endpoints {
-        endpoint.target_ref = None;
-        endpoint.hostname = None;
-        endpoint.deprecated_topology = None;
-        endpoint.addresses.shrink_to_fit();
-    }
-    if let Some(endpoints) = slice.endpoints.as_mut() {
-        endpoints.shrink_to_fit();
-    }
-    if let Some(ports) = slice.ports.as_mut() {
-        ports.shrink_to_fit();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
     use k8s_openapi::api::core::v1::ObjectReference;
     use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointHints, ForZone};
+
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
 
     use super::*;
     use crate::model::{self, ClusterState};
@@ -118,25 +100,19 @@ mod tests {
     /// result is the same for the full and the slimmed objects.
     #[test]
     fn slimmed_objects_compute_the_same() {
-        let (service, slice) = (full_service(), full_slice());
-        let (mut slim_service, mut slim_slice) = (service.clone(), slice.clone());
+        let service = full_service();
+        let mut slim_service = service.clone();
         super::service(&mut slim_service);
-        endpoint_slice(&mut slim_slice);
-
-        assert!(slim_slice.metadata.managed_fields.is_none());
-        assert!(slim_slice.metadata.annotations.is_none());
-        let endpoints = slim_slice.endpoints.as_ref().unwrap();
-        assert!(endpoints.iter().all(|e| e.target_ref.is_none()));
-        assert_eq!(endpoints.capacity(), endpoints.len());
         assert!(slim_service.metadata.managed_fields.is_none());
+        assert!(slim_service.metadata.annotations.is_none());
 
         let node = model::node_info(None, "node-a", &["10.0.0.1".parse().unwrap()]);
-        let state = |svc: Service, slice: EndpointSlice| ClusterState {
+        let state = |svc: Service| ClusterState {
             services: vec![Arc::new(svc)],
-            endpoint_slices: vec![Arc::new(slice)],
+            endpoint_slices: vec![Arc::new(full_slice().into())],
         };
-        let full = model::compute(&state(service, slice), &node);
-        let slim = model::compute(&state(slim_service, slim_slice), &node);
+        let full = model::compute(&state(service), &node);
+        let slim = model::compute(&state(slim_service), &node);
         assert!(!full.desired.frontends.is_empty());
         assert_eq!(full.desired, slim.desired);
         assert_eq!(full.invalid, slim.invalid);

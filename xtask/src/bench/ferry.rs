@@ -156,19 +156,12 @@ pub fn agent_main(a: AgentArgs) -> Result<()> {
     let index = base
         .endpoint_slices
         .iter()
-        .position(|s| {
-            s.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get("kubernetes.io/service-name"))
-                == Some(&name)
-        })
+        .position(|s| s.service_name.as_ref() == Some(&name))
         .ok_or_else(|| anyhow!("no slice for {name}"))?;
     let mut changed_slice = (*base.endpoint_slices[index]).clone();
-    if let Some(ep) = changed_slice.endpoints.as_mut().and_then(|e| e.last_mut()) {
-        let c = ep.conditions.get_or_insert_with(Default::default);
-        c.ready = Some(false);
-        c.serving = Some(false);
+    if let Some(ep) = changed_slice.endpoints.last_mut() {
+        ep.conditions.ready = Some(false);
+        ep.conditions.serving = Some(false);
     }
     let changed_slice = Arc::new(changed_slice);
 

@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -247,27 +247,22 @@ pub fn service_ports(state: &ClusterState) -> Vec<ServicePort> {
         if slice.address_type != "IPv4" {
             continue;
         }
-        let namespace = slice.metadata.namespace.clone().unwrap_or_default();
-        let Some(service) = slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("kubernetes.io/service-name"))
-        else {
+        let namespace = slice.namespace.clone().unwrap_or_default();
+        let Some(service) = &slice.service_name else {
             continue;
         };
         let eps = by_service.entry((namespace, service.clone())).or_default();
-        for port in slice.ports.iter().flatten() {
+        for port in &slice.ports {
             let (Some(number), Some(proto)) = (port.port, proto_of(port.protocol.as_deref()))
             else {
                 continue;
             };
             let port_name = port.name.clone().unwrap_or_default();
-            for ep in slice.endpoints.iter().flatten() {
-                let Some(addr) = ep.addresses.first().and_then(|a| a.parse().ok()) else {
+            for ep in &slice.endpoints {
+                let Some(IpAddr::V4(addr)) = ep.address.as_ref().and_then(|a| a.ip()) else {
                     continue;
                 };
-                let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+                let ready = ep.conditions.ready.unwrap_or(true);
                 eps.push((port_name.clone(), proto, number as u16, addr, ready));
             }
         }

@@ -2,10 +2,9 @@
 //! files. Cheap (no parsing, objects are shared), so it is redone whole
 //! whenever any file changes.
 
-use std::collections::HashMap;
 use std::collections::hash_map;
 
-use crate::model::{ClusterState, InvalidObject, ObjectKind};
+use crate::model::{ClusterState, FoldHashMap, InvalidObject, ObjectKind};
 use crate::source::Snapshot;
 
 use super::objects::{Entry, Object};
@@ -20,7 +19,8 @@ pub(super) fn assemble<'e>(
 ) -> Snapshot {
     let objects = files.clone().into_iter().map(|entries| entries.len()).sum();
     // Where each identity was first defined; borrowed from the entries.
-    let mut seen: HashMap<(ObjectKind, &str, &str), &str> = HashMap::with_capacity(objects);
+    let mut seen: FoldHashMap<(ObjectKind, &str, &str), &str> =
+        FoldHashMap::with_capacity_and_hasher(objects, Default::default());
     let mut snapshot = Snapshot::default();
     let ClusterState {
         services,
@@ -32,7 +32,7 @@ pub(super) fn assemble<'e>(
                 snapshot.invalid.push(invalid.clone());
                 continue;
             }
-            Entry::Object { object, origin } => (object, origin),
+            Entry::Object { object, origin, .. } => (object, origin),
         };
         let key = object.key();
         match seen.entry(key) {

@@ -20,7 +20,8 @@ use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::model::{InvalidObject, ObjectKind};
+use super::files::content_hash;
+use crate::model::{EndpointSliceInfo, FoldHashMap, InvalidObject, ObjectKind};
 use crate::source::slim;
 
 /// Namespace given to Services and EndpointSlices that name none, as
@@ -126,7 +127,7 @@ impl Known {
 #[derive(Clone, Debug)]
 pub(super) enum Object {
     Service(Arc<Service>),
-    EndpointSlice(Arc<EndpointSlice>),
+    EndpointSlice(Arc<EndpointSliceInfo>),
     Node(Arc<Node>),
 }
 
@@ -134,24 +135,27 @@ impl Object {
     /// What duplicates are detected by: kind, namespace (empty for Nodes)
     /// and name.
     pub fn key(&self) -> (ObjectKind, &str, &str) {
-        let (kind, meta) = match self {
-            Object::Service(s) => (ObjectKind::Service, &s.metadata),
-            Object::EndpointSlice(s) => (ObjectKind::EndpointSlice, &s.metadata),
-            Object::Node(n) => (ObjectKind::Node, &n.metadata),
+        let (kind, namespace, name) = match self {
+            Object::Service(s) => (
+                ObjectKind::Service,
+                s.metadata.namespace.as_deref(),
+                &s.metadata.name,
+            ),
+            Object::EndpointSlice(s) => {
+                (ObjectKind::EndpointSlice, s.namespace.as_deref(), &s.name)
+            }
+            Object::Node(n) => (ObjectKind::Node, None, &n.metadata.name),
         };
-        let namespace = match self {
-            Object::Node(_) => "",
-            _ => meta.namespace.as_deref().unwrap_or(""),
-        };
-        (kind, namespace, meta.name.as_deref().unwrap_or(""))
+        (kind, namespace.unwrap_or(""), name.as_deref().unwrap_or(""))
     }
 
     /// Equal objects of one kind (deep comparison).
+    /// The same `Arc` is equal at the cost of a pointer comparison.
     pub fn same_content(&self, other: &Object) -> bool {
         match (self, other) {
-            (Object::Service(a), Object::Service(b)) => a == b,
-            (Object::EndpointSlice(a), Object::EndpointSlice(b)) => a == b,
-            (Object::Node(a), Object::Node(b)) => a == b,
+            (Object::Service(a), Object::Service(b)) => Arc::ptr_eq(a, b) || a == b,
+            (Object::EndpointSlice(a), Object::EndpointSlice(b)) => Arc::ptr_eq(a, b) || a == b,
+            (Object::Node(a), Object::Node(b)) => Arc::ptr_eq(a, b) || a == b,
             _ => false,
         }
     }
@@ -161,10 +165,13 @@ impl Object {
 /// decides which of two duplicates is kept, and reports are listed in it.
 #[derive(Clone, Debug)]
 pub(super) enum Entry {
-    /// `origin`: where it was defined, for duplicate reports.
+    /// `origin`: where it was defined, for duplicate reports; `text`: the
+    /// hash of the JSON text it was decoded from, if it was decoded from
+    /// its text alone (see [`Collector::reusing`]).
     Object {
         object: Object,
         origin: String,
+        text: Option<u64>,
     },
     Invalid(InvalidObject),
 }
@@ -173,9 +180,35 @@ pub(super) enum Entry {
 #[derive(Default)]
 pub(super) struct Collector {
     entries: Vec<Entry>,
+    /// Objects of the file's last parse, by the hash of their JSON text.
+    reusable: FoldHashMap<u64, Object>,
 }
 
 impl Collector {
+    /// A collector that takes the object of `previous` (the file's entries
+    /// as last parsed) for a JSON object whose text is the same, instead of
+    /// decoding it again: in a file of a thousand Services of which one
+    /// changed, decoding the others took 30 ms, the hash of their text
+    /// 0.3 ms. Their `Arc`s stay the same, which `model::Incremental`
+    /// relies on too.
+    pub fn reusing(previous: &[Entry]) -> Self {
+        let reusable = previous
+            .iter()
+            .filter_map(|entry| match entry {
+                Entry::Object {
+                    object,
+                    text: Some(text),
+                    ..
+                } => Some((*text, object.clone())),
+                _ => None,
+            })
+            .collect();
+        Collector {
+            entries: Vec::new(),
+            reusable,
+        }
+    }
+
     pub fn finish(self) -> Vec<Entry> {
         self.entries
     }
@@ -185,9 +218,14 @@ impl Collector {
     }
 
     fn accept(&mut self, object: Object, origin: &Origin<'_>) {
+        self.accept_text(object, origin, None);
+    }
+
+    fn accept_text(&mut self, object: Object, origin: &Origin<'_>, text: Option<u64>) {
         self.entries.push(Entry::Object {
             object,
             origin: origin.to_string(),
+            text,
         });
     }
 
@@ -245,38 +283,39 @@ impl Collector {
         match known {
             Known::Service => {
                 if let Some(service) = self.decode::<Service>(known, map, origin) {
-                    self.accept_service(service, origin);
+                    self.accept(Self::service_object(service), origin);
                 }
             }
             Known::EndpointSlice => {
                 if let Some(slice) = self.decode::<EndpointSlice>(known, map, origin) {
-                    self.accept_endpoint_slice(slice, origin);
+                    self.accept(Self::endpoint_slice_object(slice), origin);
                 }
             }
             Known::Node => {
                 if let Some(node) = self.decode::<Node>(known, map, origin) {
-                    self.accept_node(node, origin);
+                    self.accept(Self::node_object(node), origin);
                 }
             }
         }
     }
 
-    fn accept_service(&mut self, mut service: Service, origin: &Origin<'_>) {
+    /// A Service as kept: slimmed, in its namespace.
+    fn service_object(mut service: Service) -> Object {
         slim::service(&mut service);
         default_namespace(&mut service.metadata);
-        self.accept(Object::Service(Arc::new(service)), origin);
+        Object::Service(Arc::new(service))
     }
 
-    fn accept_endpoint_slice(&mut self, mut slice: EndpointSlice, origin: &Origin<'_>) {
-        slim::endpoint_slice(&mut slice);
+    /// A slice as kept: in its namespace, reduced to what the model reads.
+    fn endpoint_slice_object(mut slice: EndpointSlice) -> Object {
         default_namespace(&mut slice.metadata);
-        self.accept(Object::EndpointSlice(Arc::new(slice)), origin);
+        Object::EndpointSlice(Arc::new(slice.into()))
     }
 
     /// Every Node is kept, whatever its name: which one is this node's is
     /// decided on assembly (where duplicates of all of them are reported).
-    fn accept_node(&mut self, node: Node, origin: &Origin<'_>) {
-        self.accept(Object::Node(Arc::new(node)), origin);
+    fn node_object(node: Node) -> Object {
+        Object::Node(Arc::new(node))
     }
 
     /// Reads one JSON document (or List item) given as its text.
@@ -300,7 +339,17 @@ impl Collector {
         inherited: Option<(&'static str, &str)>,
         origin: &Origin<'_>,
     ) {
-        if self.try_add_typed(raw, origin) {
+        // An item of a typed List may depend on the List's kind: only an
+        // object's own text is taken to decide what it decodes to.
+        let text = inherited
+            .is_none()
+            .then(|| content_hash(raw.get().as_bytes()));
+        if let Some(object) = text.and_then(|t| self.reusable.get(&t)) {
+            let object = object.clone();
+            self.accept_text(object, origin, text);
+            return;
+        }
+        if self.try_add_typed(raw, origin, text) {
             return;
         }
         match serde_json::from_str::<Value>(raw.get()) {
@@ -317,7 +366,9 @@ impl Collector {
 
     /// The fast path of [`Collector::add_json`]; false when the general
     /// path must read (and, if need be, report) the document instead.
-    fn try_add_typed(&mut self, raw: &RawValue, origin: &Origin<'_>) -> bool {
+    /// `text`: the hash of `raw`, if an object decoded from it is to be
+    /// reused for the same text.
+    fn try_add_typed(&mut self, raw: &RawValue, origin: &Origin<'_>, text: Option<u64>) -> bool {
         let Ok(head) = serde_json::from_str::<Head<'_>>(raw.get()) else {
             return false;
         };
@@ -346,20 +397,21 @@ impl Collector {
             return false;
         }
         let named = |meta: &ObjectMeta| meta.name.as_deref().is_some_and(|n| !n.is_empty());
-        match known {
+        let object = match known {
             Known::Service => match serde_json::from_str::<Service>(raw.get()) {
-                Ok(service) if named(&service.metadata) => self.accept_service(service, origin),
+                Ok(service) if named(&service.metadata) => Self::service_object(service),
                 _ => return false,
             },
             Known::EndpointSlice => match serde_json::from_str::<EndpointSlice>(raw.get()) {
-                Ok(slice) if named(&slice.metadata) => self.accept_endpoint_slice(slice, origin),
+                Ok(slice) if named(&slice.metadata) => Self::endpoint_slice_object(slice),
                 _ => return false,
             },
             Known::Node => match serde_json::from_str::<Node>(raw.get()) {
-                Ok(node) if named(&node.metadata) => self.accept_node(node, origin),
+                Ok(node) if named(&node.metadata) => Self::node_object(node),
                 _ => return false,
             },
-        }
+        };
+        self.accept_text(object, origin, text);
         true
     }
 

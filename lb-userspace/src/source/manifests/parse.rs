@@ -9,8 +9,14 @@ use super::objects::{Collector, Entry, Origin};
 /// The entries of the file at `path`: from its bytes, or, when they could
 /// not be had, one whole-file report with `Err`'s cause. JSON or YAML is
 /// decided by the extension (anything but `.json` is YAML, a superset).
-pub(super) fn parse_file(path: &Path, content: Result<&[u8], &str>) -> Vec<Entry> {
-    let mut collector = Collector::default();
+/// `previous`: the file's entries as last parsed, whose objects are reused
+/// for JSON objects of unchanged text.
+pub(super) fn parse_file(
+    path: &Path,
+    content: Result<&[u8], &str>,
+    previous: &[Entry],
+) -> Vec<Entry> {
+    let mut collector = Collector::reusing(previous);
     match content {
         Err(cause) => collector.unreadable(&Origin::file(path), cause),
         Ok(bytes) if is_json(path) => {

@@ -13,7 +13,7 @@ use super::assemble::assemble;
 use super::files::{self, FileId};
 use super::objects::{Entry, Object};
 use super::parse::parse_file;
-use crate::model::ObjectKind;
+use crate::model::{FoldHashMap, ObjectKind};
 use crate::source::Snapshot;
 
 /// Reads the manifests under a PATH (see the module documentation of
@@ -228,10 +228,9 @@ fn settle(
         }
         other => other,
     };
-    let mut entries = parse_file(path, content.as_deref().map_err(String::as_str));
-    if let Some(previous) = previous {
-        keep_unchanged_objects(&mut entries, previous.entries);
-    }
+    let previous = previous.map(|file| file.entries).unwrap_or_default();
+    let mut entries = parse_file(path, content.as_deref().map_err(String::as_str), &previous);
+    keep_unchanged_objects(&mut entries, previous);
     let file = CachedFile {
         path: path.to_owned(),
         trusted,
@@ -245,9 +244,11 @@ fn settle(
 /// parse's object of its kind, namespace and name that object's `Arc`:
 /// the model's memo reuses its work for objects it has seen (by pointer),
 /// so an edit of one Service in a file of a thousand costs one Service.
+/// JSON objects of unchanged text already are those `Arc`s (see
+/// `Collector::reusing`); this catches the rest (YAML, reformatted JSON).
 /// Comparing costs about a microsecond per object, parsing ten times that.
 fn keep_unchanged_objects(entries: &mut [Entry], previous: Vec<Entry>) {
-    let mut old: HashMap<(ObjectKind, String, String), Object> = previous
+    let mut old: FoldHashMap<(ObjectKind, String, String), Object> = previous
         .into_iter()
         .filter_map(|entry| match entry {
             Entry::Object { object, .. } => {

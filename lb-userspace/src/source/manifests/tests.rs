@@ -100,8 +100,8 @@ fn slices(snapshot: &Snapshot) -> Vec<String> {
         .map(|s| {
             format!(
                 "{}/{}",
-                s.metadata.namespace.as_deref().unwrap_or("?"),
-                s.metadata.name.as_deref().unwrap_or("?")
+                s.namespace.as_deref().unwrap_or("?"),
+                s.name.as_deref().unwrap_or("?")
             )
         })
         .collect()
@@ -143,11 +143,11 @@ fn multi_document_yaml() {
     assert_eq!(first_port(&snapshot), 80);
     assert_eq!(slices(&snapshot), ["shop/web-abc"]);
     let slice = &snapshot.cluster.endpoint_slices[0];
-    assert_eq!(slice.endpoints.as_ref().unwrap()[0].addresses, ["10.0.0.1"]);
     assert_eq!(
-        slice.endpoints.as_ref().unwrap()[0].node_name.as_deref(),
-        Some("node-a")
+        slice.endpoints[0].address.as_ref().map(ToString::to_string),
+        Some("10.0.0.1".into())
     );
+    assert_eq!(slice.endpoints[0].node_name.as_deref(), Some("node-a"));
     assert_eq!(node_name(&snapshot), Some("node-a"));
 }
 
@@ -631,4 +631,62 @@ fn json_reads_exactly_like_the_same_text_as_yaml() {
         json_objects.0
     );
     assert_eq!(json_invalid.len(), 10, "{json_invalid:#?}");
+}
+
+/// A re-parsed JSON file takes the last parse's object for every object
+/// whose text did not change, without decoding it (its `Arc` is the same);
+/// a changed object, and an item of a typed List (its kind may come from
+/// the List), are decoded again.
+#[test]
+fn json_objects_of_unchanged_text_are_not_decoded_again() {
+    use super::objects::{Entry, Object};
+    use super::parse::parse_file;
+
+    let svc = |name: &str, port: u16| {
+        serde_json::json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": port}]}})
+    };
+    let typed_item = serde_json::json!({"metadata": {"name": "typed", "namespace": "shop"},
+        "spec": {"clusterIP": "10.96.0.11", "ports": [{"port": 80}]}});
+    // Two JSON documents in one file: a List, then a typed List.
+    let two_documents = |changed_port: u16| {
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List",
+            "items": [svc("a", 80), svc("b", changed_port)]});
+        let typed = serde_json::json!({"apiVersion": "v1", "kind": "ServiceList",
+            "items": [typed_item]});
+        format!("{list}\n{typed}").into_bytes()
+    };
+    let path = Path::new("services.json");
+    let services = |entries: &[Entry]| -> Vec<Arc<k8s_openapi::api::core::v1::Service>> {
+        entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Object {
+                    object: Object::Service(s),
+                    ..
+                } => Some(s.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+
+    let first = parse_file(path, Ok(&two_documents(80)), &[]);
+    let again = parse_file(path, Ok(&two_documents(81)), &first);
+    let (before, after) = (services(&first), services(&again));
+    assert_eq!(after.len(), 3, "{again:?}");
+    assert!(
+        Arc::ptr_eq(&before[0], &after[0]),
+        "unchanged text, same Arc"
+    );
+    assert!(!Arc::ptr_eq(&before[1], &after[1]), "changed text, decoded");
+    let port = |s: &k8s_openapi::api::core::v1::Service| {
+        s.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port
+    };
+    assert_eq!(port(&after[1]), 81);
+    assert!(
+        !Arc::ptr_eq(&before[2], &after[2]),
+        "typed List item, decoded"
+    );
+    assert_eq!(before[2], after[2]);
 }
