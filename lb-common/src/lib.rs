@@ -44,9 +44,19 @@ pub mod maps {
     pub const SERVICE_NAMES: &str = "SERVICE_NAMES";
     pub const NODEPORT_BINDS: &str = "NODEPORT_BINDS";
     pub const CONFIG: &str = "CONFIG";
+    pub const EXTERNAL_FRONTENDS4: &str = "EXT_FRONTENDS4";
+    pub const EXTERNAL_FRONTENDS6: &str = "EXT_FRONTENDS6";
+    pub const MAGLEV: &str = "MAGLEV";
+    pub const FLOWS4: &str = "FLOWS4";
+    pub const FLOWS6: &str = "FLOWS6";
+    pub const SOURCE_RANGES4: &str = "SOURCE_RANGES4";
+    pub const SOURCE_RANGES6: &str = "SOURCE_RANGES6";
+    pub const INTERFACE_ADDRS: &str = "IFACE_ADDRS";
+    pub const EXTERNAL_CONFIG: &str = "EXT_CONFIG";
+    pub const EXTERNAL_COUNTERS: &str = "EXT_COUNTERS";
 
     /// Every map the object defines, for pinning, cleanup and inspection.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 24] = [
         FRONTENDS4,
         FRONTENDS6,
         SLOTS,
@@ -61,7 +71,28 @@ pub mod maps {
         SERVICE_NAMES,
         NODEPORT_BINDS,
         CONFIG,
+        EXTERNAL_FRONTENDS4,
+        EXTERNAL_FRONTENDS6,
+        MAGLEV,
+        FLOWS4,
+        FLOWS6,
+        SOURCE_RANGES4,
+        SOURCE_RANGES6,
+        INTERFACE_ADDRS,
+        EXTERNAL_CONFIG,
+        EXTERNAL_COUNTERS,
     ];
+}
+
+/// Program names: the functions in lb-ebpf, attached by the agent.
+pub mod programs {
+    /// tc ingress on the external interfaces: new flows to external
+    /// frontends, their established packets, and replies from backends on
+    /// other nodes.
+    pub const EXTERNAL: &str = "ferry_external";
+    /// tc ingress on every other interface of the node (pod-facing): only
+    /// replies of translated flows from backends on this node.
+    pub const REPLY: &str = "ferry_reply";
 }
 
 /// Map creation flags (`map_flags`), shared so that the agent can tell a
@@ -102,6 +133,22 @@ pub mod capacity {
     pub const NODEPORT_BINDS: u32 = 65_536;
     /// The largest backend count one backend set may have.
     pub const MAX_BACKENDS_PER_SERVICE: u32 = 65_535;
+    /// External frontends per family.
+    pub const EXTERNAL_FRONTENDS: u32 = 65_536;
+    /// Flow table entries per family (both directions of a flow count).
+    pub const FLOWS: u32 = 524_288;
+    /// Source range entries per family.
+    pub const SOURCE_RANGES: u32 = 65_536;
+    /// Interfaces whose addresses the agent lists for masquerading.
+    pub const INTERFACES: u32 = 1024;
+    /// Default Maglev table size: prime (Cilium's default; more than 100
+    /// times the backends of any set keeps the spread within 1%).
+    pub const MAGLEV_TABLE_SIZE: u32 = 16_381;
+    /// Default number of Maglev tables the `MAGLEV` array holds. One table
+    /// per external backend set with backends, plus one spare so that a
+    /// changed set is written into a fresh table before its frontends
+    /// switch to it.
+    pub const MAGLEV_TABLES: u32 = 64;
 }
 
 /// Key of `FRONTENDS4`: a Service frontend as the socket addresses it.
@@ -329,8 +376,196 @@ pub struct Config {
     pub host_netns_cookie: u64,
 }
 
+/// externalTrafficPolicy Cluster: the packet is masqueraded to the node's
+/// address on the interface it leaves by (kube-proxy MASQUERADEs).
+pub const EXTERNAL_F_SNAT: u16 = 1 << 8;
+/// loadBalancerSourceRanges: the source must match `SOURCE_RANGES4/6`.
+pub const EXTERNAL_F_SOURCE_RANGES: u16 = 1 << 9;
+
+/// Value of `EXT_FRONTENDS4/6` (keys are [`Frontend4Key`]/[`Frontend6Key`]):
+/// a frontend as clients outside the node reach it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ExternalFrontendValue {
+    /// Maglev table: entries `table * size .. (table + 1) * size` of `MAGLEV`.
+    pub table: u32,
+    /// Backends in the set; 0: drop (no endpoint serves external traffic
+    /// here).
+    pub count: u16,
+    /// [`FrontendKind`] in the low bits, `FRONTEND_F_DROP` and
+    /// `EXTERNAL_F_*` above them.
+    pub flags: u16,
+}
+
+/// Value of `MAGLEV`: one entry of a backend set's Maglev table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MaglevEntry {
+    /// IPv4 in `addr[0]`, or IPv6 (network order words).
+    pub addr: [u32; 4],
+    /// Network order.
+    pub port: u16,
+    /// `BACKEND_F_*`.
+    pub flags: u8,
+    pub _pad: u8,
+}
+
+/// A flow as one packet direction carries it: key of `FLOWS4`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Flow4 {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Key of `FLOWS6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Flow6 {
+    pub saddr: [u32; 4],
+    pub daddr: [u32; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// The entry is the reply direction (backend → client) of its flow.
+pub const FLOW_F_REPLY: u8 = 1 << 0;
+/// A FIN or RST was seen: the entry expires soon.
+pub const FLOW_F_CLOSING: u8 = 1 << 1;
+/// The flow was masqueraded (eTP Cluster).
+pub const FLOW_F_SNAT: u8 = 1 << 2;
+
+/// Value of `FLOWS4`: the addresses and ports a packet of this direction is
+/// rewritten to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Flow4Nat {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    /// `FLOW_F_*`.
+    pub flags: u8,
+    pub _pad: [u8; 3],
+    /// `bpf_ktime_get_ns()` of the last packet (updated at most once a
+    /// second).
+    pub last_seen_ns: u64,
+}
+
+/// Value of `FLOWS6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Flow6Nat {
+    pub saddr: [u32; 4],
+    pub daddr: [u32; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub flags: u8,
+    pub _pad: [u8; 3],
+    pub last_seen_ns: u64,
+}
+
+/// Data of an `SOURCE_RANGES4` key (an LPM trie: the prefix length covers
+/// the frontend's 64 bits and then the range's own bits), all network order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceRange4 {
+    pub frontend_addr: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+    pub source: u32,
+}
+
+/// Data of an `SOURCE_RANGES6` key (the frontend takes 160 bits).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceRange6 {
+    pub frontend_addr: [u32; 4],
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+    pub source: [u32; 4],
+}
+
+/// Bits of a source range key before the source address.
+pub const SOURCE_RANGE4_FRONTEND_BITS: u32 = 64;
+pub const SOURCE_RANGE6_FRONTEND_BITS: u32 = 160;
+
+/// Value of `IFACE_ADDRS` (key: ifindex): the address a flow masqueraded out
+/// of this interface takes. 0 / all zero: none of that family.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct InterfaceAddrs {
+    pub addr4: u32,
+    pub addr6: [u32; 4],
+}
+
+/// Index 0 of `EXT_CONFIG`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ExternalConfig {
+    /// The node's address per family, for masquerading out of an interface
+    /// that has none of its own in `IFACE_ADDRS` (a pod-facing veth).
+    pub snat4: u32,
+    pub snat6: [u32; 4],
+    /// Entries per Maglev table (prime); 0 until the agent configures it,
+    /// and then nothing is translated.
+    pub maglev_size: u32,
+    /// Masquerade source ports, host order, inclusive. Keep them out of the
+    /// node's ephemeral port range (`net.ipv4.ip_local_port_range`).
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+}
+
+/// Indexes of `EXT_COUNTERS` (per-CPU u64).
+pub mod external_counter {
+    /// New flows translated to a backend.
+    pub const NEW_FLOW: u32 = 0;
+    /// Packets of known flows translated (both directions).
+    pub const ESTABLISHED: u32 = 1;
+    /// Dropped: the frontend has no backend for external traffic.
+    pub const DROP_NO_BACKEND: u32 = 2;
+    /// Dropped: the source is outside loadBalancerSourceRanges.
+    pub const DROP_SOURCE_RANGE: u32 = 3;
+    /// Dropped: no free masquerade port for the backend.
+    pub const DROP_SNAT_PORTS: u32 = 4;
+    /// IP fragments and packets with IPv4 options or IPv6 extension
+    /// headers to a frontend address: passed untranslated.
+    pub const UNTRANSLATED: u32 = 5;
+    /// The flow table refused an insert.
+    pub const FLOW_TABLE_FULL: u32 = 6;
+    pub const COUNT: u32 = 7;
+    /// Names, in index order, for `ferry services` and metrics.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "new_flows",
+        "established_packets",
+        "dropped_no_backend",
+        "dropped_source_range",
+        "dropped_snat_ports",
+        "untranslated",
+        "flow_table_full",
+    ];
+}
+
 const _: () = {
     use core::mem::size_of;
+    assert!(size_of::<ExternalFrontendValue>() == 8);
+    assert!(size_of::<MaglevEntry>() == 20);
+    assert!(size_of::<Flow4>() == 16);
+    assert!(size_of::<Flow6>() == 40);
+    assert!(size_of::<Flow4Nat>() == 24);
+    assert!(size_of::<Flow6Nat>() == 48);
+    assert!(size_of::<SourceRange4>() == 12);
+    assert!(size_of::<SourceRange6>() == 36);
+    assert!(size_of::<InterfaceAddrs>() == 20);
+    assert!(size_of::<ExternalConfig>() == 28);
     assert!(size_of::<Frontend4Key>() == 8);
     assert!(size_of::<Frontend6Key>() == 20);
     assert!(size_of::<FrontendValue>() == 16);
@@ -370,4 +605,14 @@ mod pod {
     unsafe impl aya::Pod for NodePortKey {}
     unsafe impl aya::Pod for ServiceName {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for ExternalFrontendValue {}
+    unsafe impl aya::Pod for MaglevEntry {}
+    unsafe impl aya::Pod for Flow4 {}
+    unsafe impl aya::Pod for Flow6 {}
+    unsafe impl aya::Pod for Flow4Nat {}
+    unsafe impl aya::Pod for Flow6Nat {}
+    unsafe impl aya::Pod for SourceRange4 {}
+    unsafe impl aya::Pod for SourceRange6 {}
+    unsafe impl aya::Pod for InterfaceAddrs {}
+    unsafe impl aya::Pod for ExternalConfig {}
 }

@@ -49,6 +49,61 @@ pub struct DatapathArgs {
     pub bpffs_dir: PathBuf,
 }
 
+/// The north-south datapath: packets from outside the node to NodePorts,
+/// externalIPs and load balancer IPs, translated at tc ingress in the node
+/// network namespace (`--host-netns`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct NorthSouthArgs {
+    /// Translate packets that arrive from outside the node (tcx, Linux
+    /// 6.6). `false` leaves the node's interfaces untouched: only clients
+    /// on the node are served.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub north_south: bool,
+    /// An interface where clients outside the node arrive (repeatable).
+    /// Default: every interface of the node network namespace holding a
+    /// node address (`--node-ip`, else the host's), lo excluded. Every
+    /// other interface (pod-facing ones) gets the reply program.
+    #[arg(long = "external-interface")]
+    pub external_interfaces: Vec<String>,
+    /// Entries of each Service's Maglev table: a prime; larger tables
+    /// spread flows more evenly, smaller ones leave room for more tables
+    /// in the same map.
+    #[arg(long, default_value_t = lb_common::capacity::MAGLEV_TABLE_SIZE, value_parser = parse_maglev_size)]
+    pub maglev_table_size: u32,
+    /// Source ports for masquerading (externalTrafficPolicy Cluster), as
+    /// MIN-MAX. Keep them out of the node's ephemeral port range
+    /// (net.ipv4.ip_local_port_range) so that replies to the node's own
+    /// connections are never taken for a masqueraded flow's.
+    #[arg(long, default_value = "61000-65535", value_parser = parse_port_range)]
+    pub masquerade_ports: (u16, u16),
+}
+
+/// A prime from 251 to the Maglev map's capacity of one table of the
+/// default size times the table count.
+pub fn parse_maglev_size(text: &str) -> Result<u32, String> {
+    let n: u32 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    let max = lb_common::capacity::MAGLEV_TABLE_SIZE;
+    if !(251..=max).contains(&n) || !crate::datapath::maglev::is_prime(n) {
+        return Err(format!("{n} is not a prime from 251 to {max}"));
+    }
+    Ok(n)
+}
+
+/// MIN-MAX, both from 1024 to 65535, MIN <= MAX.
+pub fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("{text:?} is not a port range MIN-MAX (1024-65535)");
+    let (a, b) = text.trim().split_once('-').ok_or_else(bad)?;
+    let min: u16 = a.trim().parse().map_err(|_| bad())?;
+    let max: u16 = b.trim().parse().map_err(|_| bad())?;
+    if min < 1024 || max < min {
+        return Err(bad());
+    }
+    Ok((min, max))
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve Services read from YAML/JSON manifests, without a cluster.
@@ -67,9 +122,12 @@ pub enum Command {
         #[arg(long = "node-ip")]
         node_ips: Vec<IpAddr>,
         /// The node's own network namespace, where binds may not take a
-        /// NodePort (default: ferry's own).
+        /// NodePort and the north-south programs attach (default: ferry's
+        /// own).
         #[arg(long)]
         host_netns: Option<PathBuf>,
+        #[command(flatten)]
+        north_south: NorthSouthArgs,
     },
     /// Serve the cluster's Services as the Kubernetes API server describes
     /// them, in place of kube-proxy (one per node; see deploy/).
@@ -89,9 +147,12 @@ pub enum Command {
         #[arg(long = "node-ip")]
         node_ips: Vec<IpAddr>,
         /// The node's own network namespace, where binds may not take a
-        /// NodePort and health check node ports listen (default: ferry's own).
+        /// NodePort, health check node ports listen and the north-south
+        /// programs attach (default: ferry's own).
         #[arg(long)]
         host_netns: Option<PathBuf>,
+        #[command(flatten)]
+        north_south: NorthSouthArgs,
         /// Where /healthz and /livez answer.
         #[arg(long, default_value = crate::agent::DEFAULT_HEALTHZ_BIND_ADDRESS)]
         healthz_bind_address: SocketAddr,
@@ -113,10 +174,15 @@ pub enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
-    /// Print what the datapath holds: frontends, backends, counters.
+    /// Print what the datapath holds: frontends, backends, counters; the
+    /// table ends with the north-south section.
     Services {
         #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
         bpffs_dir: PathBuf,
+        /// Only the north-south section: external frontends (Maglev table,
+        /// masquerade, source ranges) and packet counters.
+        #[arg(long)]
+        north_south: bool,
         #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
@@ -174,6 +240,20 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn maglev_sizes_and_port_ranges() {
+        assert_eq!(parse_maglev_size("16381"), Ok(16381));
+        assert_eq!(parse_maglev_size("251"), Ok(251));
+        for bad in ["16380", "250", "65537", "x", ""] {
+            assert!(parse_maglev_size(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_port_range("61000-65535"), Ok((61000, 65535)));
+        assert_eq!(parse_port_range("2000-2000"), Ok((2000, 2000)));
+        for bad in ["61000", "100-2000", "3000-2000", "a-b", "1-2-3"] {
+            assert!(parse_port_range(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn durations() {

@@ -9,7 +9,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use clap::Parser as _;
 use lb_userspace::{
-    cli::{Cli, Command, DatapathArgs, LogFormat, OutputFormat},
+    cli::{Cli, Command, DatapathArgs, LogFormat, NorthSouthArgs, OutputFormat},
     datapath::{self, BpffsDir, Datapath},
     healthcheck::HealthServer,
     netutil,
@@ -57,6 +57,7 @@ fn start_datapath(
     node_name: Option<String>,
     node_ips: Vec<std::net::IpAddr>,
     host_netns: Option<&std::path::Path>,
+    north_south: &NorthSouthArgs,
 ) -> Result<(Datapath, NodeConfig)> {
     let cgroup = cgroup_of(datapath_args)?;
     let bpffs = BpffsDir::new(&datapath_args.bpffs_dir);
@@ -67,7 +68,20 @@ fn start_datapath(
     };
     let host_cookie =
         netutil::netns_cookie(host_netns).context("reading the node network namespace's cookie")?;
-    let dp = Datapath::start(&bpffs, &cgroup, host_cookie)
+    let north_south = north_south.north_south.then(|| datapath::NorthSouthConfig {
+        netns: host_netns.map(std::path::Path::to_path_buf),
+        external_interfaces: north_south.external_interfaces.clone(),
+        // The addresses NodePorts are served on: the flags, else the
+        // node namespace's own.
+        node_ips: if node.ips.is_empty() {
+            netutil::in_netns(host_netns, netutil::host_addresses).unwrap_or_default()
+        } else {
+            node.ips.clone()
+        },
+        maglev_size: north_south.maglev_table_size,
+        masquerade_ports: north_south.masquerade_ports,
+    });
+    let dp = Datapath::start(&bpffs, &cgroup, host_cookie, north_south)
         .with_context(|| format!("starting the datapath on cgroup {}", cgroup.display()))?;
     tracing::info!(
         cgroup = %cgroup.display(),
@@ -86,11 +100,18 @@ async fn agent(
     datapath_args: DatapathArgs,
     node_ips: Vec<std::net::IpAddr>,
     host_netns: Option<PathBuf>,
+    north_south: NorthSouthArgs,
     healthz_bind_address: std::net::SocketAddr,
     metrics_bind_address: std::net::SocketAddr,
     sync_period: std::time::Duration,
 ) -> Result<()> {
-    let (dp, node) = start_datapath(&datapath_args, node_name, node_ips, host_netns.as_deref())?;
+    let (dp, node) = start_datapath(
+        &datapath_args,
+        node_name,
+        node_ips,
+        host_netns.as_deref(),
+        &north_south,
+    )?;
     let opts = lb_userspace::agent::AgentOptions {
         kubeconfig,
         bpffs: BpffsDir::new(&datapath_args.bpffs_dir),
@@ -124,8 +145,15 @@ async fn standalone(
     node_name: Option<String>,
     node_ips: Vec<std::net::IpAddr>,
     host_netns: Option<PathBuf>,
+    north_south: NorthSouthArgs,
 ) -> Result<()> {
-    let (dp, node) = start_datapath(&datapath_args, node_name, node_ips, host_netns.as_deref())?;
+    let (dp, node) = start_datapath(
+        &datapath_args,
+        node_name,
+        node_ips,
+        host_netns.as_deref(),
+        &north_south,
+    )?;
 
     let (tx, rx) = watch::channel(None::<Arc<source::Snapshot>>);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -151,12 +179,31 @@ async fn standalone(
     Ok(())
 }
 
-fn services(bpffs_dir: PathBuf, output: OutputFormat) -> Result<()> {
-    let maps = datapath::Maps::open(&BpffsDir::new(bpffs_dir))?;
+fn services(bpffs_dir: PathBuf, north_south: bool, output: OutputFormat) -> Result<()> {
+    use datapath::external::{self, ExternalMaps};
+    let bpffs = BpffsDir::new(bpffs_dir);
+    if north_south {
+        let maps = ExternalMaps::open(&bpffs)?;
+        match output {
+            OutputFormat::Json => println!(
+                "{}",
+                serde_json::to_string_pretty(&external::section(&maps))?
+            ),
+            OutputFormat::Table => print!("{}", external::table(&maps)),
+        }
+        return Ok(());
+    }
+    let maps = datapath::Maps::open(&bpffs)?;
     let views = datapath::inspect::frontends(&maps);
     match output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&views)?),
-        OutputFormat::Table => print!("{}", datapath::inspect::table(&views)),
+        OutputFormat::Table => {
+            print!("{}", datapath::inspect::table(&views));
+            // Pins of a Ferry without north-south lack these maps.
+            if let Ok(m) = ExternalMaps::open(&bpffs) {
+                print!("\n{}", external::table(&m));
+            }
+        }
     }
     Ok(())
 }
@@ -180,8 +227,14 @@ fn main() -> Result<()> {
             node_name,
             node_ips,
             host_netns,
+            north_south,
         } => runtime()?.block_on(standalone(
-            manifests, datapath, node_name, node_ips, host_netns,
+            manifests,
+            datapath,
+            node_name,
+            node_ips,
+            host_netns,
+            north_south,
         )),
         Command::Agent {
             kubeconfig,
@@ -189,6 +242,7 @@ fn main() -> Result<()> {
             datapath,
             node_ips,
             host_netns,
+            north_south,
             healthz_bind_address,
             metrics_bind_address,
             sync_period,
@@ -198,6 +252,7 @@ fn main() -> Result<()> {
             datapath,
             node_ips,
             host_netns,
+            north_south,
             healthz_bind_address,
             metrics_bind_address,
             sync_period,
@@ -206,7 +261,11 @@ fn main() -> Result<()> {
             metrics_bind_address,
             output,
         } => status(metrics_bind_address, output),
-        Command::Services { bpffs_dir, output } => services(bpffs_dir, output),
+        Command::Services {
+            bpffs_dir,
+            north_south,
+            output,
+        } => services(bpffs_dir, north_south, output),
         Command::Cleanup { datapath } => {
             datapath::cleanup(&BpffsDir::new(&datapath.bpffs_dir))?;
             Ok(())

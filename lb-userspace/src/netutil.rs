@@ -8,10 +8,9 @@ use std::{
     path::Path,
 };
 
-/// Global unicast addresses of every interface in this network namespace
-/// (loopback and link-local left out: NodePorts on loopback are added by
-/// the model, and link-local ones are not node addresses).
-pub fn host_addresses() -> io::Result<Vec<IpAddr>> {
+/// Every address of every interface in this network namespace, with the
+/// interface's name.
+pub fn interface_addresses() -> io::Result<Vec<(String, IpAddr)>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
@@ -23,7 +22,7 @@ pub fn host_addresses() -> io::Result<Vec<IpAddr>> {
         // SAFETY: `cur` is a node of the list getifaddrs returned.
         let ifa = unsafe { &*cur };
         cur = ifa.ifa_next;
-        if ifa.ifa_addr.is_null() {
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
             continue;
         }
         // SAFETY: ifa_addr points at a sockaddr of the family it names.
@@ -40,6 +39,23 @@ pub fn host_addresses() -> io::Result<Vec<IpAddr>> {
                 _ => continue,
             }
         };
+        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }
+            .to_string_lossy()
+            .into_owned();
+        out.push((name, ip));
+    }
+    // SAFETY: head came from getifaddrs.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}
+
+/// Global unicast addresses of every interface in this network namespace
+/// (loopback and link-local left out: NodePorts on loopback are added by
+/// the model, and link-local ones are not node addresses).
+pub fn host_addresses() -> io::Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    for (_, ip) in interface_addresses()? {
         let keep = match ip {
             IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local() && !v4.is_unspecified(),
             IpAddr::V6(v6) => {
@@ -50,8 +66,6 @@ pub fn host_addresses() -> io::Result<Vec<IpAddr>> {
             out.push(ip);
         }
     }
-    // SAFETY: head came from getifaddrs.
-    unsafe { libc::freeifaddrs(head) };
     Ok(out)
 }
 

@@ -279,6 +279,13 @@ impl Ferry {
             cmd.arg("--node-ip").arg(ip.to_string());
         }
         cmd.args(&o.extra_args);
+        // Without --host-netns Ferry's node namespace is the test's own,
+        // the host's: its interfaces are not the test's to attach to.
+        if !o.extra_args.iter().any(|a| a == "--host-netns")
+            && !o.extra_args.iter().any(|a| a == "--north-south")
+        {
+            cmd.arg("--north-south").arg("false");
+        }
         let mut log = OpenOptions::new()
             .create(true)
             .append(true)

@@ -92,6 +92,7 @@
 pub mod apiserver;
 pub mod ferry;
 pub mod manifests;
+pub mod ns_topology;
 
 use std::sync::{Mutex, MutexGuard, Once, PoisonError};
 

@@ -1063,7 +1063,7 @@ fn agent_drift_check_sees_exactly_what_changed_behind_the_mirror() -> Result<()>
     let dir = lb_userspace::datapath::BpffsDir::new(bpffs.path());
     let cookie = lb_userspace::netutil::netns_cookie(None)?;
     let mut guard = DatapathGuard {
-        dp: Some(Datapath::start(&dir, cgroup.path(), cookie)?),
+        dp: Some(Datapath::start(&dir, cgroup.path(), cookie, None)?),
         dir,
     };
     let dp = guard.dp.as_mut().expect("started");

@@ -108,7 +108,6 @@ pub fn frontends(maps: &Maps) -> Vec<FrontendView> {
 
 /// A plain table, one line per frontend.
 pub fn table(views: &[FrontendView]) -> String {
-    use std::fmt::Write as _;
     let mut rows = vec![[
         "SERVICE".to_string(),
         "KIND".to_string(),
@@ -142,11 +141,20 @@ pub fn table(views: &[FrontendView]) -> String {
             v.refused.to_string(),
         ]);
     }
-    let widths: Vec<usize> = (0..6)
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+    render_rows(&rows)
+}
+
+/// Rows as aligned columns (the first row the header), the last column
+/// unpadded.
+pub fn render_rows<R: AsRef<[String]>>(rows: &[R]) -> String {
+    use std::fmt::Write as _;
+    let columns = rows.first().map_or(0, |r| r.as_ref().len());
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().map(|r| r.as_ref()[c].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
-    for r in &rows {
+    for r in rows {
+        let r = r.as_ref();
         let mut line = String::new();
         for (c, cell) in r.iter().enumerate() {
             if c + 1 == r.len() {

@@ -13,7 +13,7 @@ use std::{
 };
 
 use aya::{
-    EbpfLoader,
+    Ebpf, EbpfLoader,
     maps::MapInfo,
     programs::{
         CgroupAttachMode, CgroupSock, CgroupSockAddr,
@@ -138,6 +138,57 @@ fn expected_layout(name: &str) -> Option<Layout> {
             map_flags::LOOKUP,
         ),
         names::CONFIG => (4, sz::<Config>(), 1, map_flags::ARRAY),
+        names::EXTERNAL_FRONTENDS4 => (
+            sz::<Frontend4Key>(),
+            sz::<ExternalFrontendValue>(),
+            capacity::EXTERNAL_FRONTENDS,
+            map_flags::LOOKUP,
+        ),
+        names::EXTERNAL_FRONTENDS6 => (
+            sz::<Frontend6Key>(),
+            sz::<ExternalFrontendValue>(),
+            capacity::EXTERNAL_FRONTENDS,
+            map_flags::LOOKUP,
+        ),
+        names::MAGLEV => (
+            4,
+            sz::<MaglevEntry>(),
+            capacity::MAGLEV_TABLE_SIZE * capacity::MAGLEV_TABLES,
+            map_flags::ARRAY,
+        ),
+        names::FLOWS4 => (
+            sz::<Flow4>(),
+            sz::<Flow4Nat>(),
+            capacity::FLOWS,
+            map_flags::LRU,
+        ),
+        names::FLOWS6 => (
+            sz::<Flow6>(),
+            sz::<Flow6Nat>(),
+            capacity::FLOWS,
+            map_flags::LRU,
+        ),
+        // LPM trie keys carry a 4-byte prefix length before the data.
+        names::SOURCE_RANGES4 => (
+            4 + sz::<SourceRange4>(),
+            1,
+            capacity::SOURCE_RANGES,
+            map_flags::LOOKUP,
+        ),
+        names::SOURCE_RANGES6 => (
+            4 + sz::<SourceRange6>(),
+            1,
+            capacity::SOURCE_RANGES,
+            map_flags::LOOKUP,
+        ),
+        names::INTERFACE_ADDRS => (
+            4,
+            sz::<InterfaceAddrs>(),
+            capacity::INTERFACES,
+            map_flags::LOOKUP,
+        ),
+        names::EXTERNAL_CONFIG => (4, sz::<ExternalConfig>(), 1, map_flags::ARRAY),
+        names::EXTERNAL_COUNTERS => (4, 8, external_counter::COUNT, map_flags::ARRAY),
         _ => return None,
     };
     Some(Layout {
@@ -177,7 +228,7 @@ fn drop_incompatible_pins(bpffs: &BpffsDir) {
     }
 }
 
-fn now_nanos() -> u128 {
+pub(crate) fn now_nanos() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -235,9 +286,10 @@ macro_rules! attach_as {
 }
 
 /// Loads the object with its maps pinned under `bpffs`, attaches every
-/// program to `cgroup`, pins the new links and then detaches the links of
-/// any previous generation.
-pub fn load_and_attach(bpffs: &BpffsDir, cgroup: &Path) -> Result<(), LoadError> {
+/// cgroup program to `cgroup`, pins the new links and then detaches the
+/// links of any previous generation. Returns the loaded object, whose tc
+/// programs `tc::TcPrograms` attaches.
+pub fn load_and_attach(bpffs: &BpffsDir, cgroup: &Path) -> Result<Ebpf, LoadError> {
     if OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
@@ -273,7 +325,7 @@ pub fn load_and_attach(bpffs: &BpffsDir, cgroup: &Path) -> Result<(), LoadError>
     for path in old_links {
         unpin_link(&path);
     }
-    Ok(())
+    Ok(ebpf)
 }
 
 /// Detaches every program (by unpinning its links) and removes every pinned

@@ -2,8 +2,10 @@
 //! and slices added, removed and modified, conflicting claims, duplicates,
 //! node changes), compared after every step. One kind of sequence mixes
 //! everything; the other is mostly objects replaced by new versions of
-//! themselves (endpoints, session affinity), the usual update, which
-//! `Incremental` patches into the last result.
+//! themselves (endpoints, session affinity, externalTrafficPolicy, source
+//! ranges), the usual update, which `Incremental` patches into the last
+//! result when the claims allow. A last test walks the changes of what
+//! clients outside the node get one by one.
 
 use std::sync::Arc;
 
@@ -11,7 +13,7 @@ use super::EndpointSliceInfo;
 use k8s_openapi::api::core::v1::Service;
 
 use super::testutil::*;
-use super::types::{ClusterState, NodeInfo};
+use super::types::{ClusterState, Computed, FrontendAddr, NodeInfo, Protocol};
 use super::{Incremental, Pass, compute};
 
 const NAMESPACES: &[&str] = &["a", "b"];
@@ -21,6 +23,12 @@ const CLUSTER_IPS: &[&str] = &["10.96.0.1", "10.96.0.2", "10.96.0.3", "10.96.0.1
 const NODE_PORTS: &[i32] = &[30000, 30001, 30002];
 const EXTERNAL_IPS: &[&str] = &["10.96.0.2", "192.0.2.1", "192.0.2.2"];
 const ENDPOINT_IPS: &[&str] = &["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"];
+const SOURCE_RANGES: &[&[&str]] = &[
+    &[],
+    &["10.0.0.0/8"],
+    &["192.0.2.0/24", "fd00::/8"],
+    &["bogus", "10.0.0.0/8"],
+];
 
 fn random_service(rng: &mut Rng) -> Arc<Service> {
     let ns = rng.pick(NAMESPACES);
@@ -40,7 +48,12 @@ fn random_service_named(rng: &mut Rng, ns: &str, name: &str) -> Arc<Service> {
     }
     match rng.below(3) {
         0 => {}
-        1 => s = s.type_("NodePort").node_port(rng.pick(NODE_PORTS)),
+        1 => {
+            s = s.type_("NodePort").node_port(rng.pick(NODE_PORTS));
+            if rng.chance(30) {
+                s = s.etp("Local");
+            }
+        }
         _ => {
             s = s
                 .type_("LoadBalancer")
@@ -49,10 +62,16 @@ fn random_service_named(rng: &mut Rng, ns: &str, name: &str) -> Arc<Service> {
             if rng.chance(50) {
                 s = s.etp("Local").health_check_node_port(rng.pick(NODE_PORTS));
             }
+            if rng.chance(40) {
+                s = s.source_ranges(rng.pick(SOURCE_RANGES));
+            }
         }
     }
     if rng.chance(20) {
         s = s.external_ips(&[rng.pick(EXTERNAL_IPS)]);
+        if rng.chance(30) {
+            s = s.etp("Local");
+        }
     }
     if rng.chance(20) {
         s = s.itp("Local");
@@ -191,8 +210,9 @@ fn replace_slice(rng: &mut Rng, slices: &mut [Arc<EndpointSliceInfo>]) {
 }
 
 /// The same Service with another session affinity (its claims unchanged),
-/// or now and then a new random version of it (its claims changed, most
-/// likely).
+/// now and then with externalTrafficPolicy flipped or other source ranges
+/// (what external clients get changed), or a new random version of it
+/// (its claims changed, most likely).
 fn replace_service(rng: &mut Rng, services: &mut [Arc<Service>]) {
     if services.is_empty() {
         return;
@@ -200,11 +220,27 @@ fn replace_service(rng: &mut Rng, services: &mut [Arc<Service>]) {
     let i = rng.below(services.len());
     let meta = &services[i].metadata;
     let (ns, name) = (meta.namespace.clone().unwrap(), meta.name.clone().unwrap());
-    if rng.chance(20) {
+    if rng.chance(15) {
         services[i] = random_service_named(rng, &ns, &name);
         return;
     }
     let mut object = (*services[i]).clone();
+    let spec = object.spec.as_mut().unwrap();
+    match rng.below(10) {
+        0 => {
+            let local = spec.external_traffic_policy.as_deref() == Some("Local");
+            spec.external_traffic_policy = Some(if local { "Cluster" } else { "Local" }.into());
+            services[i] = Arc::new(object);
+            return;
+        }
+        1 => {
+            let ranges = rng.pick(SOURCE_RANGES);
+            spec.load_balancer_source_ranges = Some(ranges.iter().map(|s| s.to_string()).collect());
+            services[i] = Arc::new(object);
+            return;
+        }
+        _ => {}
+    }
     let timeout = rng.pick(&[None, Some(30), Some(60)]);
     object.spec.as_mut().unwrap().session_affinity = Some(
         match timeout {
@@ -272,4 +308,144 @@ fn incremental_patches_object_updates_as_compute_computes() {
     let [patched, merged, planned] = passes;
     assert!(merged > 0 && planned > 0, "{passes:?}");
     assert!(patched > merged && patched > planned, "{passes:?}");
+}
+
+/// What clients outside the node get, changed one thing at a time: the
+/// endpoints of a set only external clients use (patched), the source
+/// ranges and externalTrafficPolicy (merged again), each pass equal to
+/// `compute`.
+#[test]
+fn incremental_follows_what_external_clients_get() {
+    let lb = |itp: &str, etp: &str, ranges: &[&str]| {
+        service("ns", "s", "10.96.0.1")
+            .type_("LoadBalancer")
+            .port("http", "TCP", 80)
+            .node_port(30000)
+            .lb_ingress(Some("192.0.2.1"), None)
+            .itp(itp)
+            .etp(etp)
+            .health_check_node_port(30001)
+            .source_ranges(ranges)
+            .build()
+    };
+    let np = |etp: &str| {
+        service("ns", "n", "10.96.0.2")
+            .type_("NodePort")
+            .port("http", "TCP", 80)
+            .node_port(30002)
+            .itp("Local")
+            .etp(etp)
+            .build()
+    };
+    let endpoints = |service: &str, local: &[&str]| {
+        let mut b = slice("ns", &format!("{service}-1"), service, "IPv4")
+            .port("http", "TCP", 8080)
+            .endpoint(ep("10.0.0.9").node("other-node"));
+        for ip in local {
+            b = b.endpoint(ep(ip).local());
+        }
+        b.build()
+    };
+    /// (snat, number of source ranges, backend IPs) of one external frontend.
+    type External = (bool, usize, Vec<String>);
+    let external = |c: &Computed, ip: &str, port: u16| -> External {
+        let f = &c.desired.external[&FrontendAddr {
+            ip: ip.parse().unwrap(),
+            port,
+            protocol: Protocol::Tcp,
+        }];
+        let set = &c.desired.external_sets[&f.set];
+        let ips = set.backends.iter().map(|b| b.ip.to_string()).collect();
+        (f.snat, f.source_ranges.len(), ips)
+    };
+    let ips = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+    let mut state = ClusterState {
+        services: vec![lb("Cluster", "Local", &[]), np("Local")],
+        endpoint_slices: vec![endpoints("s", &["10.0.0.1"]), endpoints("n", &["10.0.0.1"])],
+    };
+    let node = node();
+    let mut incremental = Incremental::new();
+    // (what, change, pass, LB IP 192.0.2.1:80, NodePort 192.168.0.2:30002)
+    type Step = (
+        &'static str,
+        Box<dyn Fn(&mut ClusterState)>,
+        Pass,
+        External,
+        External,
+    );
+    let steps: Vec<Step> = vec![
+        (
+            "first pass",
+            Box::new(|_| {}),
+            Pass::Planned,
+            (false, 0, ips(&["10.0.0.1"])),
+            (false, 0, ips(&["10.0.0.1"])),
+        ),
+        (
+            "endpoints of a Local set only external clients use",
+            Box::new(move |s| s.endpoint_slices[0] = endpoints("s", &["10.0.0.1", "10.0.0.2"])),
+            Pass::Patched,
+            (false, 0, ips(&["10.0.0.1", "10.0.0.2"])),
+            (false, 0, ips(&["10.0.0.1"])),
+        ),
+        (
+            "endpoints of a Local set both datapaths use (iTP Local)",
+            Box::new(move |s| s.endpoint_slices[1] = endpoints("n", &["10.0.0.3"])),
+            Pass::Patched,
+            (false, 0, ips(&["10.0.0.1", "10.0.0.2"])),
+            (false, 0, ips(&["10.0.0.3"])),
+        ),
+        (
+            "source ranges added",
+            Box::new(move |s| s.services[0] = lb("Cluster", "Local", &["10.0.0.0/8"])),
+            Pass::Merged,
+            (false, 1, ips(&["10.0.0.1", "10.0.0.2"])),
+            (false, 0, ips(&["10.0.0.3"])),
+        ),
+        (
+            "source ranges changed (one bad)",
+            Box::new(move |s| {
+                s.services[0] = lb("Cluster", "Local", &["10.0.0.0/16", "fd00::/8", "bad"])
+            }),
+            Pass::Merged,
+            (false, 1, ips(&["10.0.0.1", "10.0.0.2"])),
+            (false, 0, ips(&["10.0.0.3"])),
+        ),
+        (
+            "eTP Local to Cluster with iTP Local: the same sets either way",
+            Box::new(move |s| s.services[1] = np("Cluster")),
+            Pass::Merged,
+            (false, 1, ips(&["10.0.0.1", "10.0.0.2"])),
+            (true, 0, ips(&["10.0.0.3", "10.0.0.9"])),
+        ),
+        (
+            "and back to Local",
+            Box::new(move |s| s.services[1] = np("Local")),
+            Pass::Merged,
+            (false, 1, ips(&["10.0.0.1", "10.0.0.2"])),
+            (false, 0, ips(&["10.0.0.3"])),
+        ),
+        (
+            "eTP Local to Cluster on the LB",
+            Box::new(move |s| s.services[0] = lb("Cluster", "Cluster", &["10.0.0.0/16"])),
+            Pass::Merged,
+            (true, 1, ips(&["10.0.0.1", "10.0.0.2", "10.0.0.9"])),
+            (false, 0, ips(&["10.0.0.3"])),
+        ),
+    ];
+    for (what, change, pass, want_lb, want_np) in steps {
+        change(&mut state);
+        let want = compute(&state, &node);
+        let got = incremental.compute(&state, &node);
+        assert_eq!(got.desired, want.desired, "{what}");
+        assert_eq!(got.invalid, want.invalid, "{what}");
+        assert_eq!(incremental.last_pass(), pass, "{what}");
+        assert_eq!(external(&got, "192.0.2.1", 80), want_lb, "{what}: LB IP");
+        assert_eq!(
+            external(&got, "192.168.0.2", 30002),
+            want_np,
+            "{what}: NodePort"
+        );
+    }
 }

@@ -5,6 +5,12 @@
 //! claims (a frontend address, a ClusterIP, a NodePort or health check
 //! port); the later one loses just the conflicting part and is reported.
 //!
+//! The frontends of clients outside the node (`DesiredState::external`)
+//! follow the socket frontends: each NodePort on a node address (not
+//! loopback), externalIP and LB IP a Service takes for local clients it
+//! also takes for external ones, and nothing else, so they need no
+//! conflict rules of their own.
+//!
 //! This runs over every Service on every pass, so it only moves shared
 //! keys and sets around: lookups go through hash maps and the ordered maps
 //! of the result are built once, at the end, from (mostly sorted) lists.
@@ -15,10 +21,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use super::FoldHashMap;
-use super::plan::{PortPlan, ServicePlan, service_invalid};
+use super::ip::Cidr;
+use super::plan::{FamilyPlan, PortPlan, ServicePlan, service_invalid};
 use super::types::{
-    BackendSet, BackendSetKey, DesiredState, Frontend, FrontendAddr, FrontendKind, HealthCheck,
-    InvalidObject, IpFamily, NodeInfo, Protocol, Selection, ServiceRef,
+    BackendSet, BackendSetKey, DesiredState, ExternalFrontend, Frontend, FrontendAddr,
+    FrontendKind, HealthCheck, InvalidObject, IpFamily, NodeInfo, Protocol, Selection, ServiceRef,
 };
 
 /// Who holds a node port number (NodePorts and health check ports share the
@@ -63,9 +70,13 @@ pub struct Merger<'a> {
     taken: FoldHashMap<FrontendAddr, &'a Arc<BackendSetKey>>,
     backend_sets: Vec<(Arc<BackendSetKey>, Arc<BackendSet>)>,
     frontends: Vec<(FrontendAddr, Frontend)>,
+    external_sets: Vec<(Arc<BackendSetKey>, Arc<BackendSet>)>,
+    external: Vec<(FrontendAddr, ExternalFrontend)>,
     cluster_ips: Vec<(IpAddr, Arc<BackendSetKey>)>,
     node_ports: Vec<(u16, Protocol)>,
     health_checks: Vec<(u16, HealthCheck)>,
+    /// Shared by the external frontends that admit any source.
+    no_source_ranges: Arc<[Cidr]>,
 }
 
 impl<'a> Merger<'a> {
@@ -88,9 +99,12 @@ impl<'a> Merger<'a> {
             taken: FoldHashMap::default(),
             backend_sets: Vec::new(),
             frontends: Vec::new(),
+            external_sets: Vec::new(),
+            external: Vec::new(),
             cluster_ips: Vec::new(),
             node_ports: Vec::new(),
             health_checks: Vec::new(),
+            no_source_ranges: Arc::new([]),
         }
     }
 
@@ -100,6 +114,7 @@ impl<'a> Merger<'a> {
     pub fn add(&mut self, plan: &'a ServicePlan, invalid: &mut Vec<InvalidObject>) {
         for family in &plan.families {
             let ip = family.cluster_ip;
+
             let owned = match self.cluster_ip_owners.entry(ip) {
                 Entry::Occupied(owner) if **owner.get() != plan.service => {
                     invalid.push(service_invalid(
@@ -118,14 +133,7 @@ impl<'a> Merger<'a> {
             // on it.
             let mut cluster_ip_recorded = false;
             for port in &family.ports {
-                self.add_port(
-                    plan,
-                    family.family,
-                    port,
-                    owned,
-                    &mut cluster_ip_recorded,
-                    invalid,
-                );
+                self.add_port(plan, family, port, owned, &mut cluster_ip_recorded, invalid);
             }
         }
         self.add_health_check(plan, invalid);
@@ -134,7 +142,7 @@ impl<'a> Merger<'a> {
     fn add_port(
         &mut self,
         plan: &'a ServicePlan,
-        family: IpFamily,
+        family: &'a FamilyPlan,
         port: &'a PortPlan,
         cluster_ip_owned: bool,
         cluster_ip_recorded: &mut bool,
@@ -142,6 +150,7 @@ impl<'a> Merger<'a> {
     ) {
         // Each set is added once, with the first frontend that uses it.
         let mut added = [false; 2];
+        // Whether the frontend was taken.
         let mut add = |this: &mut Self,
                        frontend: FrontendAddr,
                        kind: FrontendKind,
@@ -155,10 +164,10 @@ impl<'a> Merger<'a> {
                         kind_name(kind),
                     ),
                 ));
-                return;
+                return false;
             }
             let Some((key, set)) = port.set(selection) else {
-                return;
+                return false;
             };
             let slot = &mut added[selection as usize];
             if !*slot {
@@ -180,6 +189,36 @@ impl<'a> Merger<'a> {
                     set: key.clone(),
                 },
             ));
+            true
+        };
+        // The same frontend for clients outside the node, once taken for
+        // local ones.
+        let external = port
+            .external_selection
+            .and_then(|selection| port.set(selection));
+        let mut external_added = false;
+        let mut add_external = |this: &mut Self, frontend: FrontendAddr, kind: FrontendKind| {
+            let Some((key, set)) = external else {
+                return;
+            };
+            if !external_added {
+                external_added = true;
+                this.external_sets.push((key.clone(), set.clone()));
+            }
+            let source_ranges = if kind == FrontendKind::LoadBalancer {
+                family.source_ranges.clone()
+            } else {
+                this.no_source_ranges.clone()
+            };
+            this.external.push((
+                frontend,
+                ExternalFrontend {
+                    kind,
+                    set: key.clone(),
+                    snat: key.selection == Selection::Cluster,
+                    source_ranges,
+                },
+            ));
         };
 
         if cluster_ip_owned {
@@ -191,7 +230,7 @@ impl<'a> Merger<'a> {
         {
             let addresses: Vec<IpAddr> = self
                 .node_addresses
-                .get(&family)
+                .get(&family.family)
                 .into_iter()
                 .flatten()
                 .copied()
@@ -202,17 +241,23 @@ impl<'a> Merger<'a> {
                     port: node_port,
                     protocol: port.protocol,
                 };
-                add(
+                let taken = add(
                     self,
                     frontend,
                     FrontendKind::NodePort,
                     Selection::Cluster,
                     invalid,
                 );
+                // Loopback is for local clients only.
+                if taken && !ip.is_loopback() {
+                    add_external(self, frontend, FrontendKind::NodePort);
+                }
             }
         }
         for (frontend, kind) in &port.external_frontends {
-            add(self, *frontend, *kind, Selection::Cluster, invalid);
+            if add(self, *frontend, *kind, Selection::Cluster, invalid) {
+                add_external(self, *frontend, *kind);
+            }
         }
     }
 
@@ -287,6 +332,8 @@ impl<'a> Merger<'a> {
         DesiredState {
             backend_sets: self.backend_sets.into_iter().collect(),
             frontends: self.frontends.into_iter().collect(),
+            external: self.external.into_iter().collect(),
+            external_sets: self.external_sets.into_iter().collect(),
             cluster_ips: self.cluster_ips.into_iter().collect(),
             node_ports: self.node_ports.into_iter().collect(),
             health_checks: self.health_checks.into_iter().collect(),

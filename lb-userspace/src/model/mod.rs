@@ -6,7 +6,10 @@
 //! - `slice_info`: what the model keeps of an EndpointSlice.
 //! - `endpoints`: EndpointSlices merged per Service, port and family.
 //! - `topology`: kube-proxy's CategorizeEndpoints.
-//! - `plan`: one Service's backend sets and the frontends it asks for.
+//! - `plan`: one Service's backend sets and the frontends it asks for, as
+//!   clients on this node reach them (the socket datapath) and as clients
+//!   outside it do (the packet datapath: externalTrafficPolicy, source
+//!   ranges).
 //! - `merge`: conflicts between Services settled; the desired state.
 //! - `compute`: all of the above from scratch.
 //! - `incremental`: the same result, reusing what did not change since the
@@ -20,9 +23,10 @@
 //!   standalone mode are not): a nil EndpointSlice port name is "", a nil
 //!   protocol TCP, a missing namespace "default".
 //! - Bad input is reported as an [`InvalidObject`] and only the bad part is
-//!   skipped: a port, an address, an endpoint, the health check; the whole
-//!   object only when every frontend depends on the bad field (ClusterIP,
-//!   type, traffic policy, session affinity). See `service` and `endpoints`.
+//!   skipped: a port, an address, a source range, an endpoint, the health
+//!   check; the whole object only when every frontend depends on the bad
+//!   field (ClusterIP, type, traffic policy, session affinity). See
+//!   `service` and `endpoints`.
 //! - Conflicting claims (frontend, ClusterIP, NodePort, health check port)
 //!   go to the Service sorted first by namespace/name; the later one loses
 //!   only the conflicting part. An object defined twice (files only) is

@@ -4,13 +4,22 @@
 //! node's name and zone, so an unchanged Service keeps its plan (and the
 //! very same `Arc`s of keys and sets) from pass to pass.
 //!
-//! Every client of this datapath is on this node (it translates at the
-//! socket), so the traffic policies apply as kube-proxy applies them to
-//! local clients: a ClusterIP uses the Local selection when
-//! internalTrafficPolicy is Local, else the Cluster selection; NodePorts,
-//! externalIPs and load balancer IPs always use the Cluster selection
-//! (kube-proxy short-circuits externalTrafficPolicy Local for traffic from
-//! the node itself and its pods).
+//! Two datapaths serve the frontends, and kube-proxy treats their clients
+//! differently:
+//! - the socket datapath translates at connect, so its clients are on this
+//!   node (the node itself and its pods): a ClusterIP uses the Local
+//!   selection when internalTrafficPolicy is Local, else the Cluster
+//!   selection; NodePorts, externalIPs and load balancer IPs always use the
+//!   Cluster selection (kube-proxy short-circuits externalTrafficPolicy
+//!   Local for traffic from the node itself and its pods);
+//! - the packet datapath serves clients outside the node, which reach only
+//!   NodePorts, externalIPs and load balancer IPs: they use the Local
+//!   selection when externalTrafficPolicy is Local (client IP preserved),
+//!   else the Cluster selection (masqueraded); load balancer IPs admit only
+//!   loadBalancerSourceRanges (of the family) when some are set.
+//!
+//! The Local selection is therefore planned when either policy is Local
+//! (for externalTrafficPolicy only on a port reachable from outside).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -18,6 +27,7 @@ use std::sync::Arc;
 use lb_common::capacity::MAX_BACKENDS_PER_SERVICE;
 
 use super::endpoints::{Endpoint, ServiceEndpoints};
+use super::ip::Cidr;
 use super::service::{ServiceInfo, ServicePortInfo};
 use super::topology::{PortPolicy, categorize_endpoints};
 use super::types::{
@@ -42,6 +52,9 @@ pub struct FamilyPlan {
     pub cluster_ip: IpAddr,
     /// The service ports that can be served (in spec order).
     pub ports: Vec<PortPlan>,
+    /// loadBalancerSourceRanges of this family, for external clients of the
+    /// load balancer IPs (empty: unrestricted).
+    pub source_ranges: Arc<[Cidr]>,
 }
 
 /// One service port in one family.
@@ -54,8 +67,14 @@ pub struct PortPlan {
     pub cluster_ip_frontend: (FrontendAddr, Selection),
     /// The sets some frontend may use: only the selections needed.
     pub sets: Vec<(Selection, Arc<BackendSetKey>, Arc<BackendSet>)>,
-    /// externalIPs, then load balancer IPs (Cluster selection).
+    /// externalIPs, then load balancer IPs (Cluster selection for local
+    /// clients).
     pub external_frontends: Vec<(FrontendAddr, FrontendKind)>,
+    /// The selection clients outside the node get on the NodePort and the
+    /// `external_frontends` (Local for externalTrafficPolicy Local); None
+    /// when the port is not reachable from outside in this family, or its
+    /// set cannot be held (reported).
+    pub external_selection: Option<Selection>,
 }
 
 impl PortPlan {
@@ -96,6 +115,7 @@ pub fn plan_service<'e>(
         .map(|(&family, &cluster_ip)| {
             let external_ips = svc.external_ips_of(family);
             let load_balancer_ips = svc.load_balancer_ips_of(family);
+            let source_ranges: Arc<[Cidr]> = svc.load_balancer_source_ranges_of(family).into();
             let family_endpoints = endpoints(family);
             let ports = svc
                 .ports
@@ -120,6 +140,7 @@ pub fn plan_service<'e>(
                 family,
                 cluster_ip,
                 ports,
+                source_ranges,
             }
         })
         .collect();
@@ -178,6 +199,13 @@ fn plan_port(
     } else {
         Selection::Cluster
     };
+    // What clients outside the node get (`external_policy_local` already
+    // implies a Service that can have external traffic).
+    let external_selection = if svc.external_policy_local {
+        Selection::Local
+    } else {
+        Selection::Cluster
+    };
     let key = |selection| BackendSetKey {
         service: svc.service.clone(),
         port_name: port.name.clone(),
@@ -189,13 +217,17 @@ fn plan_port(
     // Candidate sets, kept (by `merge`) only if some frontend ends up using
     // them.
     let mut sets = Vec::new();
+    let mut external_served = externally_accessible;
     for (selection, chosen) in [
         (Selection::Cluster, &categorized.cluster),
         (Selection::Local, &categorized.local),
     ] {
-        let needed = selection == cluster_ip_selection
+        // Local clients: the ClusterIP's selection, and Cluster on the
+        // NodePort, externalIPs and LB IPs.
+        let for_local_clients = selection == cluster_ip_selection
             || (selection == Selection::Cluster && externally_accessible);
-        if !needed {
+        let for_external_clients = externally_accessible && selection == external_selection;
+        if !for_local_clients && !for_external_clients {
             continue;
         }
         let set = backend_set(
@@ -205,15 +237,26 @@ fn plan_port(
             svc.affinity_timeout_secs,
         );
         if set.backends.len() > MAX_BACKENDS_PER_SERVICE as usize {
+            let consequence = if for_local_clients {
+                "port not served"
+            } else {
+                "port not served to clients outside the node"
+            };
             invalid.push(service_invalid(
                 &svc.service,
                 format!(
-                    "{}: {} backends exceed the limit of {MAX_BACKENDS_PER_SERVICE}; port not served",
+                    "{}: {} backends exceed the limit of {MAX_BACKENDS_PER_SERVICE}; {consequence}",
                     key(selection),
                     set.backends.len()
                 ),
             ));
-            return None;
+            if for_local_clients {
+                return None;
+            }
+            // Only external clients needed it: local ones are served as
+            // without it.
+            external_served = false;
+            continue;
         }
         sets.push((selection, Arc::new(key(selection)), Arc::new(set)));
     }
@@ -240,6 +283,7 @@ fn plan_port(
         cluster_ip_frontend: (addr(ctx.cluster_ip), cluster_ip_selection),
         sets,
         external_frontends,
+        external_selection: external_served.then_some(external_selection),
     })
 }
 

@@ -11,6 +11,8 @@
 //!   protocol, a (name, protocol) pair repeated;
 //! - one address, when only that address is wrong: an externalIP or a load
 //!   balancer ingress IP that does not parse, an unknown ipMode;
+//! - one loadBalancerSourceRanges entry that does not parse as a CIDR
+//!   (kube-proxy logs and skips it);
 //! - the health check only, when healthCheckNodePort is missing or out of
 //!   range (the Service itself is still served, as kube-proxy does).
 
@@ -21,7 +23,7 @@ use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::endpoints::valid_port;
-use super::ip::parse_ip_lenient;
+use super::ip::{Cidr, parse_cidr_lenient, parse_ip_lenient};
 use super::types::{InvalidObject, IpFamily, ObjectKind, Protocol, ServiceRef};
 
 /// Services (and EndpointSlices) with this label belong to another proxy.
@@ -86,6 +88,10 @@ pub struct ServiceInfo {
     /// status.loadBalancer.ingress[].ip with ipMode VIP or unset, every
     /// family, deduplicated, in status order.
     pub load_balancer_ips: Vec<IpAddr>,
+    /// Valid spec.loadBalancerSourceRanges of every family, deduplicated,
+    /// in spec order. Read whatever the type (as kube-proxy), used only by
+    /// load balancer IPs.
+    pub load_balancer_source_ranges: Vec<Cidr>,
     /// internalTrafficPolicy Local.
     pub internal_policy_local: bool,
     /// externalTrafficPolicy Local on a Service that can receive external
@@ -105,6 +111,16 @@ impl ServiceInfo {
 
     pub fn load_balancer_ips_of(&self, family: IpFamily) -> Vec<IpAddr> {
         of_family(&self.load_balancer_ips, family)
+    }
+
+    /// The source ranges of one family (kube-proxy's per-family proxier
+    /// only sees those: a range of the other family restricts nothing).
+    pub fn load_balancer_source_ranges_of(&self, family: IpFamily) -> Vec<Cidr> {
+        self.load_balancer_source_ranges
+            .iter()
+            .copied()
+            .filter(|c| c.family() == family)
+            .collect()
     }
 }
 
@@ -157,6 +173,7 @@ pub fn read_service(svc: &Service, invalid: &mut Vec<InvalidObject>) -> Option<S
                 ports: read.ports,
                 external_ips: read.external_ips,
                 load_balancer_ips: read.load_balancer_ips,
+                load_balancer_source_ranges: read.load_balancer_source_ranges,
                 internal_policy_local: read.internal_policy_local,
                 external_policy_local: read.external_policy_local,
                 affinity_timeout_secs: read.affinity_timeout_secs,
@@ -177,6 +194,7 @@ struct ReadSpec {
     ports: Vec<ServicePortInfo>,
     external_ips: Vec<IpAddr>,
     load_balancer_ips: Vec<IpAddr>,
+    load_balancer_source_ranges: Vec<Cidr>,
     internal_policy_local: bool,
     external_policy_local: bool,
     affinity_timeout_secs: Option<u32>,
@@ -306,6 +324,21 @@ fn read_spec(svc: &Service, spec: &ServiceSpec) -> Result<Option<ReadSpec>, Stri
         }
     }
 
+    // kube-proxy's MapCIDRsByIPFamily: trimmed, parsed sloppily, a bad
+    // entry logged and skipped.
+    let mut load_balancer_source_ranges = Vec::new();
+    for s in spec.load_balancer_source_ranges.iter().flatten() {
+        match parse_cidr_lenient(s) {
+            Some(c) if !load_balancer_source_ranges.contains(&c) => {
+                load_balancer_source_ranges.push(c)
+            }
+            Some(_) => {}
+            None => {
+                partial_errors.push(format!("spec.loadBalancerSourceRanges: invalid CIDR {s:?}"))
+            }
+        }
+    }
+
     // Only LoadBalancer with eTP Local gets one (not NodePort with eTP Local).
     let mut health_check_node_port = None;
     if service_type == ServiceType::LoadBalancer && external_traffic_local {
@@ -330,6 +363,7 @@ fn read_spec(svc: &Service, spec: &ServiceSpec) -> Result<Option<ReadSpec>, Stri
         ports,
         external_ips,
         load_balancer_ips,
+        load_balancer_source_ranges,
         internal_policy_local,
         external_policy_local,
         affinity_timeout_secs,
@@ -1066,6 +1100,53 @@ mod tests {
                 "spec.externalIPs: invalid IP \"bogus\"",
                 "status.loadBalancer.ingress \"5.6.7.11\": unknown ipMode \"Magic\"",
                 "status.loadBalancer.ingress: invalid IP \"5.6.7.300\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn load_balancer_source_ranges_table() {
+        let (info, reasons) = read(
+            &svc()
+                .type_("LoadBalancer")
+                .port("p", "TCP", 80)
+                .source_ranges(&[
+                    "10.0.0.0/8",
+                    " 192.168.1.7/16\t",
+                    "fd00::/8",
+                    "10.1.0.0/8",
+                    "203.0.113.000/025",
+                    "::ffff:10.0.0.0/104",
+                    "10.0.0.1",
+                    "fd00::/129",
+                    "",
+                ])
+                .build_raw(),
+        );
+        let info = info.unwrap();
+        let cidrs = |v: &[&str]| -> Vec<Cidr> {
+            v.iter().map(|s| parse_cidr_lenient(s).unwrap()).collect()
+        };
+        // Host bits cleared, then deduplicated (10.1.0.0/8 and the mapped
+        // form are 10.0.0.0/8 again).
+        assert_eq!(
+            info.load_balancer_source_ranges,
+            cidrs(&["10.0.0.0/8", "192.168.0.0/16", "fd00::/8", "203.0.113.0/25"])
+        );
+        assert_eq!(
+            info.load_balancer_source_ranges_of(IpFamily::V4),
+            cidrs(&["10.0.0.0/8", "192.168.0.0/16", "203.0.113.0/25"])
+        );
+        assert_eq!(
+            info.load_balancer_source_ranges_of(IpFamily::V6),
+            cidrs(&["fd00::/8"])
+        );
+        assert_eq!(
+            reasons,
+            [
+                "spec.loadBalancerSourceRanges: invalid CIDR \"10.0.0.1\"",
+                "spec.loadBalancerSourceRanges: invalid CIDR \"fd00::/129\"",
+                "spec.loadBalancerSourceRanges: invalid CIDR \"\"",
             ]
         );
     }

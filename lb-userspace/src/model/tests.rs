@@ -95,6 +95,49 @@ fn check_invariants(d: &DesiredState) {
     for (port, hc) in &d.health_checks {
         assert_eq!(*port, hc.node_port);
     }
+    // External frontends: the socket frontends outside clients can reach,
+    // each with its set in `external_sets`.
+    let mut external_used = BTreeSet::new();
+    for (addr, f) in &d.external {
+        let socket = d
+            .frontends
+            .get(addr)
+            .unwrap_or_else(|| panic!("external {addr} is no socket frontend"));
+        assert_eq!(socket.kind, f.kind, "{addr}");
+        assert_ne!(f.kind, FrontendKind::ClusterIp, "{addr}");
+        if f.kind == FrontendKind::NodePort {
+            assert!(!addr.ip.is_loopback(), "{addr}: loopback is local only");
+        }
+        assert!(
+            d.external_sets.contains_key(&f.set),
+            "{addr}: set {}",
+            f.set
+        );
+        assert_eq!(addr.protocol, f.set.protocol, "{addr}");
+        assert_eq!(IpFamily::of(&addr.ip), f.set.family, "{addr}");
+        let same_port = |a: &BackendSetKey, b: &BackendSetKey| {
+            (&a.service, &a.port_name, a.protocol, a.family)
+                == (&b.service, &b.port_name, b.protocol, b.family)
+        };
+        assert!(same_port(&f.set, &socket.set), "{addr}");
+        assert_eq!(f.snat, f.set.selection == Selection::Cluster, "{addr}");
+        if f.kind != FrontendKind::LoadBalancer {
+            assert!(f.source_ranges.is_empty(), "{addr}: only LB IPs");
+        }
+        for r in f.source_ranges.iter() {
+            assert_eq!(r.family(), IpFamily::of(&addr.ip), "{addr}: {r:?}");
+        }
+        external_used.insert(f.set.clone());
+    }
+    for (key, set) in &d.external_sets {
+        assert!(external_used.contains(key), "external set {key} is unused");
+        if let Some(socket) = d.backend_sets.get(key) {
+            assert_eq!(socket, set, "{key}: one set, one content");
+        }
+        if !set.backends.is_empty() {
+            assert_eq!(set.empty_outcome, EmptyOutcome::Reject, "{key}");
+        }
+    }
 }
 
 /// "ip:port/TCP" or "[v6]:port/UDP".
@@ -139,26 +182,43 @@ fn to(backends: &[&str]) -> Served {
 fn served(c: &Computed, frontend: &str) -> Served {
     let addr = fe(frontend);
     match c.desired.frontends.get(&addr) {
-        Some(f) => {
-            let set = &c.desired.backend_sets[&f.set];
-            if set.backends.is_empty() {
-                match set.empty_outcome {
-                    EmptyOutcome::Reject => Served::Reject,
-                    EmptyOutcome::Drop => Served::Drop,
-                }
-            } else {
-                let mut v: Vec<String> = set
-                    .backends
-                    .iter()
-                    .map(|b| addr_port(b.ip, b.port))
-                    .collect();
-                v.sort();
-                Served::To(v)
-            }
-        }
+        Some(f) => served_by(&c.desired.backend_sets[&f.set]),
         None if c.desired.cluster_ips.contains_key(&addr.ip) => Served::RefusedPort,
         None => Served::Unknown,
     }
+}
+
+fn served_by(set: &BackendSet) -> Served {
+    if set.backends.is_empty() {
+        match set.empty_outcome {
+            EmptyOutcome::Reject => Served::Reject,
+            EmptyOutcome::Drop => Served::Drop,
+        }
+    } else {
+        let mut v: Vec<String> = set
+            .backends
+            .iter()
+            .map(|b| addr_port(b.ip, b.port))
+            .collect();
+        v.sort();
+        Served::To(v)
+    }
+}
+
+/// What a client outside the node gets (the packet datapath); Unknown
+/// when the frontend is not reachable from outside.
+fn served_externally(c: &Computed, frontend: &str) -> Served {
+    match c.desired.external.get(&fe(frontend)) {
+        Some(f) => served_by(&c.desired.external_sets[&f.set]),
+        None => Served::Unknown,
+    }
+}
+
+fn external_of<'c>(c: &'c Computed, frontend: &str) -> &'c ExternalFrontend {
+    c.desired
+        .external
+        .get(&fe(frontend))
+        .unwrap_or_else(|| panic!("no external frontend {frontend}"))
 }
 
 fn frontend_of<'c>(c: &'c Computed, frontend: &str) -> &'c Frontend {
@@ -2287,4 +2347,568 @@ fn never_panics_on_arbitrary_input() {
         with_invalid > 500,
         "only {with_invalid} rounds with invalid input"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Clients outside the node (the packet datapath)
+
+/// (what, endpoints as (IP, local, state), what external clients get).
+type ExternalCase = (&'static str, Vec<(&'static str, bool, St)>, Served);
+
+/// Reference "Terminating, eTP=Local LB", for the external clients: the LB
+/// IP and the NodePort serve the Local selection, client IP preserved, from
+/// a set the socket datapath never sees.
+#[test]
+fn upstream_terminating_external_policy_local_for_external_clients() {
+    use St::*;
+    // (what, endpoints) → external → LB / NodePort
+    let cases: Vec<ExternalCase> = vec![
+        (
+            "ready, terminating and non-serving local endpoints, one remote ready",
+            vec![
+                ("10.0.1.1", true, Ready),
+                ("10.0.1.2", true, Ready),
+                ("10.0.1.3", true, ServingTerminating),
+                ("10.0.1.4", true, NotServing),
+                ("10.0.1.5", false, Ready),
+            ],
+            to(&["10.0.1.1:80", "10.0.1.2:80"]),
+        ),
+        (
+            "only local serving+terminating, one remote ready",
+            vec![
+                ("10.0.1.2", true, ServingTerminating),
+                ("10.0.1.3", true, ServingTerminating),
+                ("10.0.1.4", true, NotServing),
+                ("10.0.1.5", false, Ready),
+            ],
+            to(&["10.0.1.2:80", "10.0.1.3:80"]),
+        ),
+        (
+            "only remote serving+terminating: DROP",
+            vec![
+                ("10.0.1.4", true, NotServing),
+                ("10.0.1.5", false, ServingTerminating),
+            ],
+            Served::Drop,
+        ),
+        (
+            "only non-serving: REJECT",
+            vec![
+                ("10.0.1.4", true, NotServing),
+                ("10.0.1.5", false, NotServing),
+            ],
+            Served::Reject,
+        ),
+    ];
+    for (what, eps, want) in cases {
+        let slices = vec![terminating_slice(&eps)];
+        let c = run(vec![etp_local_lb("Local")], slices.clone());
+        assert!(c.invalid.is_empty(), "{what}: {:?}", reasons(&c));
+        // The model agrees with CategorizeEndpoints' Local selection.
+        assert_eq!(external_local_selection(&slices), want, "{what}");
+        for frontend in ["1.2.3.4:80/TCP", "192.168.0.2:30080/TCP"] {
+            assert_eq!(served_externally(&c, frontend), want, "{what}: {frontend}");
+            let f = external_of(&c, frontend);
+            assert_eq!(f.set.selection, Selection::Local, "{what}: {frontend}");
+            assert!(!f.snat, "{what}: {frontend}: client IP preserved");
+        }
+        // Loopback and the ClusterIP are for local clients only.
+        assert_eq!(
+            served_externally(&c, "127.0.0.1:30080/TCP"),
+            Served::Unknown
+        );
+        assert_eq!(served_externally(&c, "172.30.1.1:80/TCP"), Served::Unknown);
+        // The Local set is for external clients only (iTP Cluster).
+        assert_eq!(c.desired.external_sets.len(), 1, "{what}");
+        assert!(
+            c.desired
+                .backend_sets
+                .keys()
+                .all(|k| k.selection == Selection::Cluster),
+            "{what}"
+        );
+    }
+}
+
+/// Reference "Topology", eTP=Local with hints: local clients get the
+/// zone's endpoints {.3, .6}, external clients this node's {.3, .4}; with
+/// eTP=Cluster external clients get the zone's too.
+#[test]
+fn upstream_topology_external_policy_local_for_external_clients() {
+    let zone_only = slice("ns1", "svc1-abc", "svc1", "IPv4")
+        .port("", "TCP", 80)
+        .endpoint(ep("10.1.2.3").zone_hints(&["zone-a"]).local())
+        .endpoint(ep("10.1.2.4").zone_hints(&["zone-b"]).local())
+        .endpoint(ep("10.1.2.5").zone_hints(&["zone-c"]))
+        .endpoint(ep("10.1.2.6").zone_hints(&["zone-a"]))
+        .build();
+    let node = NodeInfo {
+        zone: Some("zone-a".into()),
+        ..node()
+    };
+    let cluster = to(&["10.1.2.3:80", "10.1.2.6:80"]);
+    let cases = [
+        ("Local", to(&["10.1.2.3:80", "10.1.2.4:80"])),
+        ("Cluster", cluster.clone()),
+    ];
+    for (etp, want) in cases {
+        let c = run_on(&node, vec![etp_local_lb(etp)], vec![zone_only.clone()]);
+        for frontend in ["1.2.3.4:80/TCP", "192.168.0.2:30080/TCP"] {
+            assert_eq!(served(&c, frontend), cluster, "eTP {etp}: {frontend}");
+            assert_eq!(
+                served_externally(&c, frontend),
+                want,
+                "eTP {etp}: {frontend}"
+            );
+        }
+    }
+}
+
+/// Reference "Terminating, eTP=Cluster", for the external clients: the
+/// Cluster selection, masqueraded, from the very set local clients use.
+#[test]
+fn external_policy_cluster_serves_the_cluster_selection_masqueraded() {
+    use St::*;
+    let cases: Vec<ExternalCase> = vec![
+        (
+            "ready endpoints exist: ready only",
+            vec![
+                ("10.0.1.1", true, Ready),
+                ("10.0.1.2", false, Ready),
+                ("10.0.1.3", true, ServingTerminating),
+                ("10.0.1.5", true, NotServing),
+            ],
+            to(&["10.0.1.1:80", "10.0.1.2:80"]),
+        ),
+        (
+            "all terminating: every serving+terminating",
+            vec![
+                ("10.0.1.3", true, ServingTerminating),
+                ("10.0.1.4", false, ServingTerminating),
+            ],
+            to(&["10.0.1.3:80", "10.0.1.4:80"]),
+        ),
+        (
+            "none serving: REJECT",
+            vec![("10.0.1.5", true, NotServing)],
+            Served::Reject,
+        ),
+    ];
+    for (what, eps, want) in cases {
+        let c = run(vec![etp_local_lb("Cluster")], vec![terminating_slice(&eps)]);
+        for frontend in ["1.2.3.4:80/TCP", "192.168.0.2:30080/TCP"] {
+            assert_eq!(served_externally(&c, frontend), want, "{what}: {frontend}");
+            let f = external_of(&c, frontend);
+            assert!(f.snat, "{what}: {frontend}: masqueraded");
+            assert_eq!(f.set, frontend_of(&c, frontend).set, "{what}: {frontend}");
+        }
+        assert_eq!(c.desired.external_sets, c.desired.backend_sets, "{what}");
+    }
+}
+
+/// Which frontends outside clients reach, by type and eTP: NodePorts on
+/// every node address of the family but loopback, externalIPs and LB IPs,
+/// never the ClusterIP; eTP decides the selection and SNAT of them all.
+#[test]
+fn external_frontends_by_type_and_policy() {
+    let node = NodeInfo {
+        name: NODE.into(),
+        addresses: vec![ip("192.168.0.2"), ip("10.10.0.2"), ip("fd00::2")],
+        zone: None,
+    };
+    let v4_node_ports = ["192.168.0.2:30080/TCP", "10.10.0.2:30080/TCP"];
+    let v6_node_ports = ["[fd00::2]:30080/TCP"];
+    let ips = [
+        ("1.2.3.4:80/TCP", FrontendKind::ExternalIp),
+        ("5.6.7.8:80/TCP", FrontendKind::LoadBalancer),
+        ("[2001:db8::4]:80/TCP", FrontendKind::ExternalIp),
+        ("[2001:db8::8]:80/TCP", FrontendKind::LoadBalancer),
+    ];
+    for ty in ["ClusterIP", "NodePort", "LoadBalancer"] {
+        for etp in ["Cluster", "Local"] {
+            let what = format!("{ty} eTP {etp}");
+            let svc = service("ns", "s", "172.30.0.1")
+                .families(&["IPv4", "IPv6"], &["172.30.0.1", "fd00:30::1"])
+                .type_(ty)
+                .port("p", "TCP", 80)
+                .node_port(30080)
+                .external_ips(&["1.2.3.4", "2001:db8::4"])
+                .lb_ingress(Some("5.6.7.8"), None)
+                .lb_ingress(Some("2001:db8::8"), None)
+                .etp(etp)
+                .health_check_node_port(30000)
+                .build();
+            let slices = vec![
+                slice("ns", "s-4", "s", "IPv4")
+                    .port("p", "TCP", 8080)
+                    .endpoint(ep("10.0.0.1").local())
+                    .endpoint(ep("10.0.0.2").node("node1"))
+                    .build(),
+                slice("ns", "s-6", "s", "IPv6")
+                    .port("p", "TCP", 8080)
+                    .endpoint(ep("fd00:10::1").local())
+                    .endpoint(ep("fd00:10::2").node("node1"))
+                    .build(),
+            ];
+            let c = run_on(&node, vec![svc], slices);
+            let mut want: Vec<(FrontendAddr, FrontendKind)> =
+                ips.iter().map(|(a, k)| (fe(a), *k)).collect();
+            if ty != "ClusterIP" {
+                for a in v4_node_ports.iter().chain(&v6_node_ports) {
+                    want.push((fe(a), FrontendKind::NodePort));
+                }
+            }
+            want.sort();
+            let got: Vec<(FrontendAddr, FrontendKind)> = c
+                .desired
+                .external
+                .iter()
+                .map(|(a, f)| (*a, f.kind))
+                .collect();
+            assert_eq!(got, want, "{what}");
+
+            let local = etp == "Local";
+            for (addr, f) in &c.desired.external {
+                assert_eq!(f.snat, !local, "{what}: {addr}");
+                let v6 = addr.ip.is_ipv6();
+                let want = match (local, v6) {
+                    (true, false) => to(&["10.0.0.1:8080"]),
+                    (true, true) => to(&["[fd00:10::1]:8080"]),
+                    (false, false) => to(&["10.0.0.1:8080", "10.0.0.2:8080"]),
+                    (false, true) => to(&["[fd00:10::1]:8080", "[fd00:10::2]:8080"]),
+                };
+                let s = addr.to_string();
+                assert_eq!(served_externally(&c, &s), want, "{what}: {addr}");
+                // Local clients are never subject to eTP.
+                assert_eq!(
+                    frontend_of(&c, &s).set.selection,
+                    Selection::Cluster,
+                    "{what}: {addr}"
+                );
+            }
+            // Loopback NodePorts exist for local clients only.
+            if ty != "ClusterIP" {
+                for lo in ["127.0.0.1:30080/TCP", "[::1]:30080/TCP"] {
+                    assert_eq!(frontend_of(&c, lo).kind, FrontendKind::NodePort, "{what}");
+                    assert!(!c.desired.external.contains_key(&fe(lo)), "{what}: {lo}");
+                }
+            }
+            // One external set per family; Local ones only there.
+            assert_eq!(c.desired.external_sets.len(), 2, "{what}");
+            let selections: BTreeSet<Selection> = c
+                .desired
+                .external_sets
+                .keys()
+                .map(|k| k.selection)
+                .collect();
+            let want_selection = if local {
+                Selection::Local
+            } else {
+                Selection::Cluster
+            };
+            assert_eq!(selections, [want_selection].into(), "{what}");
+            assert_eq!(c.desired.backend_sets.len(), 2, "{what}");
+        }
+    }
+}
+
+/// (iTP, eTP) → what external clients get, and which sets each datapath
+/// holds: a Local set only external clients use stays out of
+/// `backend_sets`; one the ClusterIP uses too is in both.
+#[test]
+fn traffic_policies_for_external_clients() {
+    let both = to(&["10.0.0.1:80", "10.0.0.2:80"]);
+    let local = to(&["10.0.0.1:80"]);
+    // (iTP, eTP, external served, socket set selections, external ones)
+    type Row = (
+        &'static str,
+        &'static str,
+        Served,
+        &'static [Selection],
+        &'static [Selection],
+    );
+    use Selection::{Cluster, Local};
+    let cases: Vec<Row> = vec![
+        ("Cluster", "Cluster", both.clone(), &[Cluster], &[Cluster]),
+        ("Cluster", "Local", local.clone(), &[Cluster], &[Local]),
+        (
+            "Local",
+            "Cluster",
+            both.clone(),
+            &[Cluster, Local],
+            &[Cluster],
+        ),
+        ("Local", "Local", local.clone(), &[Cluster, Local], &[Local]),
+    ];
+    for (itp, etp, want, socket_sets, external_sets) in cases {
+        let what = format!("iTP {itp} eTP {etp}");
+        let b = |etp: &str| {
+            service("ns", "s", "172.30.0.1")
+                .type_("NodePort")
+                .port("p", "TCP", 80)
+                .node_port(30080)
+                .external_ips(&["1.2.3.4"])
+                .itp(itp)
+                .etp(etp)
+                .build()
+        };
+        let slices = vec![
+            slice("ns", "s-1", "s", "IPv4")
+                .port("p", "TCP", 80)
+                .endpoint(ep("10.0.0.1").local())
+                .endpoint(ep("10.0.0.2").node("node1"))
+                .build(),
+        ];
+        let c = run(vec![b(etp)], slices.clone());
+        for frontend in ["192.168.0.2:30080/TCP", "1.2.3.4:80/TCP"] {
+            assert_eq!(served_externally(&c, frontend), want, "{what}: {frontend}");
+            assert_eq!(served(&c, frontend), both, "{what}: {frontend}");
+        }
+        let selections = |m: &std::collections::BTreeMap<Arc<BackendSetKey>, Arc<BackendSet>>| {
+            m.keys().map(|k| k.selection).collect::<Vec<_>>()
+        };
+        assert_eq!(selections(&c.desired.backend_sets), socket_sets, "{what}");
+        assert_eq!(
+            selections(&c.desired.external_sets),
+            external_sets,
+            "{what}"
+        );
+        for (key, set) in &c.desired.external_sets {
+            if let Some(socket) = c.desired.backend_sets.get(key) {
+                assert!(Arc::ptr_eq(socket, set), "{what}: {key} shared");
+            }
+        }
+        // The socket datapath's state does not depend on eTP.
+        let other = run(
+            vec![b(if etp == "Local" { "Cluster" } else { "Local" })],
+            slices,
+        );
+        assert_eq!(c.desired.backend_sets, other.desired.backend_sets, "{what}");
+        assert_eq!(c.desired.frontends, other.desired.frontends, "{what}");
+    }
+}
+
+/// loadBalancerSourceRanges restrict the LB IPs of their family only;
+/// NodePorts and externalIPs are never restricted; a bad entry is reported
+/// and skipped, the rest still applies.
+#[test]
+fn source_ranges_apply_to_load_balancer_ips_of_their_family() {
+    let node = NodeInfo {
+        addresses: vec![ip("192.168.0.2"), ip("fd00::2")],
+        ..node()
+    };
+    let lb = |ranges: &[&str]| {
+        service("ns", "s", "172.30.0.1")
+            .families(&["IPv4", "IPv6"], &["172.30.0.1", "fd00:30::1"])
+            .type_("LoadBalancer")
+            .port("p", "TCP", 80)
+            .node_port(30080)
+            .external_ips(&["1.2.3.4", "2001:db8::4"])
+            .lb_ingress(Some("5.6.7.8"), None)
+            .lb_ingress(Some("2001:db8::8"), None)
+            .source_ranges(ranges)
+            .build()
+    };
+    let cidr = |s: &str| ip::parse_cidr_lenient(s).unwrap();
+    // (what, ranges) → (v4 LB ranges, v6 LB ranges, reasons)
+    type Row = (
+        &'static str,
+        &'static [&'static str],
+        &'static [&'static str],
+        &'static [&'static str],
+        &'static [&'static str],
+    );
+    let cases: Vec<Row> = vec![
+        ("none", &[], &[], &[], &[]),
+        (
+            "both families, lenient forms",
+            &[
+                "10.0.0.0/8",
+                " 192.168.0.0/16 ",
+                "fd00::/8",
+                "203.0.113.000/025",
+            ],
+            &["10.0.0.0/8", "192.168.0.0/16", "203.0.113.0/25"],
+            &["fd00::/8"],
+            &[],
+        ),
+        (
+            "IPv4 only: IPv6 LB IPs unrestricted",
+            &["10.0.0.0/8"],
+            &["10.0.0.0/8"],
+            &[],
+            &[],
+        ),
+        (
+            "a bad entry is skipped",
+            &["bogus", "10.0.0.0/8", "10.0.0.0/33"],
+            &["10.0.0.0/8"],
+            &[],
+            &[
+                "Service ns/s: spec.loadBalancerSourceRanges: invalid CIDR \"10.0.0.0/33\"",
+                "Service ns/s: spec.loadBalancerSourceRanges: invalid CIDR \"bogus\"",
+            ],
+        ),
+        (
+            "only bad entries: unrestricted",
+            &["10.0.0.1"],
+            &[],
+            &[],
+            &["Service ns/s: spec.loadBalancerSourceRanges: invalid CIDR \"10.0.0.1\""],
+        ),
+    ];
+    for (what, ranges, want4, want6, want_reasons) in cases {
+        let c = run_on(&node, vec![lb(ranges)], vec![]);
+        assert_eq!(reasons(&c), *want_reasons, "{what}");
+        let of = |frontend: &str| external_of(&c, frontend).source_ranges.to_vec();
+        let cidrs = |v: &[&str]| v.iter().map(|s| cidr(s)).collect::<Vec<_>>();
+        assert_eq!(of("5.6.7.8:80/TCP"), cidrs(want4), "{what}");
+        assert_eq!(of("[2001:db8::8]:80/TCP"), cidrs(want6), "{what}");
+        for frontend in [
+            "192.168.0.2:30080/TCP",
+            "[fd00::2]:30080/TCP",
+            "1.2.3.4:80/TCP",
+            "[2001:db8::4]:80/TCP",
+        ] {
+            assert!(of(frontend).is_empty(), "{what}: {frontend}");
+        }
+        // Everything is still served.
+        assert_eq!(c.desired.external.len(), 6, "{what}");
+        assert_eq!(served(&c, "5.6.7.8:80/TCP"), Served::Reject, "{what}");
+    }
+}
+
+/// A frontend the Service does not get for local clients (taken by a
+/// Service sorted earlier) is not reachable from outside for it either.
+#[test]
+fn a_conflicting_frontend_gets_no_external_entry() {
+    struct Case {
+        name: &'static str,
+        later: ServiceBuilder,
+        earlier: ServiceBuilder,
+        /// frontend → owner of the external entry ("-": none).
+        want: Vec<(&'static str, &'static str)>,
+    }
+    let a = |ip| service("ns", "a", ip).port("p", "TCP", 80);
+    let b = |ip| service("ns", "b", ip).port("p", "TCP", 80);
+    let cases = vec![
+        Case {
+            name: "same LB IP and port",
+            later: b("172.30.0.2")
+                .type_("LoadBalancer")
+                .lb_ingress(Some("5.6.7.8"), None)
+                .lb_ingress(Some("5.6.7.9"), None)
+                .source_ranges(&["10.0.0.0/8"]),
+            earlier: a("172.30.0.1")
+                .type_("LoadBalancer")
+                .lb_ingress(Some("5.6.7.8"), None),
+            want: vec![("5.6.7.8:80/TCP", "ns/a"), ("5.6.7.9:80/TCP", "ns/b")],
+        },
+        Case {
+            name: "externalIP on another's ClusterIP:port",
+            later: b("172.30.0.2")
+                .external_ips(&["172.30.0.1", "1.2.3.4"])
+                .etp("Local"),
+            earlier: a("172.30.0.1"),
+            want: vec![("172.30.0.1:80/TCP", "-"), ("1.2.3.4:80/TCP", "ns/b")],
+        },
+        Case {
+            name: "same nodePort",
+            later: b("172.30.0.2")
+                .type_("NodePort")
+                .node_port(30080)
+                .etp("Local"),
+            earlier: a("172.30.0.1").type_("NodePort").node_port(30080),
+            want: vec![("192.168.0.2:30080/TCP", "ns/a")],
+        },
+        Case {
+            name: "nodePort taken by an earlier health check",
+            later: b("172.30.0.2").type_("NodePort").node_port(30000),
+            earlier: a("172.30.0.1")
+                .type_("LoadBalancer")
+                .node_port(30080)
+                .etp("Local")
+                .health_check_node_port(30000),
+            want: vec![
+                ("192.168.0.2:30000/TCP", "-"),
+                ("192.168.0.2:30080/TCP", "ns/a"),
+            ],
+        },
+        Case {
+            name: "a node address:nodePort taken by an earlier externalIP",
+            later: b("172.30.0.2")
+                .type_("NodePort")
+                .node_port(30080)
+                .etp("Local"),
+            earlier: service("ns", "a", "172.30.0.1")
+                .port("p", "TCP", 30080)
+                .external_ips(&["192.168.0.2"]),
+            want: vec![("192.168.0.2:30080/TCP", "ns/a")],
+        },
+    ];
+    for case in cases {
+        let c = run(vec![case.later.build(), case.earlier.build()], vec![]);
+        assert!(!c.invalid.is_empty(), "{}: a conflict", case.name);
+        for (frontend, owner) in case.want {
+            let got = c
+                .desired
+                .external
+                .get(&fe(frontend))
+                .map(|f| f.set.service.to_string());
+            assert_eq!(
+                got.as_deref().unwrap_or("-"),
+                owner,
+                "{}: {frontend}",
+                case.name
+            );
+            // It names the same Service's set as the socket frontend.
+            if let Some(f) = c.desired.external.get(&fe(frontend)) {
+                assert_eq!(f.set.service, frontend_of(&c, frontend).set.service);
+                if owner == "ns/a" {
+                    assert!(f.source_ranges.is_empty(), "{}: a's ranges", case.name);
+                }
+            }
+        }
+    }
+}
+
+/// A Local set only external clients use may exceed what a set can hold
+/// while the Cluster selection (topology-filtered) does not: local clients
+/// are served as without it, external ones not at all.
+#[test]
+fn an_external_only_set_too_large_is_reported_and_not_served_externally() {
+    let max = lb_common::capacity::MAX_BACKENDS_PER_SERVICE as usize;
+    // max+1 local endpoints hinted for zone-b, one remote one for zone-a:
+    // this zone-a node's Cluster selection is that one.
+    let mut s = slice("ns", "s-1", "s", "IPv4")
+        .port("p", "TCP", 80)
+        .endpoint(ep("10.255.255.255").zone_hints(&["zone-a"]).node("node1"));
+    for i in 0..=max {
+        let ip = format!("10.{}.{}.{}", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
+        s = s.endpoint(ep(&ip).zone_hints(&["zone-b"]).local());
+    }
+    let svc = service("ns", "s", "172.30.0.1")
+        .type_("NodePort")
+        .port("p", "TCP", 80)
+        .node_port(30080)
+        .etp("Local")
+        .build();
+    let node = NodeInfo {
+        zone: Some("zone-a".into()),
+        ..node()
+    };
+    let c = run_on(&node, vec![svc], vec![s.build()]);
+    assert_eq!(
+        reasons(&c),
+        [format!(
+            "Service ns/s: ns/s:p/TCP/local: {} backends exceed the limit of {max}; port not served to clients outside the node",
+            max + 1
+        )]
+    );
+    let one = to(&["10.255.255.255:80"]);
+    assert_eq!(served(&c, "172.30.0.1:80/TCP"), one);
+    assert_eq!(served(&c, "192.168.0.2:30080/TCP"), one);
+    assert!(c.desired.external.is_empty());
+    assert!(c.desired.external_sets.is_empty());
 }

@@ -137,6 +137,13 @@ impl ServiceBuilder {
         self
     }
 
+    /// spec.loadBalancerSourceRanges.
+    pub fn source_ranges(mut self, ranges: &[&str]) -> Self {
+        self.spec().load_balancer_source_ranges =
+            Some(ranges.iter().map(|s| s.to_string()).collect());
+        self
+    }
+
     pub fn itp(mut self, policy: &str) -> Self {
         self.spec().internal_traffic_policy = Some(policy.into());
         self

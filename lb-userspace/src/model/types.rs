@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 pub use lb_common::FrontendKind;
 
+use super::ip::Cidr;
+
 /// L4 protocol of a service port. SCTP is not supported by this datapath and
 /// is reported as invalid input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -160,10 +162,29 @@ impl fmt::Display for FrontendAddr {
     }
 }
 
+/// A frontend as sockets on this node reach it (the socket datapath).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frontend {
     pub kind: FrontendKind,
     pub set: Arc<BackendSetKey>,
+}
+
+/// A frontend as a client outside the node reaches it (the packet
+/// datapath): kube-proxy applies externalTrafficPolicy to such traffic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExternalFrontend {
+    /// NodePort, ExternalIp or LoadBalancer.
+    pub kind: FrontendKind,
+    /// The Local selection when externalTrafficPolicy is Local, else the
+    /// Cluster selection; in [`DesiredState::external_sets`].
+    pub set: Arc<BackendSetKey>,
+    /// externalTrafficPolicy Cluster: the packet is masqueraded to the
+    /// node's address (kube-proxy does); Local preserves the client IP.
+    pub snat: bool,
+    /// loadBalancerSourceRanges of this frontend's family (LoadBalancer kind
+    /// only; empty = unrestricted). Nothing else: the datapath adds the
+    /// node's own addresses and the LB IP itself as allowed sources.
+    pub source_ranges: Arc<[Cidr]>,
 }
 
 /// A health check node port the agent serves (type LoadBalancer with
@@ -184,8 +205,20 @@ pub struct HealthCheck {
 /// unchanged set by pointer.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredState {
+    /// The sets socket frontends serve from.
     pub backend_sets: BTreeMap<Arc<BackendSetKey>, Arc<BackendSet>>,
+    /// Frontends as sockets on this node reach them: every client is on the
+    /// node, so externalTrafficPolicy never applies.
     pub frontends: BTreeMap<FrontendAddr, Frontend>,
+    /// Frontends as clients outside the node reach them (the packet
+    /// datapath): NodePorts on the node's addresses (not loopback),
+    /// externalIPs, LB IPs. Each is also in `frontends`, for local clients.
+    pub external: BTreeMap<FrontendAddr, ExternalFrontend>,
+    /// The sets external frontends serve from (Cluster or Local selection),
+    /// by key; kept apart from `backend_sets` so the socket datapath never
+    /// installs a set only external traffic uses. A set both use is in both
+    /// (the same `Arc`).
+    pub external_sets: BTreeMap<Arc<BackendSetKey>, Arc<BackendSet>>,
     /// Every ClusterIP, with one of its Service's sets (for counting
     /// refusals of undefined ports).
     pub cluster_ips: BTreeMap<IpAddr, Arc<BackendSetKey>>,

@@ -128,7 +128,7 @@ pub fn agent_main(a: AgentArgs) -> Result<()> {
     let cookie = netutil::netns_cookie(Some(&a.netns)).context("node netns cookie")?;
     let mut stages = Stages::default();
     let t = Instant::now();
-    let mut dp = Datapath::start(&BpffsDir::new(&a.bpffs), &a.cgroup, cookie)
+    let mut dp = Datapath::start(&BpffsDir::new(&a.bpffs), &a.cgroup, cookie, None)
         .map_err(|e| anyhow!("starting the datapath: {e}"))?;
     stages.load_us = t.elapsed().as_micros() as u64;
 

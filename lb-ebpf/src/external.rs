@@ -1,0 +1,1009 @@
+//! North-south: packets that arrive from outside the node for a NodePort on
+//! a node address, an externalIP or a load balancer IP, translated at tc
+//! ingress as kube-proxy's rules translate them.
+//!
+//! - A new flow to an external frontend: source ranges (LB IPs), then a
+//!   backend from the set's Maglev table by a hash of the client's address,
+//!   port and the frontend port and protocol (not the node address, so that
+//!   a flow picks the same backend whichever node it reaches), then DNAT,
+//!   and with externalTrafficPolicy Cluster SNAT to the node's address on
+//!   the interface the packet leaves by (kube-proxy masquerades). Both
+//!   directions are recorded in the flow table (`FLOWS4/6`, an LRU).
+//! - A packet of a known flow, either direction, is rewritten as its entry
+//!   says; the reply direction makes the client see the frontend.
+//! - The result is routed with `bpf_fib_lookup` and redirected out of the
+//!   egress interface: the rewritten source may be the node's own address,
+//!   which the stack would drop as martian on ingress.
+//! - Everything else goes on untouched (`TC_ACT_UNSPEC`, so that the next
+//!   tcx program, such as a CNI's, still runs), after a parse and one map
+//!   lookup.
+//!
+//! Limits (counted in `EXT_COUNTERS`): non-first IPv4 fragments, IPv4
+//! options and IPv6 extension headers pass untranslated; ICMP errors about
+//! a flow are not translated yet.
+
+use aya_ebpf::{
+    bindings::{
+        __sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup, bpf_redir_neigh,
+    },
+    helpers::generated::{
+        bpf_csum_diff, bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_redirect,
+        bpf_redirect_neigh,
+    },
+    maps::{LruHashMap, lpm_trie::Key},
+    programs::TcContext,
+};
+use lb_common::{
+    EXTERNAL_F_SNAT, EXTERNAL_F_SOURCE_RANGES, ExternalConfig, ExternalFrontendValue,
+    FLOW_F_CLOSING, FLOW_F_REPLY, FLOW_F_SNAT, Flow4, Flow4Nat, Flow6, Flow6Nat, Frontend4Key,
+    Frontend6Key, MaglevEntry, PROTO_TCP, PROTO_UDP, SOURCE_RANGE4_FRONTEND_BITS,
+    SOURCE_RANGE6_FRONTEND_BITS, SourceRange4, SourceRange6, external_counter,
+};
+
+use crate::maps::{
+    EXT_CONFIG, EXT_COUNTERS, EXT_FRONTENDS4, EXT_FRONTENDS6, FIB_SCRATCH, FLOWS4, FLOWS6,
+    IFACE_ADDRS, MAGLEV, SOURCE_RANGES4, SOURCE_RANGES6,
+};
+
+/// TCX_NEXT: let the next program (or the stack) have the packet.
+pub const PASS: i32 = -1;
+const DROP: i32 = TC_ACT_SHOT;
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const IPV6_FRAGMENT: u8 = 44;
+
+const NSEC_PER_SEC: u64 = 1_000_000_000;
+/// kube-proxy sets conntrack's TCP established timeout to a day.
+const TCP_TIMEOUT_NS: u64 = 86_400 * NSEC_PER_SEC;
+/// conntrack's UDP stream timeout.
+const UDP_TIMEOUT_NS: u64 = 120 * NSEC_PER_SEC;
+/// After a FIN or RST (conntrack's TIME_WAIT is 120 s; a closed flow's
+/// masquerade port is wanted back sooner, and a late segment of it is only
+/// answered with a reset).
+const CLOSING_TIMEOUT_NS: u64 = 10 * NSEC_PER_SEC;
+/// An entry's `last_seen_ns` is written at most this often.
+const REFRESH_NS: u64 = NSEC_PER_SEC;
+/// Masquerade ports tried for a new flow before it is dropped.
+const SNAT_TRIES: u32 = 8;
+
+const TCP_FIN: u8 = 0x01;
+const TCP_RST: u8 = 0x04;
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(c) = EXT_COUNTERS.get_ptr_mut(index) {
+        // Per-CPU: only this CPU writes its slot.
+        unsafe { *c += 1 };
+    }
+}
+
+/// Where ingress runs: external interfaces serve new flows to external
+/// frontends; the others (pod-facing) only replies of known flows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    External,
+    Reply,
+}
+
+/// The transport header fields the datapath reads.
+#[derive(Clone, Copy)]
+struct L4 {
+    sport: u16,
+    dport: u16,
+    proto: u8,
+    /// TCP flags (0 for UDP).
+    tcp_flags: u8,
+    /// Offset of the L4 checksum.
+    csum_off: usize,
+}
+
+/// A parsed packet of one family: where its transport header is, what it
+/// holds, and its addresses. The subprograms below take it by reference
+/// (BPF calls pass at most five registers).
+struct Packet<F: Ip> {
+    l4_off: usize,
+    l4: L4,
+    saddr: F::Addr,
+    daddr: F::Addr,
+}
+
+/// `established`'s answer when the entry has expired: the packet is then a
+/// new flow.
+const EXPIRED: i32 = i32::MIN;
+
+#[inline(always)]
+fn read_l4(ctx: &TcContext, off: usize, proto: u8) -> Option<L4> {
+    let ports: [u16; 2] = ctx.load(off).ok()?;
+    let (tcp_flags, csum_off) = if proto == PROTO_TCP {
+        (ctx.load::<u8>(off + 13).ok()?, off + 16)
+    } else {
+        (0, off + 6)
+    };
+    Some(L4 {
+        sport: ports[0],
+        dport: ports[1],
+        proto,
+        tcp_flags,
+        csum_off,
+    })
+}
+
+#[inline(always)]
+fn l4_flags(l4: &L4) -> u64 {
+    // A UDP checksum of 0 means "none" (IPv4): leave it so, and never
+    // produce 0 from a real checksum.
+    if l4.proto == PROTO_UDP {
+        BPF_F_MARK_MANGLED_0 as u64
+    } else {
+        0
+    }
+}
+
+#[inline(always)]
+fn timeout_ns(flags: u8, proto: u8) -> u64 {
+    if flags & FLOW_F_CLOSING != 0 {
+        CLOSING_TIMEOUT_NS
+    } else if proto == PROTO_TCP {
+        TCP_TIMEOUT_NS
+    } else {
+        UDP_TIMEOUT_NS
+    }
+}
+
+#[inline(always)]
+fn closing(l4: &L4) -> bool {
+    l4.tcp_flags & (TCP_FIN | TCP_RST) != 0
+}
+
+#[inline(always)]
+fn config() -> Option<&'static ExternalConfig> {
+    EXT_CONFIG.get(0)
+}
+
+/// murmur3's mixing steps: the hash the Maglev lookup uses, the same on
+/// every node (the agents compute the same tables).
+#[inline(always)]
+fn mix(h: u32, k: u32) -> u32 {
+    let k = k
+        .wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593);
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
+}
+
+#[inline(always)]
+fn finish(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+#[inline(always)]
+fn maglev_entry(fe: &ExternalFrontendValue, hash: u32) -> Option<&'static MaglevEntry> {
+    let size = config()?.maglev_size;
+    if size == 0 {
+        return None;
+    }
+    let entry = MAGLEV.get(
+        fe.table
+            .checked_mul(size)?
+            .checked_add(hash.checked_rem(size)?)?,
+    )?;
+    // An unwritten entry (port 0) is never a backend.
+    (entry.port != 0).then_some(entry)
+}
+
+/// The two families' packet and map specifics, so that the flow logic is
+/// written once.
+trait Ip {
+    type Addr: Copy + PartialEq + Default + 'static;
+    type Flow: Copy + 'static;
+    type Nat: Copy + 'static;
+    const ETH_P: u16;
+    const AF: u8;
+    /// Offsets of the source and destination address from the IP header.
+    const SADDR_OFF: usize;
+    const DADDR_OFF: usize;
+    const L3_LEN: usize;
+
+    fn flows() -> &'static LruHashMap<Self::Flow, Self::Nat>;
+    fn frontend(addr: Self::Addr, port: u16, proto: u8) -> Option<&'static ExternalFrontendValue>;
+    fn source_allowed(daddr: Self::Addr, dport: u16, proto: u8, saddr: Self::Addr) -> bool;
+    fn entry_addr(entry: &MaglevEntry) -> Self::Addr;
+    fn hash_addr(addr: Self::Addr) -> u32;
+    /// The masquerade address for packets leaving by `ifindex`.
+    fn snat_addr(cfg: &ExternalConfig, ifindex: u32) -> Self::Addr;
+
+    fn flow(s: Self::Addr, d: Self::Addr, sport: u16, dport: u16, proto: u8) -> Self::Flow;
+    fn nat(s: Self::Addr, d: Self::Addr, sport: u16, dport: u16, flags: u8, now: u64) -> Self::Nat;
+    /// (saddr, daddr, sport, dport, flags, last_seen_ns)
+    fn nat_fields(nat: &Self::Nat) -> (Self::Addr, Self::Addr, u16, u16, u8, u64);
+    fn nat_touch(nat: *mut Self::Nat, flags: u8, now: u64);
+
+    /// Rewrites an address at `off` (the L3 checksum too for IPv4).
+    fn rewrite_addr(ctx: &TcContext, off: usize, old: Self::Addr, new: Self::Addr, l4: &L4)
+    -> bool;
+    fn fib_addrs(params: &mut bpf_fib_lookup, saddr: Self::Addr, daddr: Self::Addr);
+    fn neigh(params: &bpf_fib_lookup) -> bpf_redir_neigh;
+}
+
+struct V4;
+struct V6;
+
+impl Ip for V4 {
+    type Addr = u32;
+    type Flow = Flow4;
+    type Nat = Flow4Nat;
+    const ETH_P: u16 = ETH_P_IP;
+    const AF: u8 = AF_INET;
+    const SADDR_OFF: usize = 12;
+    const DADDR_OFF: usize = 16;
+    const L3_LEN: usize = 20;
+
+    #[inline(always)]
+    fn flows() -> &'static LruHashMap<Flow4, Flow4Nat> {
+        &FLOWS4
+    }
+    #[inline(always)]
+    fn frontend(addr: u32, port: u16, proto: u8) -> Option<&'static ExternalFrontendValue> {
+        let key = Frontend4Key {
+            addr,
+            port,
+            proto,
+            _pad: 0,
+        };
+        unsafe { EXT_FRONTENDS4.get(key) }
+    }
+    #[inline(always)]
+    fn source_allowed(daddr: u32, dport: u16, proto: u8, saddr: u32) -> bool {
+        let key = Key::new(
+            SOURCE_RANGE4_FRONTEND_BITS + 32,
+            SourceRange4 {
+                frontend_addr: daddr,
+                port: dport,
+                proto,
+                _pad: 0,
+                source: saddr,
+            },
+        );
+        SOURCE_RANGES4.get(&key).is_some()
+    }
+    #[inline(always)]
+    fn entry_addr(entry: &MaglevEntry) -> u32 {
+        entry.addr[0]
+    }
+    #[inline(always)]
+    fn hash_addr(addr: u32) -> u32 {
+        mix(0, addr)
+    }
+    #[inline(always)]
+    fn snat_addr(cfg: &ExternalConfig, ifindex: u32) -> u32 {
+        match unsafe { IFACE_ADDRS.get(ifindex) } {
+            Some(a) if a.addr4 != 0 => a.addr4,
+            _ => cfg.snat4,
+        }
+    }
+    #[inline(always)]
+    fn flow(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> Flow4 {
+        Flow4 {
+            saddr,
+            daddr,
+            sport,
+            dport,
+            proto,
+            _pad: [0; 3],
+        }
+    }
+    #[inline(always)]
+    fn nat(saddr: u32, daddr: u32, sport: u16, dport: u16, flags: u8, now: u64) -> Flow4Nat {
+        Flow4Nat {
+            saddr,
+            daddr,
+            sport,
+            dport,
+            flags,
+            _pad: [0; 3],
+            last_seen_ns: now,
+        }
+    }
+    #[inline(always)]
+    fn nat_fields(n: &Flow4Nat) -> (u32, u32, u16, u16, u8, u64) {
+        (n.saddr, n.daddr, n.sport, n.dport, n.flags, n.last_seen_ns)
+    }
+    #[inline(always)]
+    fn nat_touch(nat: *mut Flow4Nat, flags: u8, now: u64) {
+        // Racing writers (another CPU with a packet of the same flow) only
+        // ever store a newer time or add a flag: either order is fine.
+        unsafe {
+            core::ptr::write_volatile(&raw mut (*nat).flags, flags);
+            core::ptr::write_volatile(&raw mut (*nat).last_seen_ns, now);
+        }
+    }
+    #[inline(always)]
+    fn rewrite_addr(ctx: &TcContext, off: usize, old: u32, new: u32, l4: &L4) -> bool {
+        let l3 = ETH_HLEN;
+        ctx.l4_csum_replace(
+            l4.csum_off,
+            old as u64,
+            new as u64,
+            l4_flags(l4) | BPF_F_PSEUDO_HDR as u64 | 4,
+        )
+        .is_ok()
+            && ctx
+                .l3_csum_replace(l3 + 10, old as u64, new as u64, 4)
+                .is_ok()
+            && ctx.store(l3 + off, &new, 0).is_ok()
+    }
+    #[inline(always)]
+    fn fib_addrs(params: &mut bpf_fib_lookup, saddr: u32, daddr: u32) {
+        params.__bindgen_anon_3.ipv4_src = saddr;
+        params.__bindgen_anon_4.ipv4_dst = daddr;
+    }
+    #[inline(always)]
+    fn neigh(params: &bpf_fib_lookup) -> bpf_redir_neigh {
+        let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
+        nh.nh_family = AF_INET as u32;
+        // After the lookup, ipv4_dst holds the next hop.
+        nh.__bindgen_anon_1.ipv4_nh = unsafe { params.__bindgen_anon_4.ipv4_dst };
+        nh
+    }
+}
+
+impl Ip for V6 {
+    type Addr = [u32; 4];
+    type Flow = Flow6;
+    type Nat = Flow6Nat;
+    const ETH_P: u16 = ETH_P_IPV6;
+    const AF: u8 = AF_INET6;
+    const SADDR_OFF: usize = 8;
+    const DADDR_OFF: usize = 24;
+    const L3_LEN: usize = 40;
+
+    #[inline(always)]
+    fn flows() -> &'static LruHashMap<Flow6, Flow6Nat> {
+        &FLOWS6
+    }
+    #[inline(always)]
+    fn frontend(addr: [u32; 4], port: u16, proto: u8) -> Option<&'static ExternalFrontendValue> {
+        let key = Frontend6Key {
+            addr,
+            port,
+            proto,
+            _pad: 0,
+        };
+        unsafe { EXT_FRONTENDS6.get(key) }
+    }
+    #[inline(always)]
+    fn source_allowed(daddr: [u32; 4], dport: u16, proto: u8, saddr: [u32; 4]) -> bool {
+        let key = Key::new(
+            SOURCE_RANGE6_FRONTEND_BITS + 128,
+            SourceRange6 {
+                frontend_addr: daddr,
+                port: dport,
+                proto,
+                _pad: 0,
+                source: saddr,
+            },
+        );
+        SOURCE_RANGES6.get(&key).is_some()
+    }
+    #[inline(always)]
+    fn entry_addr(entry: &MaglevEntry) -> [u32; 4] {
+        entry.addr
+    }
+    #[inline(always)]
+    fn hash_addr(a: [u32; 4]) -> u32 {
+        mix(mix(mix(mix(0, a[0]), a[1]), a[2]), a[3])
+    }
+    #[inline(always)]
+    fn snat_addr(cfg: &ExternalConfig, ifindex: u32) -> [u32; 4] {
+        match unsafe { IFACE_ADDRS.get(ifindex) } {
+            Some(a) if a.addr6 != [0; 4] => a.addr6,
+            _ => cfg.snat6,
+        }
+    }
+    #[inline(always)]
+    fn flow(saddr: [u32; 4], daddr: [u32; 4], sport: u16, dport: u16, proto: u8) -> Flow6 {
+        Flow6 {
+            saddr,
+            daddr,
+            sport,
+            dport,
+            proto,
+            _pad: [0; 3],
+        }
+    }
+    #[inline(always)]
+    fn nat(
+        saddr: [u32; 4],
+        daddr: [u32; 4],
+        sport: u16,
+        dport: u16,
+        flags: u8,
+        now: u64,
+    ) -> Flow6Nat {
+        Flow6Nat {
+            saddr,
+            daddr,
+            sport,
+            dport,
+            flags,
+            _pad: [0; 3],
+            last_seen_ns: now,
+        }
+    }
+    #[inline(always)]
+    fn nat_fields(n: &Flow6Nat) -> ([u32; 4], [u32; 4], u16, u16, u8, u64) {
+        (n.saddr, n.daddr, n.sport, n.dport, n.flags, n.last_seen_ns)
+    }
+    #[inline(always)]
+    fn nat_touch(nat: *mut Flow6Nat, flags: u8, now: u64) {
+        unsafe {
+            core::ptr::write_volatile(&raw mut (*nat).flags, flags);
+            core::ptr::write_volatile(&raw mut (*nat).last_seen_ns, now);
+        }
+    }
+    #[inline(always)]
+    fn rewrite_addr(ctx: &TcContext, off: usize, old: [u32; 4], new: [u32; 4], l4: &L4) -> bool {
+        let mut from = old;
+        let mut to = new;
+        // IPv6 has no header checksum; the L4 one covers the addresses
+        // through the pseudo-header.
+        let diff = unsafe { bpf_csum_diff(from.as_mut_ptr(), 16, to.as_mut_ptr(), 16, 0) };
+        diff >= 0
+            && ctx
+                .l4_csum_replace(
+                    l4.csum_off,
+                    0,
+                    diff as u64,
+                    l4_flags(l4) | BPF_F_PSEUDO_HDR as u64,
+                )
+                .is_ok()
+            && ctx.store(ETH_HLEN + off, &new, 0).is_ok()
+    }
+    #[inline(always)]
+    fn fib_addrs(params: &mut bpf_fib_lookup, saddr: [u32; 4], daddr: [u32; 4]) {
+        params.__bindgen_anon_3.ipv6_src = saddr;
+        params.__bindgen_anon_4.ipv6_dst = daddr;
+    }
+    #[inline(always)]
+    fn neigh(params: &bpf_fib_lookup) -> bpf_redir_neigh {
+        let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
+        nh.nh_family = AF_INET6 as u32;
+        nh.__bindgen_anon_1.ipv6_nh = unsafe { params.__bindgen_anon_4.ipv6_dst };
+        nh
+    }
+}
+
+/// Where `route` left the packet's route (the lookup's result itself is in
+/// `FIB_SCRATCH`: egress ifindex, next hop, MAC addresses).
+const ROUTE_NONE: u8 = 0;
+const ROUTE_RESOLVED: u8 = 1;
+const ROUTE_NO_NEIGH: u8 = 2;
+
+/// Looks the route up; returns (ROUTE_*, egress ifindex).
+#[inline(always)]
+fn route<F: Ip>(ctx: &TcContext, saddr: F::Addr, daddr: F::Addr, l4: &L4) -> (u8, u32) {
+    let Some(p) = FIB_SCRATCH.get_ptr_mut(0) else {
+        return (ROUTE_NONE, 0);
+    };
+    // SAFETY: this CPU's scratch entry, used by this run only.
+    let params = unsafe { &mut *p };
+    *params = unsafe { core::mem::zeroed() };
+    params.family = F::AF;
+    params.l4_protocol = l4.proto;
+    params.sport = l4.sport;
+    params.dport = l4.dport;
+    params.__bindgen_anon_1.tot_len = (ctx.len() as usize - ETH_HLEN) as u16;
+    params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    F::fib_addrs(params, saddr, daddr);
+    let ret = unsafe {
+        fib_lookup(
+            ctx.skb.skb as *mut _,
+            p,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    let state = match ret as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => ROUTE_RESOLVED,
+        BPF_FIB_LKUP_RET_NO_NEIGH => ROUTE_NO_NEIGH,
+        _ => return (ROUTE_NONE, 0),
+    };
+    (state, params.ifindex)
+}
+
+/// Sends the rewritten packet out by the route `route` found. Without one
+/// (forwarding off, no route; or under BPF_PROG_TEST_RUN) the stack gets
+/// it.
+#[inline(always)]
+fn transmit<F: Ip>(ctx: &TcContext, state: u8) -> i32 {
+    if state == ROUTE_NONE {
+        return TC_ACT_OK;
+    }
+    let Some(p) = FIB_SCRATCH.get_ptr(0) else {
+        return TC_ACT_OK;
+    };
+    // SAFETY: as in `route`, which filled it earlier in this run.
+    let params = unsafe { &*p };
+    if state == ROUTE_RESOLVED {
+        let macs: [u8; 12] = {
+            let mut m = [0u8; 12];
+            m[..6].copy_from_slice(&params.dmac);
+            m[6..].copy_from_slice(&params.smac);
+            m
+        };
+        if ctx.store(0, &macs, 0).is_err() {
+            return DROP;
+        }
+        unsafe { bpf_redirect(params.ifindex, 0) as i32 }
+    } else {
+        let mut nh = F::neigh(params);
+        unsafe {
+            bpf_redirect_neigh(
+                params.ifindex,
+                &mut nh,
+                core::mem::size_of::<bpf_redir_neigh>() as i32,
+                0,
+            ) as i32
+        }
+    }
+}
+
+/// What a packet becomes: its new addresses and ports, and its route; for
+/// a new flow also what `record` needs.
+struct Translation<F: Ip> {
+    saddr: F::Addr,
+    daddr: F::Addr,
+    sport: u16,
+    dport: u16,
+    route: u8,
+    /// Masquerade (externalTrafficPolicy Cluster).
+    snat: bool,
+    /// The route's egress interface.
+    egress: u32,
+    /// The flow's Maglev hash (the masquerade port search starts from it).
+    hash: u32,
+}
+
+/// The verdict `established` and `record` give when they filled the
+/// translation for `apply`.
+const TRANSLATE: i32 = i32::MIN + 1;
+/// `new_flow`'s verdict when it chose a backend: `record` goes next.
+const RECORD: i32 = i32::MIN + 2;
+
+/// Rewrites the packet as `t` says and sends it on.
+#[inline(never)]
+fn apply<F: Ip>(skb: *mut __sk_buff, pkt: &Packet<F>, t: &Translation<F>) -> i32 {
+    let ctx = TcContext::new(skb);
+    if !rewrite::<F>(
+        &ctx,
+        pkt.l4_off,
+        &pkt.l4,
+        (pkt.saddr, pkt.daddr),
+        (t.saddr, t.daddr, t.sport, t.dport),
+    ) {
+        return DROP;
+    }
+    transmit::<F>(&ctx, t.route)
+}
+
+/// Rewrites the packet from (saddr, daddr, sport, dport) to the new ones.
+#[inline(always)]
+fn rewrite<F: Ip>(
+    ctx: &TcContext,
+    l4_off: usize,
+    l4: &L4,
+    old: (F::Addr, F::Addr),
+    new: (F::Addr, F::Addr, u16, u16),
+) -> bool {
+    let (saddr, daddr) = old;
+    let (nsaddr, ndaddr, nsport, ndport) = new;
+    let flags = l4_flags(l4);
+    if saddr != nsaddr && !F::rewrite_addr(ctx, F::SADDR_OFF, saddr, nsaddr, l4) {
+        return false;
+    }
+    if daddr != ndaddr && !F::rewrite_addr(ctx, F::DADDR_OFF, daddr, ndaddr, l4) {
+        return false;
+    }
+    if l4.sport != nsport
+        && (ctx
+            .l4_csum_replace(l4.csum_off, l4.sport as u64, nsport as u64, flags | 2)
+            .is_err()
+            || ctx.store(l4_off, &nsport, 0).is_err())
+    {
+        return false;
+    }
+    if l4.dport != ndport
+        && (ctx
+            .l4_csum_replace(l4.csum_off, l4.dport as u64, ndport as u64, flags | 2)
+            .is_err()
+            || ctx.store(l4_off + 2, &ndport, 0).is_err())
+    {
+        return false;
+    }
+    true
+}
+
+/// A packet of a known flow: translated as the entry says (`TRANSLATE`,
+/// `out` filled), the entry kept fresh (and its other direction, from the
+/// forward side). `EXPIRED` when the entry has expired.
+///
+/// Not inlined (here and in `new_flow`, `masquerade`, `record`, `apply`,
+/// `ingress4`, `ingress6`): each is a BPF subprogram with its own stack
+/// frame, so that the frames of steps that never run nested do not add up
+/// past the verifier's 512 bytes for a chain of calls. `handle` calls the
+/// steps one after the other.
+#[inline(never)]
+fn established<F: Ip>(
+    skb: *mut __sk_buff,
+    pkt: &Packet<F>,
+    nat: *mut F::Nat,
+    out: &mut Translation<F>,
+) -> i32 {
+    let ctx = TcContext::new(skb);
+    let l4 = &pkt.l4;
+    let (nsaddr, ndaddr, nsport, ndport, flags, last_seen) = F::nat_fields(unsafe { &*nat });
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.wrapping_sub(last_seen) > timeout_ns(flags, l4.proto) {
+        return EXPIRED;
+    }
+    let closing_now = closing(l4) && flags & FLOW_F_CLOSING == 0;
+    if closing_now || now.wrapping_sub(last_seen) > REFRESH_NS {
+        let new_flags = if closing(l4) {
+            flags | FLOW_F_CLOSING
+        } else {
+            flags
+        };
+        F::nat_touch(nat, new_flags, now);
+        // The other direction's key is this packet as rewritten, reversed.
+        let other = F::flow(ndaddr, nsaddr, ndport, nsport, l4.proto);
+        if let Some(o) = F::flows().get_ptr_mut(other) {
+            let (_, _, _, _, oflags, _) = F::nat_fields(unsafe { &*o });
+            let oflags = if closing(l4) {
+                oflags | FLOW_F_CLOSING
+            } else {
+                oflags
+            };
+            F::nat_touch(o, oflags, now);
+        }
+    }
+    let (route, _) = route::<F>(&ctx, nsaddr, ndaddr, l4);
+    out.saddr = nsaddr;
+    out.daddr = ndaddr;
+    out.sport = nsport;
+    out.dport = ndport;
+    out.route = route;
+    count(external_counter::ESTABLISHED);
+    TRANSLATE
+}
+
+/// Claims a masquerade port towards the backend: the reply direction's key
+/// is inserted only if no live flow holds it.
+#[inline(always)]
+fn claim_snat_port<F: Ip>(
+    cfg: &ExternalConfig,
+    hash: u32,
+    backend: (F::Addr, u16),
+    snat: F::Addr,
+    proto: u8,
+    reply: &F::Nat,
+    now: u64,
+) -> Option<u16> {
+    let min = cfg.snat_port_min as u32;
+    let max = cfg.snat_port_max as u32;
+    if min == 0 || max < min {
+        return None;
+    }
+    let span = max - min + 1;
+    // checked_rem: the verifier refuses the panic path a plain `%` leaves
+    // (a call that never returns, at the end of the subprogram).
+    let start = hash.checked_rem(span)?;
+    for i in 0..SNAT_TRIES {
+        let port = ((min + (start + i).checked_rem(span)?) as u16).to_be();
+        let key = F::flow(backend.0, snat, backend.1, port, proto);
+        // BPF_NOEXIST: two CPUs cannot take the same port.
+        if F::flows().insert(key, reply, 1).is_ok() {
+            return Some(port);
+        }
+        if let Some(existing) = unsafe { F::flows().get(key) } {
+            let (_, _, _, _, flags, last_seen) = F::nat_fields(existing);
+            if now.wrapping_sub(last_seen) > timeout_ns(flags, proto)
+                && F::flows().insert(key, reply, 0).is_ok()
+            {
+                return Some(port);
+            }
+        }
+    }
+    None
+}
+
+/// A new flow to an external frontend: the backend from the Maglev table
+/// and its route (`RECORD`, `out` filled for `masquerade` and `record`),
+/// or a drop.
+#[inline(never)]
+fn new_flow<F: Ip>(
+    skb: *mut __sk_buff,
+    pkt: &Packet<F>,
+    fe: &ExternalFrontendValue,
+    out: &mut Translation<F>,
+) -> i32 {
+    let ctx = &TcContext::new(skb);
+    let (l4, saddr, daddr) = (&pkt.l4, pkt.saddr, pkt.daddr);
+    if fe.count == 0 {
+        count(external_counter::DROP_NO_BACKEND);
+        return DROP;
+    }
+    if fe.flags & EXTERNAL_F_SOURCE_RANGES != 0
+        && !F::source_allowed(daddr, l4.dport, l4.proto, saddr)
+    {
+        count(external_counter::DROP_SOURCE_RANGE);
+        return DROP;
+    }
+    let hash = finish(mix(
+        mix(F::hash_addr(saddr), l4.sport as u32),
+        ((l4.dport as u32) << 8) | l4.proto as u32,
+    ));
+    let Some(entry) = maglev_entry(fe, hash) else {
+        count(external_counter::DROP_NO_BACKEND);
+        return DROP;
+    };
+    let backend = F::entry_addr(entry);
+    // The route to the backend decides the masquerade address.
+    let (route, egress) = route::<F>(ctx, saddr, backend, l4);
+    *out = Translation {
+        saddr,
+        daddr: backend,
+        sport: l4.sport,
+        dport: entry.port,
+        route,
+        snat: fe.flags & EXTERNAL_F_SNAT != 0,
+        egress,
+        hash,
+    };
+    RECORD
+}
+
+/// Masquerades a new flow (externalTrafficPolicy Cluster): claims a source
+/// port on the node's address towards the backend, recording the reply
+/// direction under it; the source in `t` becomes that address and port.
+/// `RECORD` next, or a drop when no port is free.
+#[inline(never)]
+fn masquerade<F: Ip>(pkt: &Packet<F>, t: &mut Translation<F>) -> i32 {
+    let l4 = &pkt.l4;
+    let Some(cfg) = config() else {
+        return PASS;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let snat_addr = F::snat_addr(cfg, t.egress);
+    let reply = F::nat(
+        pkt.daddr,
+        pkt.saddr,
+        l4.dport,
+        l4.sport,
+        FLOW_F_REPLY | FLOW_F_SNAT,
+        now,
+    );
+    let Some(port) = claim_snat_port::<F>(
+        cfg,
+        finish(t.hash ^ 0x5bd1_e995),
+        (t.daddr, t.dport),
+        snat_addr,
+        l4.proto,
+        &reply,
+        now,
+    ) else {
+        count(external_counter::DROP_SNAT_PORTS);
+        return DROP;
+    };
+    t.saddr = snat_addr;
+    t.sport = port;
+    RECORD
+}
+
+/// Records a new flow: the forward direction, and the reply direction
+/// unless `masquerade` did. Then `TRANSLATE`.
+#[inline(never)]
+fn record<F: Ip>(pkt: &Packet<F>, t: &Translation<F>) -> i32 {
+    let (l4, saddr, daddr) = (&pkt.l4, pkt.saddr, pkt.daddr);
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !t.snat {
+        let reply = F::nat(daddr, saddr, l4.dport, l4.sport, FLOW_F_REPLY, now);
+        let key = F::flow(t.daddr, saddr, t.dport, l4.sport, l4.proto);
+        if F::flows().insert(key, reply, 0).is_err() {
+            count(external_counter::FLOW_TABLE_FULL);
+        }
+    }
+    let mut flags = if t.snat { FLOW_F_SNAT } else { 0 };
+    if closing(l4) {
+        flags |= FLOW_F_CLOSING;
+    }
+    let forward = F::nat(t.saddr, t.daddr, t.sport, t.dport, flags, now);
+    let key = F::flow(saddr, daddr, l4.sport, l4.dport, l4.proto);
+    if F::flows().insert(key, forward, 0).is_err() {
+        // Later packets of the flow hash to the same backend; with SNAT
+        // they would claim another port, so the flow may break.
+        count(external_counter::FLOW_TABLE_FULL);
+    }
+    count(external_counter::NEW_FLOW);
+    TRANSLATE
+}
+
+/// Runs `apply` when the deciding step asked for it.
+#[inline(always)]
+fn finish_verdict<F: Ip>(
+    skb: *mut __sk_buff,
+    pkt: &Packet<F>,
+    t: &Translation<F>,
+    verdict: i32,
+) -> i32 {
+    if verdict == TRANSLATE {
+        apply::<F>(skb, pkt, t)
+    } else {
+        verdict
+    }
+}
+
+/// The flow logic after parsing, for both families.
+#[inline(always)]
+fn handle<F: Ip>(skb: *mut __sk_buff, role: Role, pkt: &Packet<F>) -> i32 {
+    let l4 = &pkt.l4;
+    let mut t = Translation::<F> {
+        saddr: F::Addr::default(),
+        daddr: F::Addr::default(),
+        sport: 0,
+        dport: 0,
+        route: ROUTE_NONE,
+        snat: false,
+        egress: 0,
+        hash: 0,
+    };
+    let key = F::flow(pkt.saddr, pkt.daddr, l4.sport, l4.dport, l4.proto);
+    let frontend = if role == Role::External {
+        F::frontend(pkt.daddr, l4.dport, l4.proto)
+    } else {
+        None
+    };
+    if frontend.is_none() && role == Role::External {
+        // Replies from backends on other nodes come back to a masquerade
+        // port; nothing else here can be a flow of ours.
+        let Some(cfg) = config() else {
+            return PASS;
+        };
+        let dport = u16::from_be(l4.dport);
+        if dport < cfg.snat_port_min || dport > cfg.snat_port_max {
+            return PASS;
+        }
+    }
+    if let Some(nat) = F::flows().get_ptr_mut(key) {
+        let verdict = established::<F>(skb, pkt, nat, &mut t);
+        if verdict != EXPIRED {
+            return finish_verdict::<F>(skb, pkt, &t, verdict);
+        }
+    }
+    match frontend {
+        Some(fe) => {
+            let mut verdict = new_flow::<F>(skb, pkt, fe, &mut t);
+            if verdict == RECORD && t.snat {
+                verdict = masquerade::<F>(pkt, &mut t);
+            }
+            if verdict == RECORD {
+                verdict = record::<F>(pkt, &t);
+            }
+            finish_verdict::<F>(skb, pkt, &t, verdict)
+        }
+        None => PASS,
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv4Hdr {
+    version_ihl: u8,
+    tos: u8,
+    tot_len: u16,
+    id: u16,
+    frag_off: u16,
+    ttl: u8,
+    proto: u8,
+    check: u16,
+    saddr: u32,
+    daddr: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv6Hdr {
+    vtc_flow: u32,
+    payload_len: u16,
+    nexthdr: u8,
+    hop_limit: u8,
+    saddr: [u32; 4],
+    daddr: [u32; 4],
+}
+
+#[inline(never)]
+fn ingress4(skb: *mut __sk_buff, role: Role) -> i32 {
+    let ctx = TcContext::new(skb);
+    let Ok(ip) = ctx.load::<Ipv4Hdr>(ETH_HLEN) else {
+        return PASS;
+    };
+    if ip.proto != PROTO_TCP && ip.proto != PROTO_UDP {
+        return PASS;
+    }
+    // A fragment after the first has no ports; options move the ports.
+    if u16::from_be(ip.frag_off) & 0x1fff != 0 || ip.version_ihl != 0x45 {
+        count(external_counter::UNTRANSLATED);
+        return PASS;
+    }
+    let l4_off = ETH_HLEN + V4::L3_LEN;
+    let Some(l4) = read_l4(&ctx, l4_off, ip.proto) else {
+        return PASS;
+    };
+    let pkt = Packet::<V4> {
+        l4_off,
+        l4,
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+    };
+    handle::<V4>(skb, role, &pkt)
+}
+
+#[inline(never)]
+fn ingress6(skb: *mut __sk_buff, role: Role) -> i32 {
+    let ctx = TcContext::new(skb);
+    let Ok(ip) = ctx.load::<Ipv6Hdr>(ETH_HLEN) else {
+        return PASS;
+    };
+    if ip.nexthdr != PROTO_TCP && ip.nexthdr != PROTO_UDP {
+        if ip.nexthdr == IPV6_FRAGMENT {
+            count(external_counter::UNTRANSLATED);
+        }
+        return PASS;
+    }
+    let l4_off = ETH_HLEN + V6::L3_LEN;
+    let Some(l4) = read_l4(&ctx, l4_off, ip.nexthdr) else {
+        return PASS;
+    };
+    let pkt = Packet::<V6> {
+        l4_off,
+        l4,
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+    };
+    handle::<V6>(skb, role, &pkt)
+}
+
+#[inline(always)]
+fn ingress(ctx: &TcContext, role: Role) -> i32 {
+    let Ok(proto) = ctx.load::<u16>(12) else {
+        return PASS;
+    };
+    match u16::from_be(proto) {
+        V4::ETH_P => ingress4(ctx.skb.skb, role),
+        V6::ETH_P => ingress6(ctx.skb.skb, role),
+        _ => PASS,
+    }
+}
+
+/// tc ingress (tcx) on the external interfaces.
+#[aya_ebpf::macros::classifier]
+pub fn ferry_external(ctx: TcContext) -> i32 {
+    ingress(&ctx, Role::External)
+}
+
+/// tc ingress (tcx) on the node's other interfaces: replies only.
+#[aya_ebpf::macros::classifier]
+pub fn ferry_reply(ctx: TcContext) -> i32 {
+    ingress(&ctx, Role::Reply)
+}
