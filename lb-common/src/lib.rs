@@ -134,7 +134,7 @@ pub mod capacity {
     /// The largest backend count one backend set may have.
     pub const MAX_BACKENDS_PER_SERVICE: u32 = 65_535;
     /// External frontends per family.
-    pub const EXTERNAL_FRONTENDS: u32 = 65_536;
+    pub const EXTERNAL_FRONTENDS: u32 = 262_144;
     /// Flow table entries per family (both directions of a flow count).
     pub const FLOWS: u32 = 524_288;
     /// Source range entries per family.

@@ -662,10 +662,11 @@ fn ferry_guard_with_a_stub_binary() -> Result<()> {
     let v = ferry.wait_for_frontend(frontend)?;
     assert_eq!(v[0]["backends"][0], "10.244.0.10:8080");
     let argv = fs::read_to_string(dir.join("argv"))?;
+    // Without --host-netns the guard keeps Ferry off the host's interfaces.
     assert_eq!(
         argv.trim(),
         format!(
-            "--manifests {} --cgroup {} --bpffs-dir {} --node-name node-1 --node-ip 10.244.0.1 --node-ip fd00:244::1 --extra",
+            "--manifests {} --cgroup {} --bpffs-dir {} --node-name node-1 --node-ip 10.244.0.1 --node-ip fd00:244::1 --extra --north-south false",
             manifests.dir().display(),
             cgroup.path().display(),
             bpffs.path().display()

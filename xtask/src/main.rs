@@ -39,6 +39,20 @@ enum Task {
         #[arg(long)]
         out_dir: std::path::PathBuf,
     },
+    /// The north-south program's cost per packet by BPF_PROG_TEST_RUN
+    /// (floor, miss, established, new flow) at several numbers of external
+    /// frontends; prints a Markdown table (needs root).
+    #[cfg(feature = "bench")]
+    BenchPackets {
+        /// Numbers of external frontends.
+        #[arg(long, value_delimiter = ',', default_value = "1,1000,10000,100000")]
+        scales: Vec<u32>,
+        /// New flows (single runs) per scale.
+        #[arg(long, default_value_t = 20_000)]
+        new_flows: u32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// The bench's agent process (started by `bench`).
     #[cfg(feature = "bench")]
     #[command(hide = true)]
@@ -247,5 +261,15 @@ fn main() -> Result<()> {
         Task::BenchAgent(a) => bench::agent_main(a),
         #[cfg(feature = "bench")]
         Task::BenchInputs { services, out_dir } => bench::write_inputs(services, &out_dir),
+        #[cfg(feature = "bench")]
+        Task::BenchPackets {
+            scales,
+            new_flows,
+            seed,
+        } => {
+            let rows = bench::packets::run(&scales, new_flows, seed)?;
+            print!("{}", bench::packets::markdown(&rows));
+            Ok(())
+        }
     }
 }

@@ -376,10 +376,27 @@ pub fn pinned_links(bpffs: &Path) -> Result<Vec<(String, String)>> {
     Ok(out)
 }
 
-/// Asserts the links dir holds exactly one generation of all ten programs;
-/// returns that generation.
+/// Asserts the links dir holds exactly one generation of all the cgroup
+/// programs, and of the north-south (tc) programs one link per interface
+/// of one generation; returns the cgroup programs' generation.
 pub fn one_generation(bpffs: &Path) -> Result<String> {
-    let links = pinned_links(bpffs)?;
+    let all = pinned_links(bpffs)?;
+    // tc links are `<program>@if<ifindex>@<generation>`.
+    let (tc, links): (Vec<_>, Vec<_>) = all.into_iter().partition(|(_, g)| g.starts_with("if"));
+    let interfaces: Vec<&str> = tc
+        .iter()
+        .filter_map(|(_, g)| g.split_once('@').map(|(i, _)| i))
+        .collect();
+    let unique: BTreeSet<&str> = interfaces.iter().copied().collect();
+    ensure!(
+        unique.len() == interfaces.len(),
+        "an interface has several tc links: {tc:?}"
+    );
+    let tc_gens: BTreeSet<&str> = tc
+        .iter()
+        .filter_map(|(_, g)| g.split_once('@').map(|(_, gen_)| gen_))
+        .collect();
+    ensure!(tc_gens.len() <= 1, "several tc link generations: {tc:?}");
     let progs: Vec<String> = links.iter().map(|(p, _)| p.clone()).collect();
     let expected: Vec<String> = ATTACH_TYPES.iter().map(|t| format!("ferry_{t}")).collect();
     ensure!(

@@ -21,6 +21,7 @@ mod ferry;
 mod kubeproxy;
 mod memlat;
 mod net;
+pub mod packets;
 mod proc;
 mod report;
 mod stats;
