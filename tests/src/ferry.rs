@@ -386,8 +386,20 @@ impl Ferry {
 
     /// `ferry services --bpffs-dir DIR -o json`, parsed.
     pub fn services_json(&self) -> Result<Value> {
+        self.services_json_with(&[])
+    }
+
+    /// `ferry services --north-south --bpffs-dir DIR -o json`, parsed:
+    /// `{"frontends": [...], "counters": {...}}`.
+    pub fn north_south_json(&self) -> Result<Value> {
+        self.services_json_with(&["--north-south"])
+    }
+
+    fn services_json_with(&self, extra: &[&str]) -> Result<Value> {
         let dir = self.opts.bpffs_dir.to_string_lossy().into_owned();
-        let out = self.cli(&["services", "--bpffs-dir", &dir, "-o", "json"])?;
+        let mut args = vec!["services", "--bpffs-dir", &dir, "-o", "json"];
+        args.extend_from_slice(extra);
+        let out = self.cli(&args)?;
         if !out.status.success() {
             bail!(
                 "ferry services failed ({}): {}",

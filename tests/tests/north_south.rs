@@ -677,6 +677,32 @@ fn node_port_cluster_policy_spreads_over_nodes_and_masquerades() -> Result<()> {
             }
         }
     }
+    // `ferry services --north-south` shows what served them.
+    for via in ["node1", "node2"] {
+        let ns = c.node_ferry(via).ferry().north_south_json()?;
+        for ip in c.node(via).client_addrs() {
+            for proto in PROTOS {
+                let fe = fe_name(sa(ip, 30080), proto);
+                let entry = ns["frontends"]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|f| f["frontend"].as_str() == Some(&fe)));
+                let entry = entry.with_context(|| format!("{via}: {fe} missing: {ns}"))?;
+                ensure!(
+                    entry["kind"] == "NodePort"
+                        && entry["masquerade"] == true
+                        && entry["backends"] == 2
+                        && entry["source_ranges"] == false,
+                    "{via}: {fe}: {entry}"
+                );
+            }
+        }
+        let counters = &ns["counters"];
+        ensure!(
+            counters["new_flows"].as_u64() > Some(0)
+                && counters["established_packets"].as_u64() > Some(0),
+            "{via}: counters: {counters}"
+        );
+    }
     Ok(())
 }
 
