@@ -22,6 +22,20 @@
 //! - `COUNTERS`: per-CPU array indexed by service id.
 //! - `SERVICE_NAMES`: service id → a human readable name, read only by
 //!   `ferry services`.
+//!
+//! North-south (the tc programs, packets from outside the node):
+//! - `EXT_FRONTENDS4/6`: external frontend → [`ExternalFrontendValue`]
+//!   (Maglev table id, backend count, flags: kind, masquerade, source
+//!   ranges).
+//! - `MAGLEV`: flat array, table t at `t * maglev_size ..` → [`MaglevEntry`].
+//! - `FLOWS4/6`: LRU, both directions of each flow, keyed by the 5-tuple as
+//!   it arrives → the 5-tuple it becomes ([`Flow4Nat`], [`Flow6Nat`]).
+//! - `SOURCE_RANGES4/6`: LPM trie of (LB frontend, source prefix).
+//! - `IFACE_ADDRS`, `EXT_CONFIG`, `EXT_COUNTERS`: masquerade address per
+//!   egress interface, configuration, per-CPU packet counters.
+//!
+//! Unlike the socket hooks, packets carry addresses and ports in network
+//! byte order too, so the same convention holds.
 #![no_std]
 
 /// IANA protocol numbers, as `bpf_sock_addr.protocol` reports them.
