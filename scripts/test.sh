@@ -15,6 +15,24 @@ fi
 
 step() { printf '\n=== %s\n' "$*"; }
 
+# The tests mount a bpffs on /sys/fs/bpf when there is none (the kernel
+# then adds its own maps.debug / progs.debug iterators there). Leave the
+# machine as it was: unmount it again afterwards if this run caused the
+# mount and nothing but those iterators is left in it.
+bpffs_was_mounted=false
+if findmnt -rn -t bpf /sys/fs/bpf >/dev/null 2>&1; then bpffs_was_mounted=true; fi
+restore_bpffs() {
+    if [ "$bpffs_was_mounted" = false ] && findmnt -rn -t bpf /sys/fs/bpf >/dev/null 2>&1; then
+        leftover=$(find /sys/fs/bpf -mindepth 1 -maxdepth 1 ! -name maps.debug ! -name progs.debug | head -1)
+        if [ -z "$leftover" ]; then
+            umount /sys/fs/bpf || true
+        else
+            echo "scripts/test.sh: /sys/fs/bpf holds $leftover; leaving the bpffs mounted" >&2
+        fi
+    fi
+}
+trap restore_bpffs EXIT
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

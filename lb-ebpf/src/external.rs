@@ -574,6 +574,9 @@ struct Translation<F: Ip> {
     egress: u32,
     /// The flow's Maglev hash (the masquerade port search starts from it).
     hash: u32,
+    /// When `new_flow` ran: the entries' `last_seen_ns` (one clock read
+    /// per new flow).
+    now: u64,
 }
 
 /// The verdict `established` and `record` give when they filled the
@@ -770,6 +773,7 @@ fn new_flow<F: Ip>(
         snat: fe.flags & EXTERNAL_F_SNAT != 0,
         egress,
         hash,
+        now: unsafe { bpf_ktime_get_ns() },
     };
     RECORD
 }
@@ -784,7 +788,7 @@ fn masquerade<F: Ip>(pkt: &Packet<F>, t: &mut Translation<F>) -> i32 {
     let Some(cfg) = config() else {
         return PASS;
     };
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = t.now;
     let snat_addr = F::snat_addr(cfg, t.egress);
     let reply = F::nat(
         pkt.daddr,
@@ -816,7 +820,7 @@ fn masquerade<F: Ip>(pkt: &Packet<F>, t: &mut Translation<F>) -> i32 {
 #[inline(never)]
 fn record<F: Ip>(pkt: &Packet<F>, t: &Translation<F>) -> i32 {
     let (l4, saddr, daddr) = (&pkt.l4, pkt.saddr, pkt.daddr);
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = t.now;
     if !t.snat {
         let reply = F::nat(daddr, saddr, l4.dport, l4.sport, FLOW_F_REPLY, now);
         let key = F::flow(t.daddr, saddr, t.dport, l4.sport, l4.proto);
@@ -867,6 +871,7 @@ fn handle<F: Ip>(skb: *mut __sk_buff, role: Role, pkt: &Packet<F>) -> i32 {
         snat: false,
         egress: 0,
         hash: 0,
+        now: 0,
     };
     let key = F::flow(pkt.saddr, pkt.daddr, l4.sport, l4.dport, l4.proto);
     let frontend = if role == Role::External {

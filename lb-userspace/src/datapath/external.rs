@@ -27,7 +27,7 @@ use lb_common::{
 
 use super::maglev;
 use super::paths::BpffsDir;
-use crate::model::{Backend, BackendSet, DesiredState, EmptyOutcome, FrontendAddr};
+use crate::model::{Backend, BackendSet, DesiredState, EmptyOutcome, FrontendAddr, Protocol};
 
 /// How the north-south datapath is configured.
 #[derive(Clone, Debug)]
@@ -379,7 +379,7 @@ impl External {
     fn adopt(&mut self) {
         let mut frontends = HashMap::new();
         for (k, v) in self.maps.frontends4.iter().filter_map(Result::ok) {
-            if let Some(p) = lb_common_protocol(k.proto) {
+            if let Some(p) = Protocol::from_number(k.proto) {
                 frontends.insert(
                     FrontendAddr {
                         ip: ip_of4(k.addr),
@@ -391,7 +391,7 @@ impl External {
             }
         }
         for (k, v) in self.maps.frontends6.iter().filter_map(Result::ok) {
-            if let Some(p) = lb_common_protocol(k.proto) {
+            if let Some(p) = Protocol::from_number(k.proto) {
                 frontends.insert(
                     FrontendAddr {
                         ip: ip_of6(k.addr),
@@ -726,10 +726,6 @@ impl External {
     }
 }
 
-fn lb_common_protocol(n: u8) -> Option<crate::model::Protocol> {
-    crate::model::Protocol::from_number(n)
-}
-
 /// The external frontends as the maps hold them, for `ferry services`.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ExternalView {
@@ -756,7 +752,7 @@ pub fn views(maps: &ExternalMaps) -> Vec<ExternalView> {
             "{}:{}/{}",
             ip_of4(k.addr),
             u16::from_be(k.port),
-            lb_common_protocol(k.proto).map_or("?".into(), |p| p.to_string())
+            Protocol::from_number(k.proto).map_or("?".into(), |p| p.to_string())
         );
         out.insert(f.clone(), view(f, v));
     }
@@ -765,7 +761,7 @@ pub fn views(maps: &ExternalMaps) -> Vec<ExternalView> {
             "[{}]:{}/{}",
             ip_of6(k.addr),
             u16::from_be(k.port),
-            lb_common_protocol(k.proto).map_or("?".into(), |p| p.to_string())
+            Protocol::from_number(k.proto).map_or("?".into(), |p| p.to_string())
         );
         out.insert(f.clone(), view(f, v));
     }

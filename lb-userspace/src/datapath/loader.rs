@@ -249,7 +249,7 @@ fn pinned_links_of(bpffs: &BpffsDir, program: &str) -> Vec<PathBuf> {
 }
 
 /// Unpins a link; the kernel detaches it when the last reference goes.
-fn unpin_link(path: &Path) {
+pub(crate) fn unpin_link(path: &Path) {
     match PinnedLink::from_pin(path) {
         Ok(link) => match link.unpin() {
             Ok(fd_link) => drop(fd_link),

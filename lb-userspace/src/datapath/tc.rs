@@ -18,15 +18,15 @@ use std::ffi::CStr;
 use std::fs;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use aya::Ebpf;
-use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::links::FdLink;
 use aya::programs::tc::{TcAttachOptions, TcAttachType};
 use aya::programs::{LinkOrder, SchedClassifier};
 use lb_common::programs;
 
-use super::loader::LoadError;
+use super::loader::{LoadError, unpin_link};
 use super::paths::BpffsDir;
 use crate::netutil;
 
@@ -140,19 +140,6 @@ fn tc_pins(bpffs: &BpffsDir) -> Vec<PathBuf> {
         .collect()
 }
 
-fn unpin(path: &Path) {
-    match PinnedLink::from_pin(path) {
-        Ok(link) => {
-            if let Ok(fd) = link.unpin() {
-                drop(fd);
-            }
-        }
-        Err(_) => {
-            let _ = fs::remove_file(path);
-        }
-    }
-}
-
 impl TcPrograms {
     /// Loads both programs (not yet attached anywhere).
     pub fn load(
@@ -238,14 +225,14 @@ impl TcPrograms {
                 // Interfaces that went away: their links are defunct.
                 for (ifindex, program) in &self.attached {
                     if !now.contains_key(ifindex) {
-                        unpin(&bpffs.link(&link_name(program, *ifindex, generation)));
+                        unpin_link(&bpffs.link(&link_name(program, *ifindex, generation)));
                     }
                 }
                 self.attached = now;
                 self.external = external;
                 errors.extend(failed);
                 for old in std::mem::take(&mut self.previous) {
-                    unpin(&old);
+                    unpin_link(&old);
                 }
             }
             Err(e) => errors.push(format!("listing the node's interfaces: {e}")),
@@ -271,7 +258,7 @@ impl TcPrograms {
     /// `ferry cleanup`), which detaches them.
     pub fn detach_all(bpffs: &BpffsDir) {
         for path in tc_pins(bpffs) {
-            unpin(&path);
+            unpin_link(&path);
         }
     }
 }
