@@ -555,7 +555,11 @@ pub mod external_counter {
     pub const UNTRANSLATED: u32 = 5;
     /// The flow table refused an insert.
     pub const FLOW_TABLE_FULL: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// ICMP errors quoting a packet of a translated flow (fragmentation
+    /// needed / packet too big, unreachable, time exceeded): translated
+    /// like a packet of that flow.
+    pub const ICMP_ERRORS: u32 = 7;
+    pub const COUNT: u32 = 8;
     /// Names, in index order, for `ferry services` and metrics.
     pub const NAMES: [&str; COUNT as usize] = [
         "new_flows",
@@ -565,6 +569,7 @@ pub mod external_counter {
         "dropped_snat_ports",
         "untranslated",
         "flow_table_full",
+        "icmp_errors_translated",
     ];
 }
 

@@ -18,9 +18,14 @@
 //!   tcx program, such as a CNI's, still runs), after a parse and one map
 //!   lookup.
 //!
+//! - An ICMP error quoting a packet of a translated flow (fragmentation
+//!   needed / packet too big, port unreachable, time exceeded) is
+//!   translated as a packet of that flow would be, quoted packet and outer
+//!   header both, so that path MTU discovery and unreachable errors reach
+//!   the real endpoints (conntrack does the same for RELATED packets).
+//!
 //! Limits (counted in `EXT_COUNTERS`): non-first IPv4 fragments, IPv4
-//! options and IPv6 extension headers pass untranslated; ICMP errors about
-//! a flow are not translated yet.
+//! options and IPv6 extension headers pass untranslated.
 
 use aya_ebpf::{
     bindings::{
@@ -56,6 +61,9 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const IPV6_FRAGMENT: u8 = 44;
+/// The ICMP header before the quoted packet: type, code, checksum, and
+/// four bytes (unused, or the MTU).
+const ICMP_HLEN: usize = 8;
 
 const NSEC_PER_SEC: u64 = 1_000_000_000;
 /// kube-proxy sets conntrack's TCP established timeout to a day.
@@ -215,6 +223,8 @@ trait Ip {
     const SADDR_OFF: usize;
     const DADDR_OFF: usize;
     const L3_LEN: usize;
+    /// The family's ICMP protocol number.
+    const PROTO_ICMP: u8;
 
     fn flows() -> &'static LruHashMap<Self::Flow, Self::Nat>;
     fn frontend(addr: Self::Addr, port: u16, proto: u8) -> Option<&'static ExternalFrontendValue>;
@@ -235,6 +245,35 @@ trait Ip {
     -> bool;
     fn fib_addrs(params: &mut bpf_fib_lookup, saddr: Self::Addr, daddr: Self::Addr);
     fn neigh(params: &bpf_fib_lookup) -> bpf_redir_neigh;
+
+    /// The outer header of an ICMP message: (saddr, daddr), when Ferry
+    /// could translate it (no IPv4 options, not a later fragment).
+    fn icmp_header(ctx: &TcContext) -> Option<(Self::Addr, Self::Addr)>;
+    /// ICMP error types, which quote the packet they are about.
+    fn icmp_error(ty: u8) -> bool;
+    /// The quoted IP header at `off`: (saddr, daddr, protocol), when it is
+    /// one of a packet Ferry could have translated.
+    fn quoted_header(ctx: &TcContext, off: usize) -> Option<(Self::Addr, Self::Addr, u8)>;
+    /// Rewrites an ICMP error's outer address at `off` from the IP header;
+    /// the ICMP checksum is at `icmp_csum`.
+    fn rewrite_icmp_outer(
+        ctx: &TcContext,
+        off: usize,
+        old: Self::Addr,
+        new: Self::Addr,
+        icmp_csum: usize,
+    ) -> bool;
+    /// Rewrites an address of the quoted header at `quoted` (field at
+    /// `quoted + field`), and the quoted transport checksum when the error
+    /// holds it (`qcsum`: its offset and `l4_csum_replace` flags).
+    fn rewrite_quoted_addr(
+        ctx: &TcContext,
+        quoted: usize,
+        field: usize,
+        change: (Self::Addr, Self::Addr),
+        icmp_csum: usize,
+        qcsum: Option<(usize, u64)>,
+    ) -> bool;
 }
 
 struct V4;
@@ -249,6 +288,7 @@ impl Ip for V4 {
     const SADDR_OFF: usize = 12;
     const DADDR_OFF: usize = 16;
     const L3_LEN: usize = 20;
+    const PROTO_ICMP: u8 = 1;
 
     #[inline(always)]
     fn flows() -> &'static LruHashMap<Flow4, Flow4Nat> {
@@ -357,6 +397,58 @@ impl Ip for V4 {
         nh.__bindgen_anon_1.ipv4_nh = unsafe { params.__bindgen_anon_4.ipv4_dst };
         nh
     }
+    #[inline(always)]
+    fn icmp_header(ctx: &TcContext) -> Option<(u32, u32)> {
+        let ip = ctx.load::<Ipv4Hdr>(ETH_HLEN).ok()?;
+        (ip.version_ihl == 0x45 && u16::from_be(ip.frag_off) & 0x1fff == 0)
+            .then_some((ip.saddr, ip.daddr))
+    }
+    #[inline(always)]
+    fn icmp_error(ty: u8) -> bool {
+        // Destination unreachable (fragmentation needed among them), time
+        // exceeded, parameter problem.
+        matches!(ty, 3 | 11 | 12)
+    }
+    #[inline(always)]
+    fn quoted_header(ctx: &TcContext, off: usize) -> Option<(u32, u32, u8)> {
+        let ip = ctx.load::<Ipv4Hdr>(off).ok()?;
+        (ip.version_ihl == 0x45
+            && u16::from_be(ip.frag_off) & 0x1fff == 0
+            && (ip.proto == PROTO_TCP || ip.proto == PROTO_UDP))
+            .then_some((ip.saddr, ip.daddr, ip.proto))
+    }
+    #[inline(always)]
+    fn rewrite_icmp_outer(ctx: &TcContext, off: usize, old: u32, new: u32, _: usize) -> bool {
+        // ICMP's checksum covers no pseudo-header: only the IP header's
+        // checksum changes.
+        ctx.l3_csum_replace(ETH_HLEN + 10, old as u64, new as u64, 4)
+            .is_ok()
+            && ctx.store(ETH_HLEN + off, &new, 0).is_ok()
+    }
+    #[inline(always)]
+    fn rewrite_quoted_addr(
+        ctx: &TcContext,
+        quoted: usize,
+        field: usize,
+        (old, new): (u32, u32),
+        _: usize,
+        qcsum: Option<(usize, u64)>,
+    ) -> bool {
+        // The quoted header stays valid (its checksum is updated with
+        // it), so its words still sum to 0xffff and the ICMP checksum over
+        // them does not change. The quoted transport checksum covers the
+        // address through its pseudo-header, which is plain data here.
+        if let Some((off, flags)) = qcsum
+            && ctx
+                .l4_csum_replace(off, old as u64, new as u64, flags | 4)
+                .is_err()
+        {
+            return false;
+        }
+        ctx.l3_csum_replace(quoted + 10, old as u64, new as u64, 4)
+            .is_ok()
+            && ctx.store(quoted + field, &new, 0).is_ok()
+    }
 }
 
 impl Ip for V6 {
@@ -368,6 +460,7 @@ impl Ip for V6 {
     const SADDR_OFF: usize = 8;
     const DADDR_OFF: usize = 24;
     const L3_LEN: usize = 40;
+    const PROTO_ICMP: u8 = 58;
 
     #[inline(always)]
     fn flows() -> &'static LruHashMap<Flow6, Flow6Nat> {
@@ -482,6 +575,67 @@ impl Ip for V6 {
         nh.nh_family = AF_INET6 as u32;
         nh.__bindgen_anon_1.ipv6_nh = unsafe { params.__bindgen_anon_4.ipv6_dst };
         nh
+    }
+    #[inline(always)]
+    fn icmp_header(ctx: &TcContext) -> Option<([u32; 4], [u32; 4])> {
+        let ip = ctx.load::<Ipv6Hdr>(ETH_HLEN).ok()?;
+        Some((ip.saddr, ip.daddr))
+    }
+    #[inline(always)]
+    fn icmp_error(ty: u8) -> bool {
+        // Destination unreachable, packet too big, time exceeded,
+        // parameter problem.
+        matches!(ty, 1..=4)
+    }
+    #[inline(always)]
+    fn quoted_header(ctx: &TcContext, off: usize) -> Option<([u32; 4], [u32; 4], u8)> {
+        let ip = ctx.load::<Ipv6Hdr>(off).ok()?;
+        (ip.nexthdr == PROTO_TCP || ip.nexthdr == PROTO_UDP)
+            .then_some((ip.saddr, ip.daddr, ip.nexthdr))
+    }
+    #[inline(always)]
+    fn rewrite_icmp_outer(
+        ctx: &TcContext,
+        off: usize,
+        old: [u32; 4],
+        new: [u32; 4],
+        icmp_csum: usize,
+    ) -> bool {
+        // ICMPv6's checksum covers the pseudo-header, as TCP's does.
+        let icmp = L4 {
+            sport: 0,
+            dport: 0,
+            proto: Self::PROTO_ICMP,
+            tcp_flags: 0,
+            csum_off: icmp_csum,
+        };
+        Self::rewrite_addr(ctx, off, old, new, &icmp)
+    }
+    #[inline(always)]
+    fn rewrite_quoted_addr(
+        ctx: &TcContext,
+        quoted: usize,
+        field: usize,
+        (old, new): ([u32; 4], [u32; 4]),
+        icmp_csum: usize,
+        qcsum: Option<(usize, u64)>,
+    ) -> bool {
+        let mut from = old;
+        let mut to = new;
+        let diff = unsafe { bpf_csum_diff(from.as_mut_ptr(), 16, to.as_mut_ptr(), 16, 0) };
+        if diff < 0 {
+            return false;
+        }
+        // The quoted address is data of the ICMPv6 message (no pseudo-
+        // header flag), and of the quoted transport checksum's pseudo-
+        // header.
+        if let Some((off, flags)) = qcsum
+            && ctx.l4_csum_replace(off, 0, diff as u64, flags).is_err()
+        {
+            return false;
+        }
+        ctx.l4_csum_replace(icmp_csum, 0, diff as u64, 0).is_ok()
+            && ctx.store(quoted + field, &new, 0).is_ok()
     }
 }
 
@@ -843,6 +997,139 @@ fn record<F: Ip>(pkt: &Packet<F>, t: &Translation<F>) -> i32 {
     TRANSLATE
 }
 
+/// An ICMP error quoting a packet of a translated flow: the quoted packet
+/// is the flow's in the other direction, so the error is translated as a
+/// packet of that flow would be. The quoted packet becomes what its sender
+/// sent before translation (the backend's reply, or the client's packet);
+/// the outer header gets the flow's address changes: the destination when
+/// the flow's destination changes (the backend, or the client behind a
+/// masquerade address), the source when its source does (masquerade, or a
+/// reply that leaves as the frontend), else the router that sent it stays.
+/// Anything else (no flow, not an error) passes untouched.
+#[inline(never)]
+fn icmp_error<F: Ip>(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
+    let Some((osaddr, odaddr)) = F::icmp_header(&ctx) else {
+        return PASS;
+    };
+    let icmp_off = ETH_HLEN + F::L3_LEN;
+    let icmp_csum = icmp_off + 2;
+    let Ok(ty) = ctx.load::<u8>(icmp_off) else {
+        return PASS;
+    };
+    if !F::icmp_error(ty) {
+        return PASS;
+    }
+    let quoted = icmp_off + ICMP_HLEN;
+    let Some((qsaddr, qdaddr, proto)) = F::quoted_header(&ctx, quoted) else {
+        return PASS;
+    };
+    let ql4 = quoted + F::L3_LEN;
+    let Ok(ports) = ctx.load::<[u16; 2]>(ql4) else {
+        return PASS;
+    };
+    let key = F::flow(qdaddr, qsaddr, ports[1], ports[0], proto);
+    let Some(nat) = (unsafe { F::flows().get(key) }) else {
+        return PASS;
+    };
+    let (nsaddr, ndaddr, nsport, ndport, flags, last_seen) = F::nat_fields(nat);
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.wrapping_sub(last_seen) > timeout_ns(flags, proto) {
+        return PASS;
+    }
+    // ICMPv4 quotes at least 8 bytes of the transport header: UDP's
+    // checksum, but TCP's only when the sender quoted more.
+    let csum_off = ql4 + if proto == PROTO_TCP { 16 } else { 6 };
+    let qcsum = (ctx.len() as usize >= csum_off + 2).then_some((
+        csum_off,
+        if proto == PROTO_UDP {
+            BPF_F_MARK_MANGLED_0 as u64
+        } else {
+            0
+        },
+    ));
+    let before = match qcsum {
+        Some((off, _)) => ctx.load::<u16>(off).unwrap_or(0),
+        None => 0,
+    };
+    let ok = (qsaddr == ndaddr
+        || F::rewrite_quoted_addr(
+            &ctx,
+            quoted,
+            F::SADDR_OFF,
+            (qsaddr, ndaddr),
+            icmp_csum,
+            qcsum,
+        ))
+        && (qdaddr == nsaddr
+            || F::rewrite_quoted_addr(
+                &ctx,
+                quoted,
+                F::DADDR_OFF,
+                (qdaddr, nsaddr),
+                icmp_csum,
+                qcsum,
+            ))
+        && rewrite_quoted_port(&ctx, ql4, (ports[0], ndport), icmp_csum, qcsum)
+        && rewrite_quoted_port(&ctx, ql4 + 2, (ports[1], nsport), icmp_csum, qcsum);
+    if !ok {
+        return DROP;
+    }
+    // The quoted transport checksum is data of the ICMP message too.
+    if let Some((off, _)) = qcsum {
+        let after = ctx.load::<u16>(off).unwrap_or(before);
+        if after != before
+            && ctx
+                .l4_csum_replace(icmp_csum, before as u64, after as u64, 2)
+                .is_err()
+        {
+            return DROP;
+        }
+    }
+    let saddr = if nsaddr != qdaddr { nsaddr } else { osaddr };
+    let daddr = if ndaddr != qsaddr { ndaddr } else { odaddr };
+    if (saddr != osaddr && !F::rewrite_icmp_outer(&ctx, F::SADDR_OFF, osaddr, saddr, icmp_csum))
+        || (daddr != odaddr && !F::rewrite_icmp_outer(&ctx, F::DADDR_OFF, odaddr, daddr, icmp_csum))
+    {
+        return DROP;
+    }
+    let icmp = L4 {
+        sport: 0,
+        dport: 0,
+        proto: F::PROTO_ICMP,
+        tcp_flags: 0,
+        csum_off: icmp_csum,
+    };
+    let (state, _) = route::<F>(&ctx, saddr, daddr, &icmp);
+    count(external_counter::ICMP_ERRORS);
+    transmit::<F>(&ctx, state)
+}
+
+/// Rewrites a port of the quoted transport header at `off`, with the
+/// quoted checksum and the ICMP one (the port is data of both).
+#[inline(always)]
+fn rewrite_quoted_port(
+    ctx: &TcContext,
+    off: usize,
+    (old, new): (u16, u16),
+    icmp_csum: usize,
+    qcsum: Option<(usize, u64)>,
+) -> bool {
+    if old == new {
+        return true;
+    }
+    if let Some((csum, flags)) = qcsum
+        && ctx
+            .l4_csum_replace(csum, old as u64, new as u64, flags | 2)
+            .is_err()
+    {
+        return false;
+    }
+    ctx.l4_csum_replace(icmp_csum, old as u64, new as u64, 2)
+        .is_ok()
+        && ctx.store(off, &new, 0).is_ok()
+}
+
 /// Runs `apply` when the deciding step asked for it.
 #[inline(always)]
 fn finish_verdict<F: Ip>(
@@ -994,7 +1281,15 @@ fn ingress(ctx: &TcContext, role: Role) -> i32 {
     let Ok(proto) = ctx.load::<u16>(12) else {
         return PASS;
     };
+    // ICMP is told apart here, so that `icmp_error`'s frame does not add
+    // to `ingress4/6`'s on the stack.
     match u16::from_be(proto) {
+        V4::ETH_P if ctx.load::<u8>(ETH_HLEN + 9) == Ok(V4::PROTO_ICMP) => {
+            icmp_error::<V4>(ctx.skb.skb)
+        }
+        V6::ETH_P if ctx.load::<u8>(ETH_HLEN + 6) == Ok(V6::PROTO_ICMP) => {
+            icmp_error::<V6>(ctx.skb.skb)
+        }
         V4::ETH_P => ingress4(ctx.skb.skb, role),
         V6::ETH_P => ingress6(ctx.skb.skb, role),
         _ => PASS,

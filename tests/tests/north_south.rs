@@ -282,11 +282,7 @@ fn sa(ip: IpAddr, port: u16) -> SocketAddr {
 /// TCP and UDP port 80 → [`PORT`] on node port `node_port`,
 /// externalTrafficPolicy `etp`.
 fn service(name: &str, n: u8, node_port: u16, etp: &str) -> Service {
-    Service::new("default", name)
-        .type_("NodePort")
-        .ip_families(&["IPv4", "IPv6"])
-        .ip_family_policy("RequireDualStack")
-        .cluster_ips(&[&format!("10.96.0.{n}"), &format!("fd96::{n}")])
+    dual_stack_node_port(name, n, etp)
         .port(
             ServicePort::tcp(80)
                 .name("tcp")
@@ -299,6 +295,16 @@ fn service(name: &str, n: u8, node_port: u16, etp: &str) -> Service {
                 .target(PORT)
                 .node_port(node_port),
         )
+}
+
+/// A dual-stack NodePort Service (ClusterIPs 10.96.0.<n>, fd96::<n>)
+/// without ports yet.
+fn dual_stack_node_port(name: &str, n: u8, etp: &str) -> Service {
+    Service::new("default", name)
+        .type_("NodePort")
+        .ip_families(&["IPv4", "IPv6"])
+        .ip_family_policy("RequireDualStack")
+        .cluster_ips(&[&format!("10.96.0.{n}"), &format!("fd96::{n}")])
         .external_traffic_policy(etp)
 }
 
@@ -312,12 +318,28 @@ fn lb_service(name: &str, n: u8, node_port: u16, etp: &str, ingress: &[&str]) ->
 /// The IPv4 and IPv6 EndpointSlices of `svc` with `pods` (nodeName: the
 /// pod's node), ports tcp/udp [`PORT`].
 fn slices(topo: &NsTopology, svc: &str, pods: &[&str]) -> Vec<Value> {
+    slices_with(
+        topo,
+        svc,
+        pods,
+        &[("tcp", PORT, "TCP"), ("udp", PORT, "UDP")],
+    )
+}
+
+/// [`slices`] with these ports (name, port, protocol).
+fn slices_with(
+    topo: &NsTopology,
+    svc: &str,
+    pods: &[&str],
+    ports: &[(&str, u16, &str)],
+) -> Vec<Value> {
     [(AddressType::IPv4, "v4"), (AddressType::IPv6, "v6")]
         .into_iter()
         .map(|(at, suffix)| {
-            let mut s = EndpointSlice::new("default", &format!("{svc}-{suffix}"), svc, at)
-                .port("tcp", PORT, "TCP")
-                .port("udp", PORT, "UDP");
+            let mut s = EndpointSlice::new("default", &format!("{svc}-{suffix}"), svc, at);
+            for &(name, port, proto) in ports {
+                s = s.port(name, port, proto);
+            }
             for name in pods {
                 let p = topo.pod(name);
                 let ip = match at {
@@ -701,6 +723,113 @@ fn node_port_cluster_policy_spreads_over_nodes_and_masquerades() -> Result<()> {
             counters["new_flows"].as_u64() > Some(0)
                 && counters["established_packets"].as_u64() > Some(0),
             "{via}: counters: {counters}"
+        );
+    }
+    Ok(())
+}
+
+/// A UDP port the pods do not listen on: they answer port unreachable.
+const CLOSED_PORT: u16 = 8099;
+
+/// A dual-stack NodePort Service with one UDP port whose target port
+/// ([`CLOSED_PORT`]) no pod listens on, and its slices with `pods`.
+fn closed_port_objects(
+    topo: &NsTopology,
+    name: &str,
+    n: u8,
+    node_port: u16,
+    etp: &str,
+    pods: &[&str],
+) -> Vec<Value> {
+    let svc = dual_stack_node_port(name, n, etp).port(
+        ServicePort::udp(80)
+            .name("udp")
+            .target(CLOSED_PORT)
+            .node_port(node_port),
+    );
+    let mut v = vec![svc.to_value()];
+    v.extend(slices_with(
+        topo,
+        name,
+        pods,
+        &[("udp", CLOSED_PORT, "UDP")],
+    ));
+    v
+}
+
+/// One datagram from a UDP socket bound to `src` (any port) and connected
+/// to `target`, then a receive bounded by [`REQUEST_TIMEOUT`]: how it
+/// ended.
+fn udp_connected_probe(src: IpAddr, target: SocketAddr) -> io::Result<usize> {
+    let s = std::net::UdpSocket::bind(SocketAddr::new(src, 0))?;
+    s.connect(target)?;
+    s.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+    s.send(b"who\n")?;
+    let mut buf = [0u8; 512];
+    s.recv(&mut buf)
+}
+
+/// ICMP errors of external flows are translated back: a pod that does not
+/// listen on the Service's UDP target port answers port unreachable, and
+/// the client's connected UDP socket sees ECONNREFUSED, as through
+/// kube-proxy. Without the translation the error would quote the packet
+/// as the pod got it (to the pod, from the masquerade address) and never
+/// match the client's socket, whose receive would time out.
+/// externalTrafficPolicy Cluster via both nodes (a local pod on the
+/// pod-facing interface, a remote pod's error through the other node) and
+/// Local, IPv4 and IPv6. The node's own port unreachable (no frontend
+/// installed yet) would give the same errno, so the frontend is waited for
+/// first and Ferry's counter of translated ICMP errors must grow.
+#[test]
+fn icmp_errors_of_external_flows_reach_the_client() -> Result<()> {
+    require_root();
+    let _serial = serial();
+    let mut c = Cluster::new()?;
+    let mut objs = closed_port_objects(&c.topo, "closed", 40, 30090, "Cluster", &["pod1", "pod2"]);
+    objs.extend(closed_port_objects(
+        &c.topo,
+        "closedlocal",
+        41,
+        30091,
+        "Local",
+        &["pod1", "pod2"],
+    ));
+    c.apply(&objs)?;
+    c.start_ferries()?;
+    c.wait_node_port(30090, &[Proto::Udp])?;
+    c.wait_node_port(30091, &[Proto::Udp])?;
+    for via in ["node1", "node2"] {
+        let before =
+            c.node_ferry(via).ferry().north_south_json()?["counters"]["icmp_errors_translated"]
+                .as_u64()
+                .context("no icmp_errors_translated counter")?;
+        let node = c.node(via);
+        let mut probes = 0u64;
+        for ip in node.client_addrs() {
+            let src = node.client_peer_like(ip);
+            // A few source ports each: eTP Cluster reaches both pods. The
+            // pods' ICMP rate limit (a burst of 6 per destination) bounds
+            // how many.
+            for node_port in [30090, 30090, 30090, 30091, 30091] {
+                let target = sa(ip, node_port);
+                let r = c.client().run(|| udp_connected_probe(src, target));
+                ensure!(
+                    matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionRefused),
+                    "UDP via {via} from {src} to {target}: want ECONNREFUSED (the pod's port \
+                     unreachable, translated), got {r:?}"
+                );
+                probes += 1;
+            }
+        }
+        let after =
+            c.node_ferry(via).ferry().north_south_json()?["counters"]["icmp_errors_translated"]
+                .as_u64()
+                .unwrap_or(0);
+        // One translation per probe on the node it came through (a remote
+        // pod's error passes the other node untouched: not its flow).
+        ensure!(
+            after >= before + probes,
+            "{via}: {probes} probes, but icmp_errors_translated went from {before} to {after}"
         );
     }
     Ok(())

@@ -21,7 +21,7 @@ use aya::{
     maps::lpm_trie::Key,
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
-use etherparse::PacketBuilder;
+use etherparse::{IcmpEchoHeader, Icmpv4Type, Icmpv6Type, PacketBuilder, icmpv4, icmpv6};
 use lb_common::{
     EXTERNAL_F_SNAT, EXTERNAL_F_SOURCE_RANGES, ExternalConfig, ExternalFrontendValue,
     FLOW_F_CLOSING, Flow4, Flow6, Frontend4Key, Frontend6Key, FrontendKind, MaglevEntry, PROTO_TCP,
@@ -155,6 +155,58 @@ fn packet(src: SocketAddr, dst: SocketAddr, proto: Proto, flags: Flags) -> Vec<u
 }
 
 const ETH: usize = 14;
+
+/// The ICMP errors of the fixture.
+#[derive(Clone, Copy, Debug)]
+enum Icmp {
+    /// IPv4 fragmentation needed, IPv6 packet too big (MTU 1280).
+    TooBig,
+    PortUnreachable,
+    /// Not an error: an echo request.
+    Echo,
+}
+
+/// An ICMP message from `from` to `to` quoting the IP packet of frame
+/// `quoted`, cut to `quote_len` bytes when given.
+fn icmp(from: IpAddr, to: IpAddr, kind: Icmp, quoted: &[u8], quote_len: Option<usize>) -> Vec<u8> {
+    let eth = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+    let quote = &quoted[ETH..];
+    let quote = &quote[..quote_len.unwrap_or(quote.len()).min(quote.len())];
+    let echo = IcmpEchoHeader { id: 7, seq: 1 };
+    let mut out = Vec::new();
+    match (from, to) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let ty = match kind {
+                Icmp::TooBig => Icmpv4Type::DestinationUnreachable(
+                    icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1280 },
+                ),
+                Icmp::PortUnreachable => {
+                    Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::Port)
+                }
+                Icmp::Echo => Icmpv4Type::EchoRequest(echo),
+            };
+            eth.ipv4(s.octets(), d.octets(), 64)
+                .icmpv4(ty)
+                .write(&mut out, quote)
+                .unwrap()
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let ty = match kind {
+                Icmp::TooBig => Icmpv6Type::PacketTooBig { mtu: 1280 },
+                Icmp::PortUnreachable => {
+                    Icmpv6Type::DestinationUnreachable(icmpv6::DestUnreachableCode::Port)
+                }
+                Icmp::Echo => Icmpv6Type::EchoRequest(echo),
+            };
+            eth.ipv6(s.octets(), d.octets(), 64)
+                .icmpv6(ty)
+                .write(&mut out, quote)
+                .unwrap()
+        }
+        _ => panic!("mixed families"),
+    }
+    out
+}
 
 fn ipv4_header_checksum(header: &[u8]) -> u16 {
     let mut sum: u32 = header
@@ -523,6 +575,7 @@ fn cases(a: &Addrs, proto: Proto) -> Vec<Case> {
             output: None,
         },
     ];
+    rows.extend(icmp_cases(a, proto));
     let fragment = if a.client.is_ipv4() {
         as_later_fragment(p(client(40008), np(30081), Flags::Ack))
     } else {
@@ -556,6 +609,140 @@ fn cases(a: &Addrs, proto: Proto) -> Vec<Case> {
     rows
 }
 
+/// ICMP errors about the flows `cases` made (before the FIN row closes
+/// one): translated as a packet of the flow they quote.
+fn icmp_cases(a: &Addrs, proto: Proto) -> Vec<Case> {
+    let sa = SocketAddr::new;
+    let p = |src: SocketAddr, dst: SocketAddr| packet(src, dst, proto, Flags::Ack);
+    let client = |port| sa(a.client, port);
+    let backend = sa(a.backend, 8080);
+    let snat = sa(a.snat, SNAT_PORT);
+    let np = |port| sa(a.node, port);
+    let router = a.outsider;
+    let (ext, reply) = (programs::EXTERNAL, programs::REPLY);
+    let mut rows = vec![
+        Case {
+            what: "too big from a router on the client's path, about a reply of an eTP Cluster \
+                   flow: to the backend, from the masquerade address, quoting the backend's reply",
+            program: ext,
+            input: icmp(
+                router,
+                a.node,
+                Icmp::TooBig,
+                &p(np(30080), client(40000)),
+                None,
+            ),
+            verdict: TC_ACT_OK,
+            output: Some(icmp(
+                a.snat,
+                a.backend,
+                Icmp::TooBig,
+                &p(backend, snat),
+                None,
+            )),
+        },
+        Case {
+            what: "eTP Local: port unreachable from the backend to the client: from the frontend",
+            program: reply,
+            input: icmp(
+                a.backend,
+                a.client,
+                Icmp::PortUnreachable,
+                &p(client(40002), backend),
+                None,
+            ),
+            verdict: TC_ACT_OK,
+            output: Some(icmp(
+                a.node,
+                a.client,
+                Icmp::PortUnreachable,
+                &p(client(40002), np(30081)),
+                None,
+            )),
+        },
+        Case {
+            what: "an ICMP error quoting a packet of no flow: passed untouched",
+            program: ext,
+            input: icmp(
+                router,
+                a.node,
+                Icmp::TooBig,
+                &p(np(30080), client(49999)),
+                None,
+            ),
+            verdict: PASS,
+            output: None,
+        },
+        Case {
+            what: "an echo request to the node: passed untouched",
+            program: ext,
+            input: icmp(
+                a.client,
+                a.node,
+                Icmp::Echo,
+                &p(client(40000), np(30080)),
+                None,
+            ),
+            verdict: PASS,
+            output: None,
+        },
+    ];
+    for (program, what) in [
+        (
+            reply,
+            "port unreachable from the backend (pod-facing), about the client's packet: \
+             to the client, from the frontend, quoting the client's packet",
+        ),
+        (
+            ext,
+            "port unreachable from a remote backend (external interface)",
+        ),
+    ] {
+        rows.push(Case {
+            what,
+            program,
+            input: icmp(
+                a.backend,
+                a.snat,
+                Icmp::PortUnreachable,
+                &p(snat, backend),
+                None,
+            ),
+            verdict: TC_ACT_OK,
+            output: Some(icmp(
+                a.node,
+                a.client,
+                Icmp::PortUnreachable,
+                &p(client(40000), np(30080)),
+                None,
+            )),
+        });
+    }
+    if a.client.is_ipv4() {
+        // RFC 792's minimum: the IP header and 8 bytes, so no TCP checksum.
+        rows.push(Case {
+            what: "an ICMPv4 error quoting only 8 bytes of the transport header",
+            program: ext,
+            input: icmp(
+                router,
+                a.node,
+                Icmp::TooBig,
+                &p(np(30080), client(40000)),
+                Some(28),
+            ),
+            verdict: TC_ACT_OK,
+            output: Some(icmp(
+                a.snat,
+                a.backend,
+                Icmp::TooBig,
+                &p(backend, snat),
+                Some(28),
+            )),
+        });
+    }
+    rows
+}
+
 fn describe(p: &[u8]) -> String {
     match etherparse::SlicedPacket::from_ethernet(p) {
         Ok(s) => format!("{:?} {:?}", s.net, s.transport),
@@ -568,6 +755,7 @@ fn run_cases(dp: &mut Datapath, a: &Addrs, proto: Proto) -> Result<()> {
     let untranslated = dp.counter(external_counter::UNTRANSLATED);
     let source_drops = dp.counter(external_counter::DROP_SOURCE_RANGE);
     let snat_drops = dp.counter(external_counter::DROP_SNAT_PORTS);
+    let icmp_errors = dp.counter(external_counter::ICMP_ERRORS);
     for case in cases(a, proto) {
         let ctx = format!("{:?} {}: {}", proto, a.client, case.what);
         let (verdict, out) = dp.run(case.program, &case.input)?;
@@ -594,6 +782,7 @@ fn run_cases(dp: &mut Datapath, a: &Addrs, proto: Proto) -> Result<()> {
     );
     ensure!(dp.counter(external_counter::DROP_SOURCE_RANGE) > source_drops);
     ensure!(dp.counter(external_counter::DROP_SNAT_PORTS) > snat_drops);
+    ensure!(dp.counter(external_counter::ICMP_ERRORS) > icmp_errors);
     if proto == Proto::Tcp {
         let flags = dp.flow_flags(
             SocketAddr::new(a.client, 40000),
