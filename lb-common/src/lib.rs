@@ -107,6 +107,10 @@ pub mod programs {
     /// tc ingress on every other interface of the node (pod-facing): only
     /// replies of translated flows from backends on this node.
     pub const REPLY: &str = "ferry_reply";
+    /// XDP on the external interfaces, in front of [`EXTERNAL`]: the same
+    /// translation for packets it can send out of another external
+    /// interface.
+    pub const EXTERNAL_XDP: &str = "ferry_external_xdp";
 }
 
 /// Map creation flags (`map_flags`), shared so that the agent can tell a
@@ -559,7 +563,10 @@ pub mod external_counter {
     /// needed / packet too big, unreachable, time exceeded): translated
     /// like a packet of that flow.
     pub const ICMP_ERRORS: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// Packets the XDP program translated and sent on itself (the rest of
+    /// the translations above were tc's).
+    pub const XDP_REDIRECTED: u32 = 8;
+    pub const COUNT: u32 = 9;
     /// Names, in index order, for `ferry services` and metrics.
     pub const NAMES: [&str; COUNT as usize] = [
         "new_flows",
@@ -570,6 +577,7 @@ pub mod external_counter {
         "untranslated",
         "flow_table_full",
         "icmp_errors_translated",
+        "xdp_redirected",
     ];
 }
 

@@ -1,6 +1,8 @@
 //! North-south: packets that arrive from outside the node for a NodePort on
 //! a node address, an externalIP or a load balancer IP, translated at tc
-//! ingress as kube-proxy's rules translate them.
+//! ingress as kube-proxy's rules translate them, and in front of tc by XDP
+//! for the packets XDP can send itself (the same code over both hooks, see
+//! `frame.rs`).
 //!
 //! - A new flow to an external frontend: source ranges (LB IPs), then a
 //!   backend from the set's Maglev table by a hash of the client's address,
@@ -17,7 +19,6 @@
 //! - Everything else goes on untouched (`TC_ACT_UNSPEC`, so that the next
 //!   tcx program, such as a CNI's, still runs), after a parse and one map
 //!   lookup.
-//!
 //! - An ICMP error quoting a packet of a translated flow (fragmentation
 //!   needed / packet too big, port unreachable, time exceeded) is
 //!   translated as a packet of that flow would be, quoted packet and outer
@@ -29,15 +30,12 @@
 
 use aya_ebpf::{
     bindings::{
-        __sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup, bpf_redir_neigh,
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, bpf_redir_neigh,
     },
-    helpers::generated::{
-        bpf_csum_diff, bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_redirect,
-        bpf_redirect_neigh,
-    },
+    helpers::generated::{bpf_csum_diff, bpf_ktime_get_ns},
     maps::{LruHashMap, lpm_trie::Key},
-    programs::TcContext,
+    programs::{TcContext, XdpContext},
 };
 use lb_common::{
     EXTERNAL_F_SNAT, EXTERNAL_F_SOURCE_RANGES, ExternalConfig, ExternalFrontendValue,
@@ -46,14 +44,11 @@ use lb_common::{
     SOURCE_RANGE6_FRONTEND_BITS, SourceRange4, SourceRange6, external_counter,
 };
 
+use crate::frame::{Frame, ROUTE_RESOLVED, Tc, Xdp};
 use crate::maps::{
     EXT_CONFIG, EXT_COUNTERS, EXT_FRONTENDS4, EXT_FRONTENDS6, FIB_SCRATCH, FLOWS4, FLOWS6,
     IFACE_ADDRS, MAGLEV, SOURCE_RANGES4, SOURCE_RANGES6,
 };
-
-/// TCX_NEXT: let the next program (or the stack) have the packet.
-pub const PASS: i32 = -1;
-const DROP: i32 = TC_ACT_SHOT;
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -125,7 +120,7 @@ struct Packet<F: Ip> {
 const EXPIRED: i32 = i32::MIN;
 
 #[inline(always)]
-fn read_l4(ctx: &TcContext, off: usize, proto: u8) -> Option<L4> {
+fn read_l4<C: Frame>(ctx: C, off: usize, proto: u8) -> Option<L4> {
     let ports: [u16; 2] = ctx.load(off).ok()?;
     let (tcp_flags, csum_off) = if proto == PROTO_TCP {
         (ctx.load::<u8>(off + 13).ok()?, off + 16)
@@ -241,23 +236,28 @@ trait Ip {
     fn nat_touch(nat: *mut Self::Nat, flags: u8, now: u64);
 
     /// Rewrites an address at `off` (the L3 checksum too for IPv4).
-    fn rewrite_addr(ctx: &TcContext, off: usize, old: Self::Addr, new: Self::Addr, l4: &L4)
-    -> bool;
+    fn rewrite_addr<C: Frame>(
+        ctx: C,
+        off: usize,
+        old: Self::Addr,
+        new: Self::Addr,
+        l4: &L4,
+    ) -> bool;
     fn fib_addrs(params: &mut bpf_fib_lookup, saddr: Self::Addr, daddr: Self::Addr);
     fn neigh(params: &bpf_fib_lookup) -> bpf_redir_neigh;
 
     /// The outer header of an ICMP message: (saddr, daddr), when Ferry
     /// could translate it (no IPv4 options, not a later fragment).
-    fn icmp_header(ctx: &TcContext) -> Option<(Self::Addr, Self::Addr)>;
+    fn icmp_header<C: Frame>(ctx: C) -> Option<(Self::Addr, Self::Addr)>;
     /// ICMP error types, which quote the packet they are about.
     fn icmp_error(ty: u8) -> bool;
     /// The quoted IP header at `off`: (saddr, daddr, protocol), when it is
     /// one of a packet Ferry could have translated.
-    fn quoted_header(ctx: &TcContext, off: usize) -> Option<(Self::Addr, Self::Addr, u8)>;
+    fn quoted_header<C: Frame>(ctx: C, off: usize) -> Option<(Self::Addr, Self::Addr, u8)>;
     /// Rewrites an ICMP error's outer address at `off` from the IP header;
     /// the ICMP checksum is at `icmp_csum`.
-    fn rewrite_icmp_outer(
-        ctx: &TcContext,
+    fn rewrite_icmp_outer<C: Frame>(
+        ctx: C,
         off: usize,
         old: Self::Addr,
         new: Self::Addr,
@@ -266,8 +266,8 @@ trait Ip {
     /// Rewrites an address of the quoted header at `quoted` (field at
     /// `quoted + field`), and the quoted transport checksum when the error
     /// holds it (`qcsum`: its offset and `l4_csum_replace` flags).
-    fn rewrite_quoted_addr(
-        ctx: &TcContext,
+    fn rewrite_quoted_addr<C: Frame>(
+        ctx: C,
         quoted: usize,
         field: usize,
         change: (Self::Addr, Self::Addr),
@@ -370,7 +370,7 @@ impl Ip for V4 {
         }
     }
     #[inline(always)]
-    fn rewrite_addr(ctx: &TcContext, off: usize, old: u32, new: u32, l4: &L4) -> bool {
+    fn rewrite_addr<C: Frame>(ctx: C, off: usize, old: u32, new: u32, l4: &L4) -> bool {
         let l3 = ETH_HLEN;
         ctx.l4_csum_replace(
             l4.csum_off,
@@ -382,7 +382,7 @@ impl Ip for V4 {
             && ctx
                 .l3_csum_replace(l3 + 10, old as u64, new as u64, 4)
                 .is_ok()
-            && ctx.store(l3 + off, &new, 0).is_ok()
+            && ctx.store(l3 + off, &new).is_ok()
     }
     #[inline(always)]
     fn fib_addrs(params: &mut bpf_fib_lookup, saddr: u32, daddr: u32) {
@@ -398,7 +398,7 @@ impl Ip for V4 {
         nh
     }
     #[inline(always)]
-    fn icmp_header(ctx: &TcContext) -> Option<(u32, u32)> {
+    fn icmp_header<C: Frame>(ctx: C) -> Option<(u32, u32)> {
         let ip = ctx.load::<Ipv4Hdr>(ETH_HLEN).ok()?;
         (ip.version_ihl == 0x45 && u16::from_be(ip.frag_off) & 0x1fff == 0)
             .then_some((ip.saddr, ip.daddr))
@@ -410,7 +410,7 @@ impl Ip for V4 {
         matches!(ty, 3 | 11 | 12)
     }
     #[inline(always)]
-    fn quoted_header(ctx: &TcContext, off: usize) -> Option<(u32, u32, u8)> {
+    fn quoted_header<C: Frame>(ctx: C, off: usize) -> Option<(u32, u32, u8)> {
         let ip = ctx.load::<Ipv4Hdr>(off).ok()?;
         (ip.version_ihl == 0x45
             && u16::from_be(ip.frag_off) & 0x1fff == 0
@@ -418,16 +418,16 @@ impl Ip for V4 {
             .then_some((ip.saddr, ip.daddr, ip.proto))
     }
     #[inline(always)]
-    fn rewrite_icmp_outer(ctx: &TcContext, off: usize, old: u32, new: u32, _: usize) -> bool {
+    fn rewrite_icmp_outer<C: Frame>(ctx: C, off: usize, old: u32, new: u32, _: usize) -> bool {
         // ICMP's checksum covers no pseudo-header: only the IP header's
         // checksum changes.
         ctx.l3_csum_replace(ETH_HLEN + 10, old as u64, new as u64, 4)
             .is_ok()
-            && ctx.store(ETH_HLEN + off, &new, 0).is_ok()
+            && ctx.store(ETH_HLEN + off, &new).is_ok()
     }
     #[inline(always)]
-    fn rewrite_quoted_addr(
-        ctx: &TcContext,
+    fn rewrite_quoted_addr<C: Frame>(
+        ctx: C,
         quoted: usize,
         field: usize,
         (old, new): (u32, u32),
@@ -447,7 +447,7 @@ impl Ip for V4 {
         }
         ctx.l3_csum_replace(quoted + 10, old as u64, new as u64, 4)
             .is_ok()
-            && ctx.store(quoted + field, &new, 0).is_ok()
+            && ctx.store(quoted + field, &new).is_ok()
     }
 }
 
@@ -547,7 +547,7 @@ impl Ip for V6 {
         }
     }
     #[inline(always)]
-    fn rewrite_addr(ctx: &TcContext, off: usize, old: [u32; 4], new: [u32; 4], l4: &L4) -> bool {
+    fn rewrite_addr<C: Frame>(ctx: C, off: usize, old: [u32; 4], new: [u32; 4], l4: &L4) -> bool {
         let mut from = old;
         let mut to = new;
         // IPv6 has no header checksum; the L4 one covers the addresses
@@ -562,7 +562,7 @@ impl Ip for V6 {
                     l4_flags(l4) | BPF_F_PSEUDO_HDR as u64,
                 )
                 .is_ok()
-            && ctx.store(ETH_HLEN + off, &new, 0).is_ok()
+            && ctx.store(ETH_HLEN + off, &new).is_ok()
     }
     #[inline(always)]
     fn fib_addrs(params: &mut bpf_fib_lookup, saddr: [u32; 4], daddr: [u32; 4]) {
@@ -577,7 +577,7 @@ impl Ip for V6 {
         nh
     }
     #[inline(always)]
-    fn icmp_header(ctx: &TcContext) -> Option<([u32; 4], [u32; 4])> {
+    fn icmp_header<C: Frame>(ctx: C) -> Option<([u32; 4], [u32; 4])> {
         let ip = ctx.load::<Ipv6Hdr>(ETH_HLEN).ok()?;
         Some((ip.saddr, ip.daddr))
     }
@@ -588,14 +588,14 @@ impl Ip for V6 {
         matches!(ty, 1..=4)
     }
     #[inline(always)]
-    fn quoted_header(ctx: &TcContext, off: usize) -> Option<([u32; 4], [u32; 4], u8)> {
+    fn quoted_header<C: Frame>(ctx: C, off: usize) -> Option<([u32; 4], [u32; 4], u8)> {
         let ip = ctx.load::<Ipv6Hdr>(off).ok()?;
         (ip.nexthdr == PROTO_TCP || ip.nexthdr == PROTO_UDP)
             .then_some((ip.saddr, ip.daddr, ip.nexthdr))
     }
     #[inline(always)]
-    fn rewrite_icmp_outer(
-        ctx: &TcContext,
+    fn rewrite_icmp_outer<C: Frame>(
+        ctx: C,
         off: usize,
         old: [u32; 4],
         new: [u32; 4],
@@ -612,8 +612,8 @@ impl Ip for V6 {
         Self::rewrite_addr(ctx, off, old, new, &icmp)
     }
     #[inline(always)]
-    fn rewrite_quoted_addr(
-        ctx: &TcContext,
+    fn rewrite_quoted_addr<C: Frame>(
+        ctx: C,
         quoted: usize,
         field: usize,
         (old, new): ([u32; 4], [u32; 4]),
@@ -635,19 +635,18 @@ impl Ip for V6 {
             return false;
         }
         ctx.l4_csum_replace(icmp_csum, 0, diff as u64, 0).is_ok()
-            && ctx.store(quoted + field, &new, 0).is_ok()
+            && ctx.store(quoted + field, &new).is_ok()
     }
 }
 
 /// Where `route` left the packet's route (the lookup's result itself is in
 /// `FIB_SCRATCH`: egress ifindex, next hop, MAC addresses).
 const ROUTE_NONE: u8 = 0;
-const ROUTE_RESOLVED: u8 = 1;
 const ROUTE_NO_NEIGH: u8 = 2;
 
 /// Looks the route up; returns (ROUTE_*, egress ifindex).
 #[inline(always)]
-fn route<F: Ip>(ctx: &TcContext, saddr: F::Addr, daddr: F::Addr, l4: &L4) -> (u8, u32) {
+fn route<C: Frame, F: Ip>(ctx: C, saddr: F::Addr, daddr: F::Addr, l4: &L4) -> (u8, u32) {
     let Some(p) = FIB_SCRATCH.get_ptr_mut(0) else {
         return (ROUTE_NONE, 0);
     };
@@ -659,16 +658,9 @@ fn route<F: Ip>(ctx: &TcContext, saddr: F::Addr, daddr: F::Addr, l4: &L4) -> (u8
     params.sport = l4.sport;
     params.dport = l4.dport;
     params.__bindgen_anon_1.tot_len = (ctx.len() as usize - ETH_HLEN) as u16;
-    params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    params.ifindex = ctx.ifindex();
     F::fib_addrs(params, saddr, daddr);
-    let ret = unsafe {
-        fib_lookup(
-            ctx.skb.skb as *mut _,
-            p,
-            core::mem::size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    };
+    let ret = ctx.fib_lookup(p);
     let state = match ret as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => ROUTE_RESOLVED,
         BPF_FIB_LKUP_RET_NO_NEIGH => ROUTE_NO_NEIGH,
@@ -681,12 +673,12 @@ fn route<F: Ip>(ctx: &TcContext, saddr: F::Addr, daddr: F::Addr, l4: &L4) -> (u8
 /// (forwarding off, no route; or under BPF_PROG_TEST_RUN) the stack gets
 /// it.
 #[inline(always)]
-fn transmit<F: Ip>(ctx: &TcContext, state: u8) -> i32 {
+fn transmit<C: Frame, F: Ip>(ctx: C, state: u8) -> i32 {
     if state == ROUTE_NONE {
-        return TC_ACT_OK;
+        return C::UNROUTED;
     }
     let Some(p) = FIB_SCRATCH.get_ptr(0) else {
-        return TC_ACT_OK;
+        return C::UNROUTED;
     };
     // SAFETY: as in `route`, which filled it earlier in this run.
     let params = unsafe { &*p };
@@ -697,20 +689,13 @@ fn transmit<F: Ip>(ctx: &TcContext, state: u8) -> i32 {
             m[6..].copy_from_slice(&params.smac);
             m
         };
-        if ctx.store(0, &macs, 0).is_err() {
-            return DROP;
+        if ctx.store(0, &macs).is_err() {
+            return C::DROP;
         }
-        unsafe { bpf_redirect(params.ifindex, 0) as i32 }
+        ctx.redirect(params.ifindex)
     } else {
         let mut nh = F::neigh(params);
-        unsafe {
-            bpf_redirect_neigh(
-                params.ifindex,
-                &mut nh,
-                core::mem::size_of::<bpf_redir_neigh>() as i32,
-                0,
-            ) as i32
-        }
+        ctx.redirect_neigh(params.ifindex, &mut nh)
     }
 }
 
@@ -741,24 +726,23 @@ const RECORD: i32 = i32::MIN + 2;
 
 /// Rewrites the packet as `t` says and sends it on.
 #[inline(never)]
-fn apply<F: Ip>(skb: *mut __sk_buff, pkt: &Packet<F>, t: &Translation<F>) -> i32 {
-    let ctx = TcContext::new(skb);
-    if !rewrite::<F>(
-        &ctx,
+fn apply<C: Frame, F: Ip>(ctx: C, pkt: &Packet<F>, t: &Translation<F>) -> i32 {
+    if !rewrite::<C, F>(
+        ctx,
         pkt.l4_off,
         &pkt.l4,
         (pkt.saddr, pkt.daddr),
         (t.saddr, t.daddr, t.sport, t.dport),
     ) {
-        return DROP;
+        return C::DROP;
     }
-    transmit::<F>(&ctx, t.route)
+    transmit::<C, F>(ctx, t.route)
 }
 
 /// Rewrites the packet from (saddr, daddr, sport, dport) to the new ones.
 #[inline(always)]
-fn rewrite<F: Ip>(
-    ctx: &TcContext,
+fn rewrite<C: Frame, F: Ip>(
+    ctx: C,
     l4_off: usize,
     l4: &L4,
     old: (F::Addr, F::Addr),
@@ -777,7 +761,7 @@ fn rewrite<F: Ip>(
         && (ctx
             .l4_csum_replace(l4.csum_off, l4.sport as u64, nsport as u64, flags | 2)
             .is_err()
-            || ctx.store(l4_off, &nsport, 0).is_err())
+            || ctx.store(l4_off, &nsport).is_err())
     {
         return false;
     }
@@ -785,7 +769,7 @@ fn rewrite<F: Ip>(
         && (ctx
             .l4_csum_replace(l4.csum_off, l4.dport as u64, ndport as u64, flags | 2)
             .is_err()
-            || ctx.store(l4_off + 2, &ndport, 0).is_err())
+            || ctx.store(l4_off + 2, &ndport).is_err())
     {
         return false;
     }
@@ -802,13 +786,12 @@ fn rewrite<F: Ip>(
 /// past the verifier's 512 bytes for a chain of calls. `handle` calls the
 /// steps one after the other.
 #[inline(never)]
-fn established<F: Ip>(
-    skb: *mut __sk_buff,
+fn established<C: Frame, F: Ip>(
+    ctx: C,
     pkt: &Packet<F>,
     nat: *mut F::Nat,
     out: &mut Translation<F>,
 ) -> i32 {
-    let ctx = TcContext::new(skb);
     let l4 = &pkt.l4;
     let (nsaddr, ndaddr, nsport, ndport, flags, last_seen) = F::nat_fields(unsafe { &*nat });
     let now = unsafe { bpf_ktime_get_ns() };
@@ -835,7 +818,8 @@ fn established<F: Ip>(
             F::nat_touch(o, oflags, now);
         }
     }
-    let (route, _) = route::<F>(&ctx, nsaddr, ndaddr, l4);
+    let (route, egress) = route::<C, F>(ctx, nsaddr, ndaddr, l4);
+    out.egress = egress;
     out.saddr = nsaddr;
     out.daddr = ndaddr;
     out.sport = nsport;
@@ -889,23 +873,22 @@ fn claim_snat_port<F: Ip>(
 /// and its route (`RECORD`, `out` filled for `masquerade` and `record`),
 /// or a drop.
 #[inline(never)]
-fn new_flow<F: Ip>(
-    skb: *mut __sk_buff,
+fn new_flow<C: Frame, F: Ip>(
+    ctx: C,
     pkt: &Packet<F>,
     fe: &ExternalFrontendValue,
     out: &mut Translation<F>,
 ) -> i32 {
-    let ctx = &TcContext::new(skb);
     let (l4, saddr, daddr) = (&pkt.l4, pkt.saddr, pkt.daddr);
     if fe.count == 0 {
         count(external_counter::DROP_NO_BACKEND);
-        return DROP;
+        return C::DROP;
     }
     if fe.flags & EXTERNAL_F_SOURCE_RANGES != 0
         && !F::source_allowed(daddr, l4.dport, l4.proto, saddr)
     {
         count(external_counter::DROP_SOURCE_RANGE);
-        return DROP;
+        return C::DROP;
     }
     let hash = finish(mix(
         mix(F::hash_addr(saddr), l4.sport as u32),
@@ -913,11 +896,11 @@ fn new_flow<F: Ip>(
     ));
     let Some(entry) = maglev_entry(fe, hash) else {
         count(external_counter::DROP_NO_BACKEND);
-        return DROP;
+        return C::DROP;
     };
     let backend = F::entry_addr(entry);
     // The route to the backend decides the masquerade address.
-    let (route, egress) = route::<F>(ctx, saddr, backend, l4);
+    let (route, egress) = route::<C, F>(ctx, saddr, backend, l4);
     *out = Translation {
         saddr,
         daddr: backend,
@@ -937,10 +920,10 @@ fn new_flow<F: Ip>(
 /// direction under it; the source in `t` becomes that address and port.
 /// `RECORD` next, or a drop when no port is free.
 #[inline(never)]
-fn masquerade<F: Ip>(pkt: &Packet<F>, t: &mut Translation<F>) -> i32 {
+fn masquerade<C: Frame, F: Ip>(pkt: &Packet<F>, t: &mut Translation<F>) -> i32 {
     let l4 = &pkt.l4;
     let Some(cfg) = config() else {
-        return PASS;
+        return C::PASS;
     };
     let now = t.now;
     let snat_addr = F::snat_addr(cfg, t.egress);
@@ -962,7 +945,7 @@ fn masquerade<F: Ip>(pkt: &Packet<F>, t: &mut Translation<F>) -> i32 {
         now,
     ) else {
         count(external_counter::DROP_SNAT_PORTS);
-        return DROP;
+        return C::DROP;
     };
     t.saddr = snat_addr;
     t.sport = port;
@@ -1007,35 +990,34 @@ fn record<F: Ip>(pkt: &Packet<F>, t: &Translation<F>) -> i32 {
 /// reply that leaves as the frontend), else the router that sent it stays.
 /// Anything else (no flow, not an error) passes untouched.
 #[inline(never)]
-fn icmp_error<F: Ip>(skb: *mut __sk_buff) -> i32 {
-    let ctx = TcContext::new(skb);
-    let Some((osaddr, odaddr)) = F::icmp_header(&ctx) else {
-        return PASS;
+fn icmp_error<C: Frame, F: Ip>(ctx: C) -> i32 {
+    let Some((osaddr, odaddr)) = F::icmp_header(ctx) else {
+        return C::PASS;
     };
     let icmp_off = ETH_HLEN + F::L3_LEN;
     let icmp_csum = icmp_off + 2;
     let Ok(ty) = ctx.load::<u8>(icmp_off) else {
-        return PASS;
+        return C::PASS;
     };
     if !F::icmp_error(ty) {
-        return PASS;
+        return C::PASS;
     }
     let quoted = icmp_off + ICMP_HLEN;
-    let Some((qsaddr, qdaddr, proto)) = F::quoted_header(&ctx, quoted) else {
-        return PASS;
+    let Some((qsaddr, qdaddr, proto)) = F::quoted_header(ctx, quoted) else {
+        return C::PASS;
     };
     let ql4 = quoted + F::L3_LEN;
     let Ok(ports) = ctx.load::<[u16; 2]>(ql4) else {
-        return PASS;
+        return C::PASS;
     };
     let key = F::flow(qdaddr, qsaddr, ports[1], ports[0], proto);
     let Some(nat) = (unsafe { F::flows().get(key) }) else {
-        return PASS;
+        return C::PASS;
     };
     let (nsaddr, ndaddr, nsport, ndport, flags, last_seen) = F::nat_fields(nat);
     let now = unsafe { bpf_ktime_get_ns() };
     if now.wrapping_sub(last_seen) > timeout_ns(flags, proto) {
-        return PASS;
+        return C::PASS;
     }
     // ICMPv4 quotes at least 8 bytes of the transport header: UDP's
     // checksum, but TCP's only when the sender quoted more.
@@ -1054,7 +1036,7 @@ fn icmp_error<F: Ip>(skb: *mut __sk_buff) -> i32 {
     };
     let ok = (qsaddr == ndaddr
         || F::rewrite_quoted_addr(
-            &ctx,
+            ctx,
             quoted,
             F::SADDR_OFF,
             (qsaddr, ndaddr),
@@ -1063,17 +1045,17 @@ fn icmp_error<F: Ip>(skb: *mut __sk_buff) -> i32 {
         ))
         && (qdaddr == nsaddr
             || F::rewrite_quoted_addr(
-                &ctx,
+                ctx,
                 quoted,
                 F::DADDR_OFF,
                 (qdaddr, nsaddr),
                 icmp_csum,
                 qcsum,
             ))
-        && rewrite_quoted_port(&ctx, ql4, (ports[0], ndport), icmp_csum, qcsum)
-        && rewrite_quoted_port(&ctx, ql4 + 2, (ports[1], nsport), icmp_csum, qcsum);
+        && rewrite_quoted_port(ctx, ql4, (ports[0], ndport), icmp_csum, qcsum)
+        && rewrite_quoted_port(ctx, ql4 + 2, (ports[1], nsport), icmp_csum, qcsum);
     if !ok {
-        return DROP;
+        return C::DROP;
     }
     // The quoted transport checksum is data of the ICMP message too.
     if let Some((off, _)) = qcsum {
@@ -1083,15 +1065,15 @@ fn icmp_error<F: Ip>(skb: *mut __sk_buff) -> i32 {
                 .l4_csum_replace(icmp_csum, before as u64, after as u64, 2)
                 .is_err()
         {
-            return DROP;
+            return C::DROP;
         }
     }
     let saddr = if nsaddr != qdaddr { nsaddr } else { osaddr };
     let daddr = if ndaddr != qsaddr { ndaddr } else { odaddr };
-    if (saddr != osaddr && !F::rewrite_icmp_outer(&ctx, F::SADDR_OFF, osaddr, saddr, icmp_csum))
-        || (daddr != odaddr && !F::rewrite_icmp_outer(&ctx, F::DADDR_OFF, odaddr, daddr, icmp_csum))
+    if (saddr != osaddr && !F::rewrite_icmp_outer(ctx, F::SADDR_OFF, osaddr, saddr, icmp_csum))
+        || (daddr != odaddr && !F::rewrite_icmp_outer(ctx, F::DADDR_OFF, odaddr, daddr, icmp_csum))
     {
-        return DROP;
+        return C::DROP;
     }
     let icmp = L4 {
         sport: 0,
@@ -1100,16 +1082,16 @@ fn icmp_error<F: Ip>(skb: *mut __sk_buff) -> i32 {
         tcp_flags: 0,
         csum_off: icmp_csum,
     };
-    let (state, _) = route::<F>(&ctx, saddr, daddr, &icmp);
+    let (state, _) = route::<C, F>(ctx, saddr, daddr, &icmp);
     count(external_counter::ICMP_ERRORS);
-    transmit::<F>(&ctx, state)
+    transmit::<C, F>(ctx, state)
 }
 
 /// Rewrites a port of the quoted transport header at `off`, with the
 /// quoted checksum and the ICMP one (the port is data of both).
 #[inline(always)]
-fn rewrite_quoted_port(
-    ctx: &TcContext,
+fn rewrite_quoted_port<C: Frame>(
+    ctx: C,
     off: usize,
     (old, new): (u16, u16),
     icmp_csum: usize,
@@ -1127,19 +1109,25 @@ fn rewrite_quoted_port(
     }
     ctx.l4_csum_replace(icmp_csum, old as u64, new as u64, 2)
         .is_ok()
-        && ctx.store(off, &new, 0).is_ok()
+        && ctx.store(off, &new).is_ok()
 }
 
 /// Runs `apply` when the deciding step asked for it.
 #[inline(always)]
-fn finish_verdict<F: Ip>(
-    skb: *mut __sk_buff,
+fn finish_verdict<C: Frame, F: Ip>(
+    ctx: C,
     pkt: &Packet<F>,
     t: &Translation<F>,
     verdict: i32,
 ) -> i32 {
     if verdict == TRANSLATE {
-        apply::<F>(skb, pkt, t)
+        if !C::can_transmit(t.route, t.egress) {
+            // XDP with a route it cannot send by: tc, next on this
+            // interface, finds the flow (recorded above for a new one) and
+            // sends the packet.
+            return C::PASS;
+        }
+        apply::<C, F>(ctx, pkt, t)
     } else {
         verdict
     }
@@ -1147,7 +1135,7 @@ fn finish_verdict<F: Ip>(
 
 /// The flow logic after parsing, for both families.
 #[inline(always)]
-fn handle<F: Ip>(skb: *mut __sk_buff, role: Role, pkt: &Packet<F>) -> i32 {
+fn handle<C: Frame, F: Ip>(ctx: C, role: Role, pkt: &Packet<F>) -> i32 {
     let l4 = &pkt.l4;
     let mut t = Translation::<F> {
         saddr: F::Addr::default(),
@@ -1170,31 +1158,31 @@ fn handle<F: Ip>(skb: *mut __sk_buff, role: Role, pkt: &Packet<F>) -> i32 {
         // Replies from backends on other nodes come back to a masquerade
         // port; nothing else here can be a flow of ours.
         let Some(cfg) = config() else {
-            return PASS;
+            return C::PASS;
         };
         let dport = u16::from_be(l4.dport);
         if dport < cfg.snat_port_min || dport > cfg.snat_port_max {
-            return PASS;
+            return C::PASS;
         }
     }
     if let Some(nat) = F::flows().get_ptr_mut(key) {
-        let verdict = established::<F>(skb, pkt, nat, &mut t);
+        let verdict = established::<C, F>(ctx, pkt, nat, &mut t);
         if verdict != EXPIRED {
-            return finish_verdict::<F>(skb, pkt, &t, verdict);
+            return finish_verdict::<C, F>(ctx, pkt, &t, verdict);
         }
     }
     match frontend {
         Some(fe) => {
-            let mut verdict = new_flow::<F>(skb, pkt, fe, &mut t);
+            let mut verdict = new_flow::<C, F>(ctx, pkt, fe, &mut t);
             if verdict == RECORD && t.snat {
-                verdict = masquerade::<F>(pkt, &mut t);
+                verdict = masquerade::<C, F>(pkt, &mut t);
             }
             if verdict == RECORD {
                 verdict = record::<F>(pkt, &t);
             }
-            finish_verdict::<F>(skb, pkt, &t, verdict)
+            finish_verdict::<C, F>(ctx, pkt, &t, verdict)
         }
-        None => PASS,
+        None => C::PASS,
     }
 }
 
@@ -1225,22 +1213,21 @@ struct Ipv6Hdr {
 }
 
 #[inline(never)]
-fn ingress4(skb: *mut __sk_buff, role: Role) -> i32 {
-    let ctx = TcContext::new(skb);
+fn ingress4<C: Frame>(ctx: C, role: Role) -> i32 {
     let Ok(ip) = ctx.load::<Ipv4Hdr>(ETH_HLEN) else {
-        return PASS;
+        return C::PASS;
     };
     if ip.proto != PROTO_TCP && ip.proto != PROTO_UDP {
-        return PASS;
+        return C::PASS;
     }
     // A fragment after the first has no ports; options move the ports.
     if u16::from_be(ip.frag_off) & 0x1fff != 0 || ip.version_ihl != 0x45 {
         count(external_counter::UNTRANSLATED);
-        return PASS;
+        return C::PASS;
     }
     let l4_off = ETH_HLEN + V4::L3_LEN;
-    let Some(l4) = read_l4(&ctx, l4_off, ip.proto) else {
-        return PASS;
+    let Some(l4) = read_l4(ctx, l4_off, ip.proto) else {
+        return C::PASS;
     };
     let pkt = Packet::<V4> {
         l4_off,
@@ -1248,24 +1235,23 @@ fn ingress4(skb: *mut __sk_buff, role: Role) -> i32 {
         saddr: ip.saddr,
         daddr: ip.daddr,
     };
-    handle::<V4>(skb, role, &pkt)
+    handle::<C, V4>(ctx, role, &pkt)
 }
 
 #[inline(never)]
-fn ingress6(skb: *mut __sk_buff, role: Role) -> i32 {
-    let ctx = TcContext::new(skb);
+fn ingress6<C: Frame>(ctx: C, role: Role) -> i32 {
     let Ok(ip) = ctx.load::<Ipv6Hdr>(ETH_HLEN) else {
-        return PASS;
+        return C::PASS;
     };
     if ip.nexthdr != PROTO_TCP && ip.nexthdr != PROTO_UDP {
         if ip.nexthdr == IPV6_FRAGMENT {
             count(external_counter::UNTRANSLATED);
         }
-        return PASS;
+        return C::PASS;
     }
     let l4_off = ETH_HLEN + V6::L3_LEN;
-    let Some(l4) = read_l4(&ctx, l4_off, ip.nexthdr) else {
-        return PASS;
+    let Some(l4) = read_l4(ctx, l4_off, ip.nexthdr) else {
+        return C::PASS;
     };
     let pkt = Packet::<V6> {
         l4_off,
@@ -1273,37 +1259,49 @@ fn ingress6(skb: *mut __sk_buff, role: Role) -> i32 {
         saddr: ip.saddr,
         daddr: ip.daddr,
     };
-    handle::<V6>(skb, role, &pkt)
+    handle::<C, V6>(ctx, role, &pkt)
 }
 
 #[inline(always)]
-fn ingress(ctx: &TcContext, role: Role) -> i32 {
+fn ingress<C: Frame>(ctx: C, role: Role) -> i32 {
     let Ok(proto) = ctx.load::<u16>(12) else {
-        return PASS;
+        return C::PASS;
     };
     // ICMP is told apart here, so that `icmp_error`'s frame does not add
     // to `ingress4/6`'s on the stack.
     match u16::from_be(proto) {
-        V4::ETH_P if ctx.load::<u8>(ETH_HLEN + 9) == Ok(V4::PROTO_ICMP) => {
-            icmp_error::<V4>(ctx.skb.skb)
+        V4::ETH_P if C::ICMP_ERRORS && ctx.load::<u8>(ETH_HLEN + 9) == Ok(V4::PROTO_ICMP) => {
+            icmp_error::<C, V4>(ctx)
         }
-        V6::ETH_P if ctx.load::<u8>(ETH_HLEN + 6) == Ok(V6::PROTO_ICMP) => {
-            icmp_error::<V6>(ctx.skb.skb)
+        V6::ETH_P if C::ICMP_ERRORS && ctx.load::<u8>(ETH_HLEN + 6) == Ok(V6::PROTO_ICMP) => {
+            icmp_error::<C, V6>(ctx)
         }
-        V4::ETH_P => ingress4(ctx.skb.skb, role),
-        V6::ETH_P => ingress6(ctx.skb.skb, role),
-        _ => PASS,
+        V4::ETH_P => ingress4(ctx, role),
+        V6::ETH_P => ingress6(ctx, role),
+        _ => C::PASS,
     }
 }
 
 /// tc ingress (tcx) on the external interfaces.
 #[aya_ebpf::macros::classifier]
 pub fn ferry_external(ctx: TcContext) -> i32 {
-    ingress(&ctx, Role::External)
+    ingress(Tc(ctx.skb.skb), Role::External)
 }
 
 /// tc ingress (tcx) on the node's other interfaces: replies only.
 #[aya_ebpf::macros::classifier]
 pub fn ferry_reply(ctx: TcContext) -> i32 {
-    ingress(&ctx, Role::Reply)
+    ingress(Tc(ctx.skb.skb), Role::Reply)
+}
+
+/// XDP on the external interfaces (`--xdp-mode`), in front of
+/// `ferry_external`: the same flow logic, for packets it can send out of
+/// another external interface; everything else goes on to tc untouched.
+#[aya_ebpf::macros::xdp]
+pub fn ferry_external_xdp(ctx: XdpContext) -> u32 {
+    let verdict = ingress(Xdp(ctx.ctx), Role::External);
+    if verdict == aya_ebpf::bindings::xdp_action::XDP_REDIRECT as i32 {
+        count(external_counter::XDP_REDIRECTED);
+    }
+    verdict as u32
 }

@@ -1,13 +1,15 @@
 //! Ferry's eBPF datapath: cgroup sock_addr programs that translate a
 //! socket's destination from a Kubernetes Service frontend to one of its
 //! backends, and back for recvmsg/getpeername; and post_bind programs that
-//! keep host processes off NodePorts; and tc programs that translate
-//! packets arriving from outside the node for external frontends.
+//! keep host processes off NodePorts; and tc and XDP programs that
+//! translate packets arriving from outside the node for external
+//! frontends.
 #![no_std]
 #![no_main]
 
 mod external;
 mod family;
+mod frame;
 mod lb;
 mod maps;
 mod sock;

@@ -65,6 +65,13 @@ pub struct NorthSouthArgs {
     /// other interface (pod-facing ones) gets the reply program.
     #[arg(long = "external-interface")]
     pub external_interfaces: Vec<String>,
+    /// XDP in front of tc on the external interfaces: `auto` (native
+    /// where the driver supports it, else generic, logged), `native`,
+    /// `generic`, or `off` (tc alone). XDP translates what it can send out
+    /// of another external interface; tc does the rest, so any mode serves
+    /// everything.
+    #[arg(long, value_enum, default_value_t = crate::datapath::xdp::XdpMode::Auto)]
+    pub xdp_mode: crate::datapath::xdp::XdpMode,
     /// Entries of each Service's Maglev table: a prime; larger tables
     /// spread flows more evenly, smaller ones leave room for more tables
     /// in the same map.

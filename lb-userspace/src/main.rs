@@ -71,6 +71,7 @@ fn start_datapath(
     let north_south = north_south.north_south.then(|| datapath::NorthSouthConfig {
         netns: host_netns.map(std::path::Path::to_path_buf),
         external_interfaces: north_south.external_interfaces.clone(),
+        xdp_mode: north_south.xdp_mode,
         // The addresses NodePorts are served on: the flags, else the
         // node namespace's own.
         node_ips: if node.ips.is_empty() {

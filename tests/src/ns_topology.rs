@@ -182,6 +182,26 @@ pub fn sysctl(ns: &Netns, key: &str, value: &str) -> Result<()> {
     .map(drop)
 }
 
+/// `ethtool -K IFNAME SETTINGS...` in `ns`.
+pub fn offloads(ns: &Netns, ifname: &str, settings: &[&str]) -> Result<()> {
+    command_stdout(ns.command("ethtool").arg("-K").arg(ifname).args(settings)).map(drop)
+}
+
+/// Senders in this topology are veths, which pass a local sender's
+/// unfinished checksum (CHECKSUM_PARTIAL) along with the packet. tc's
+/// checksum helpers keep such a packet right; XDP sees a raw frame, as a
+/// NIC delivers it from the wire, complete checksums included. So the
+/// senders (client and pods) compute their checksums themselves, like a
+/// machine behind a NIC; and the client takes XDP_REDIRECTed frames
+/// (veth needs GRO, or an XDP program, on the receiving side for that).
+fn sender_offloads(ns: &Netns, ifname: &str, takes_redirects: bool) -> Result<()> {
+    offloads(ns, ifname, &["tx", "off"])?;
+    if takes_redirects {
+        offloads(ns, ifname, &["gro", "on"])?;
+    }
+    Ok(())
+}
+
 /// Deterministic settings for a fresh namespace, before its interfaces
 /// exist (new interfaces take the `default` values).
 fn base_sysctls(ns: &Netns) -> Result<()> {
@@ -261,6 +281,7 @@ impl NsTopology {
         ])?;
         n.cmd(&["link", "set", CLIENT_IF, "up"])?;
         c.cmd(&["link", "set", &node.client_side_if, "up"])?;
+        sender_offloads(c, &node.client_side_if, true)?;
         n.cmd(&[
             "addr",
             "add",
@@ -397,6 +418,7 @@ impl NsTopology {
         ])?;
         n.cmd(&["-6", "route", "add", &format!("{v6}/128"), "dev", hif])?;
         p.cmd(&["link", "set", "eth0", "up"])?;
+        sender_offloads(p, "eth0", false)?;
         p.cmd(&["addr", "add", &format!("{v4}/32"), "dev", "eth0"])?;
         p.cmd(&["addr", "add", &format!("{v6}/128"), "dev", "eth0", "nodad"])?;
         p.cmd(&[
@@ -741,6 +763,14 @@ pub fn tcx_prog_ids(ns: &Netns, ifname: &str, egress: bool) -> Result<Vec<u32>> 
         let n = (attr.count as usize).min(ids.len());
         Ok(ids[..n].to_vec())
     })
+}
+
+/// How an XDP program is attached to `ifname` in `ns` (`ip -j link`'s
+/// `xdp.mode`: 1 native, 2 generic, 3 offloaded), None without one.
+pub fn xdp_mode(ns: &Netns, ifname: &str) -> Result<Option<u64>> {
+    let links: Value = serde_json::from_str(&ns.cmd(&["-j", "link", "show", "dev", ifname])?)
+        .context("parsing ip -j link show")?;
+    Ok(links[0]["xdp"]["mode"].as_u64())
 }
 
 /// The non-lo interface names of `ns`.

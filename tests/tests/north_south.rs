@@ -426,10 +426,16 @@ impl Cluster {
         self.manifests.write_objects(MANIFEST, &all).map(drop)
     }
 
-    /// Starts Ferry in node1 and node2 (not waited for).
+    /// Starts Ferry in node1 and node2 (not waited for), with the default
+    /// `--xdp-mode auto` (native on veth).
     fn start_ferries(&mut self) -> Result<()> {
+        self.start_ferries_with(&[])
+    }
+
+    /// [`Cluster::start_ferries`] with these extra flags.
+    fn start_ferries_with(&mut self, extra: &[&str]) -> Result<()> {
         for node in ["node1", "node2"] {
-            let f = NodeFerry::start(self.topo.node(node), &self.manifests, &[])?;
+            let f = NodeFerry::start(self.topo.node(node), &self.manifests, extra)?;
             self.ferries.push(f);
         }
         Ok(())
@@ -512,6 +518,19 @@ impl Cluster {
         }
         Ok(())
     }
+}
+
+/// (interface, XDP program id) of `node`'s external interfaces.
+fn xdp_prog_ids(c: &Cluster, node: &str) -> Result<Vec<(String, Option<u64>)>> {
+    let n = c.node(node);
+    n.external_interfaces()
+        .iter()
+        .map(|ifname| {
+            let v: Value =
+                serde_json::from_str(&n.ns.cmd(&["-j", "link", "show", "dev", ifname])?)?;
+            Ok((ifname.to_string(), v[0]["xdp"]["prog"]["id"].as_u64()))
+        })
+        .collect()
 }
 
 // ------------------------------------------------------------- continuous load
@@ -660,9 +679,55 @@ fn topology_routes_like_a_cluster_without_ferry() -> Result<()> {
 /// and IPv6, via node1 and via node2: every request answered (from the
 /// NodePort); over 40 source ports both backends (one per node) answer
 /// from each node; the backend sees the node's address (SNAT), never the
-/// client's.
+/// client's. With XDP (default `auto`: native on veth) XDP sends the flows
+/// that leave by the other external interface (to the other node's pod,
+/// and their replies), tc the rest; `ferry services` counts them.
 #[test]
 fn node_port_cluster_policy_spreads_over_nodes_and_masquerades() -> Result<()> {
+    cluster_policy_case(XdpCase::Auto)
+}
+
+/// The same with XDP in generic mode.
+#[test]
+fn node_port_cluster_policy_with_generic_xdp() -> Result<()> {
+    cluster_policy_case(XdpCase::Generic)
+}
+
+/// The same with tc alone (`--xdp-mode off`).
+#[test]
+fn node_port_cluster_policy_with_tc_alone() -> Result<()> {
+    cluster_policy_case(XdpCase::Off)
+}
+
+/// The XDP modes the cluster policy case runs in: the flag, and the
+/// `ip link` mode expected on the external interfaces.
+#[derive(Clone, Copy, Debug)]
+enum XdpCase {
+    Auto,
+    Generic,
+    Off,
+}
+
+impl XdpCase {
+    fn flag(self) -> &'static str {
+        match self {
+            XdpCase::Auto => "auto",
+            XdpCase::Generic => "generic",
+            XdpCase::Off => "off",
+        }
+    }
+
+    /// `ip -j link`'s `xdp.mode` (veth has a native mode).
+    fn link_mode(self) -> Option<u64> {
+        match self {
+            XdpCase::Auto => Some(1),
+            XdpCase::Generic => Some(2),
+            XdpCase::Off => None,
+        }
+    }
+}
+
+fn cluster_policy_case(xdp: XdpCase) -> Result<()> {
     require_root();
     let _serial = serial();
     let mut c = Cluster::new()?;
@@ -671,7 +736,7 @@ fn node_port_cluster_policy_spreads_over_nodes_and_masquerades() -> Result<()> {
         service("web", 10, 30080, "Cluster"),
         &["pod1", "pod2"],
     ))?;
-    c.start_ferries()?;
+    c.start_ferries_with(&["--xdp-mode", xdp.flag()])?;
     c.wait_node_port(30080, &PROTOS)?;
     for via in ["node1", "node2"] {
         let node = c.node(via);
@@ -724,6 +789,20 @@ fn node_port_cluster_policy_spreads_over_nodes_and_masquerades() -> Result<()> {
                 && counters["established_packets"].as_u64() > Some(0),
             "{via}: counters: {counters}"
         );
+        // XDP sends what goes out of another external interface: flows to
+        // the other node's pod and their replies. tc alone: nothing.
+        let redirected = counters["xdp_redirected"].as_u64().unwrap_or(0);
+        ensure!(
+            (redirected > 0) == xdp.link_mode().is_some(),
+            "{via} ({xdp:?}): xdp_redirected {redirected}: {counters}"
+        );
+        for ifname in c.node(via).external_interfaces() {
+            let mode = xdp_mode(&c.node(via).ns, ifname)?;
+            ensure!(
+                mode == xdp.link_mode(),
+                "{via} ({xdp:?}): {ifname}: ip link says XDP mode {mode:?}"
+            );
+        }
     }
     Ok(())
 }
@@ -1202,6 +1281,7 @@ fn sigkill_and_restart_under_external_load_lose_nothing() -> Result<()> {
         run_for(cl, 30, what)?;
     }
 
+    let xdp_before = xdp_prog_ids(&c, "node1")?;
     c.ferry("node1").kill9()?;
     assert!(!c.ferry("node1").is_running());
     for (what, cl) in &clients {
@@ -1210,6 +1290,15 @@ fn sigkill_and_restart_under_external_load_lose_nothing() -> Result<()> {
     c.ferry("node1").restart()?;
     for (what, cl) in &clients {
         run_for(cl, 100, &format!("{what}, ferry restarting"))?;
+    }
+    // The restarted Ferry swapped its own program into the XDP links
+    // (one program per interface: a fresh attachment would have failed).
+    let xdp_after = xdp_prog_ids(&c, "node1")?;
+    for ((ifname, before), (_, after)) in xdp_before.iter().zip(&xdp_after) {
+        ensure!(
+            before.is_some() && after.is_some() && before != after,
+            "node1: {ifname}: XDP program {before:?} before the restart, {after:?} after"
+        );
     }
     // The restarted Ferry works: it applies a new backend.
     c.apply(&objects(
@@ -1271,6 +1360,15 @@ fn cleanup_leaves_nothing_attached_in_the_node_namespaces() -> Result<()> {
                 .any(|(i, dir, ids)| i == ifname && *dir == "ingress" && !ids.is_empty())
         };
         let mut wanted: Vec<String> = node.external_interfaces().map(str::to_string).to_vec();
+        // `--xdp-mode auto`: veth has native XDP.
+        for ifname in &wanted {
+            let mode = xdp_mode(&node.ns, ifname)?;
+            ensure!(
+                mode == Some(1),
+                "{}: {ifname}: want native XDP, ip link says mode {mode:?}",
+                node.name
+            );
+        }
         wanted.extend(c.topo.pods_on(&node.name).map(|p| p.host_if.clone()));
         for ifname in &wanted {
             assert!(

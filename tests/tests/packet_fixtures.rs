@@ -19,20 +19,23 @@ use anyhow::{Context, Result, ensure};
 use aya::{
     Ebpf, EbpfLoader,
     maps::lpm_trie::Key,
-    programs::{SchedClassifier, TestRun, TestRunOptions},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use etherparse::{IcmpEchoHeader, Icmpv4Type, Icmpv6Type, PacketBuilder, icmpv4, icmpv6};
 use lb_common::{
     EXTERNAL_F_SNAT, EXTERNAL_F_SOURCE_RANGES, ExternalConfig, ExternalFrontendValue,
-    FLOW_F_CLOSING, Flow4, Flow6, Frontend4Key, Frontend6Key, FrontendKind, MaglevEntry, PROTO_TCP,
-    PROTO_UDP, SOURCE_RANGE4_FRONTEND_BITS, SOURCE_RANGE6_FRONTEND_BITS, SourceRange4,
-    SourceRange6, external_counter, programs,
+    FLOW_F_CLOSING, Flow4, Flow6, Frontend4Key, Frontend6Key, FrontendKind, InterfaceAddrs,
+    MaglevEntry, PROTO_TCP, PROTO_UDP, SOURCE_RANGE4_FRONTEND_BITS, SOURCE_RANGE6_FRONTEND_BITS,
+    SourceRange4, SourceRange6, external_counter, programs,
 };
 use lb_userspace::datapath::{self, external::ExternalMaps, object::OBJECT};
 use tests::*;
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
 /// TC_ACT_UNSPEC (-1): tcx goes on to the next program, or the stack.
 const PASS: u32 = u32::MAX;
 
@@ -277,6 +280,11 @@ impl Datapath {
                 .try_into()?;
             prog.load().with_context(|| format!("loading {name}"))?;
         }
+        let xdp: &mut Xdp = ebpf
+            .program_mut(programs::EXTERNAL_XDP)
+            .context("the XDP program missing")?
+            .try_into()?;
+        xdp.load().context("loading the XDP program")?;
         let maps = ExternalMaps::open(&dir)?;
         Ok(Datapath {
             ebpf,
@@ -286,21 +294,45 @@ impl Datapath {
         })
     }
 
-    /// Runs `program` once on `input`: (verdict, packet out).
-    fn run(&self, program: &str, input: &[u8]) -> Result<(u32, Vec<u8>)> {
-        let prog: &SchedClassifier = self
-            .ebpf
-            .program(program)
-            .context("program missing")?
-            .try_into()?;
+    /// Runs `program` once on `input`: (verdict, packet out). The XDP
+    /// program runs as if the frame arrived on `ingress` (an ifindex of the
+    /// namespace; 0: loopback).
+    fn run_on(&self, program: &str, input: &[u8], ingress: u32) -> Result<(u32, Vec<u8>)> {
         let mut out = vec![0u8; input.len() + 256];
-        let result = self.netns.run(|| {
-            prog.test_run(TestRunOptions {
-                data_in: Some(input),
-                data_out: Some(&mut out),
-                ..TestRunOptions::new()
-            })
-        })?;
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex.
+        let xdp_md: Vec<u8> = [0, input.len() as u32, 0, ingress, 0, 0]
+            .iter()
+            .flat_map(|w| w.to_ne_bytes())
+            .collect();
+        let result = if program == programs::EXTERNAL_XDP {
+            let prog: &Xdp = self
+                .ebpf
+                .program(program)
+                .context("program missing")?
+                .try_into()?;
+            self.netns.run(|| {
+                prog.test_run(TestRunOptions {
+                    data_in: Some(input),
+                    data_out: Some(&mut out),
+                    ctx_in: (ingress != 0).then_some(&xdp_md[..]),
+                    ..TestRunOptions::new()
+                })
+            })?
+        } else {
+            let prog: &SchedClassifier = self
+                .ebpf
+                .program(program)
+                .context("program missing")?
+                .try_into()?;
+            self.netns.run(|| {
+                prog.test_run(TestRunOptions {
+                    data_in: Some(input),
+                    data_out: Some(&mut out),
+                    ..TestRunOptions::new()
+                })
+            })?
+        };
         out.truncate(result.data_size_out as usize);
         Ok((result.return_value, out))
     }
@@ -750,6 +782,34 @@ fn describe(p: &[u8]) -> String {
     }
 }
 
+/// Runs one row (the XDP program as if received on `ingress`) and checks
+/// its verdict and, unless it is a drop, the packet out.
+fn check(dp: &Datapath, case: &Case, what: &str, ingress: u32) -> Result<()> {
+    let ctx = format!("{what}: {}", case.what);
+    let (verdict, out) = dp.run_on(case.program, &case.input, ingress)?;
+    ensure!(
+        verdict == case.verdict,
+        "{ctx}: verdict {verdict:#x}, want {:#x}",
+        case.verdict
+    );
+    let drop = if case.program == programs::EXTERNAL_XDP {
+        XDP_DROP
+    } else {
+        TC_ACT_SHOT
+    };
+    if verdict == drop {
+        return Ok(());
+    }
+    let want = case.output.as_ref().unwrap_or(&case.input);
+    ensure!(
+        &out == want,
+        "{ctx}:\n  got  {}\n  want {}\n  got  {out:02x?}\n  want {want:02x?}",
+        describe(&out),
+        describe(want)
+    );
+    Ok(())
+}
+
 fn run_cases(dp: &mut Datapath, a: &Addrs, proto: Proto) -> Result<()> {
     install(dp, a, proto)?;
     let untranslated = dp.counter(external_counter::UNTRANSLATED);
@@ -757,23 +817,7 @@ fn run_cases(dp: &mut Datapath, a: &Addrs, proto: Proto) -> Result<()> {
     let snat_drops = dp.counter(external_counter::DROP_SNAT_PORTS);
     let icmp_errors = dp.counter(external_counter::ICMP_ERRORS);
     for case in cases(a, proto) {
-        let ctx = format!("{:?} {}: {}", proto, a.client, case.what);
-        let (verdict, out) = dp.run(case.program, &case.input)?;
-        ensure!(
-            verdict == case.verdict,
-            "{ctx}: verdict {verdict:#x}, want {:#x}",
-            case.verdict
-        );
-        if case.verdict == TC_ACT_SHOT {
-            continue;
-        }
-        let want = case.output.as_ref().unwrap_or(&case.input);
-        ensure!(
-            &out == want,
-            "{ctx}:\n  got  {}\n  want {}\n  got  {out:02x?}\n  want {want:02x?}",
-            describe(&out),
-            describe(want)
-        );
+        check(dp, &case, &format!("{proto:?} {}", a.client), 0)?;
     }
     ensure!(
         dp.counter(external_counter::UNTRANSLATED) > untranslated,
@@ -808,6 +852,267 @@ fn north_south_packet_fixtures() -> Result<()> {
     for a in [&a4, &a6] {
         for proto in [Proto::Tcp, Proto::Udp] {
             run_cases(&mut dp, a, proto)?;
+        }
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------- XDP
+
+const XDP_DROP: u32 = 1;
+const BACKEND_MAC: [u8; 6] = [2, 0, 0, 0, 0, 5];
+const BACKEND2_MAC: [u8; 6] = [2, 0, 0, 0, 0, 6];
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 7];
+/// The second table: a backend routed out of a non-external interface.
+const TABLE2: u32 = 1;
+
+/// The XDP fixture's links in the fixture's namespace, forwarding on:
+/// frames arrive on `fxb`; `fxa` (an external interface: in IFACE_ADDRS)
+/// leads to the backend and the clients, `fxb` itself (not external) to
+/// a second backend. Neighbours are permanent, so routes resolve.
+struct XdpNet {
+    fxa: u32,
+    fxb: u32,
+    fxa_mac: [u8; 6],
+    fxb_mac: [u8; 6],
+}
+
+fn backend2(a: &Addrs) -> IpAddr {
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    if a.client.is_ipv4() {
+        ip("10.2.0.5")
+    } else {
+        ip("fd00:2::5")
+    }
+}
+
+fn mac_of(ns: &Netns, ifname: &str) -> Result<[u8; 6]> {
+    let v: serde_json::Value =
+        serde_json::from_str(&ns.cmd(&["-j", "link", "show", "dev", ifname])?)?;
+    let text = v[0]["address"].as_str().context("no MAC address")?;
+    let mut mac = [0u8; 6];
+    for (i, b) in text.split(':').enumerate().take(6) {
+        mac[i] = u8::from_str_radix(b, 16)?;
+    }
+    Ok(mac)
+}
+
+fn xdp_net(dp: &mut Datapath, a4: &Addrs, a6: &Addrs) -> Result<XdpNet> {
+    let ns = &dp.netns;
+    ns.cmd(&["link", "add", "fxa", "type", "veth", "peer", "name", "fxb"])?;
+    for link in ["fxa", "fxb"] {
+        ns.cmd(&["link", "set", link, "up"])?;
+    }
+    tests::ns_topology::sysctl(ns, "net.ipv4.ip_forward", "1")?;
+    tests::ns_topology::sysctl(ns, "net.ipv6.conf.all.forwarding", "1")?;
+    for (addr, dev) in [
+        ("10.1.0.1/24", "fxa"),
+        ("fd00:1::1/64", "fxa"),
+        ("10.2.0.1/24", "fxb"),
+        ("fd00:2::1/64", "fxb"),
+    ] {
+        ns.cmd(&["addr", "add", addr, "dev", dev, "nodad"])?;
+    }
+    for (a, _) in [(a4, 4), (a6, 6)] {
+        let (range, len) = a.ranges;
+        ns.cmd(&["route", "add", &format!("{range}/{len}"), "dev", "fxa"])?;
+        for (ip, mac, dev) in [
+            (a.backend, BACKEND_MAC, "fxa"),
+            (a.client, CLIENT_MAC, "fxa"),
+            (backend2(a), BACKEND2_MAC, "fxb"),
+        ] {
+            let mac = mac.map(|b| format!("{b:02x}")).join(":");
+            ns.cmd(&[
+                "neigh",
+                "add",
+                &ip.to_string(),
+                "lladdr",
+                &mac,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ])?;
+        }
+    }
+    let index = |name: &str| -> Result<u32> {
+        let name = std::ffi::CString::new(name)?;
+        // SAFETY: a valid NUL-terminated string.
+        let i = ns.run(|| unsafe { libc::if_nametoindex(name.as_ptr()) });
+        ensure!(i != 0, "no interface {name:?}");
+        Ok(i)
+    };
+    let net = XdpNet {
+        fxa: index("fxa")?,
+        fxb: index("fxb")?,
+        fxa_mac: mac_of(ns, "fxa")?,
+        fxb_mac: mac_of(ns, "fxb")?,
+    };
+    dp.maps.iface_addrs.insert(
+        net.fxa,
+        InterfaceAddrs {
+            addr4: words(a4.snat)[0],
+            addr6: words(a6.snat),
+        },
+        0,
+    )?;
+    Ok(net)
+}
+
+/// `p` with its Ethernet addresses replaced, as a redirect by a resolved
+/// route sends it.
+fn with_macs(mut p: Vec<u8>, dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
+    p[..6].copy_from_slice(&dst);
+    p[6..12].copy_from_slice(&src);
+    p
+}
+
+/// The XDP program's rows (frames arriving on `fxb`), with tc's where
+/// XDP leaves a packet to it.
+fn xdp_cases(a: &Addrs, proto: Proto, net: &XdpNet) -> Vec<Case> {
+    let sa = SocketAddr::new;
+    let p = |src: SocketAddr, dst: SocketAddr, flags| packet(src, dst, proto, flags);
+    let client = |port| sa(a.client, port);
+    let backend = sa(a.backend, 8080);
+    let backend2 = sa(backend2(a), 8080);
+    let snat = sa(a.snat, SNAT_PORT);
+    let np = |port| sa(a.node, port);
+    let to_backend = |p: Vec<u8>| with_macs(p, BACKEND_MAC, net.fxa_mac);
+    let xdp = programs::EXTERNAL_XDP;
+    let mut rows = vec![
+        Case {
+            what: "XDP, new flow, eTP Cluster: DNAT and SNAT, out of the external interface",
+            program: xdp,
+            input: p(client(41000), np(30080), Flags::Syn),
+            verdict: XDP_REDIRECT,
+            output: Some(to_backend(p(snat, backend, Flags::Syn))),
+        },
+        Case {
+            what: "XDP, the same flow again: established",
+            program: xdp,
+            input: p(client(41000), np(30080), Flags::Ack),
+            verdict: XDP_REDIRECT,
+            output: Some(to_backend(p(snat, backend, Flags::Ack))),
+        },
+        Case {
+            what: "XDP, the reply of a remote backend: to the client, from the frontend",
+            program: xdp,
+            input: p(backend, snat, Flags::Ack),
+            verdict: XDP_REDIRECT,
+            output: Some(with_macs(
+                p(np(30080), client(41000), Flags::Ack),
+                CLIENT_MAC,
+                net.fxa_mac,
+            )),
+        },
+        Case {
+            what: "XDP, eTP Local: DNAT only",
+            program: xdp,
+            input: p(client(41002), np(30081), Flags::Syn),
+            verdict: XDP_REDIRECT,
+            output: Some(to_backend(p(client(41002), backend, Flags::Syn))),
+        },
+        Case {
+            what: "XDP, a backend routed out of a non-external interface: passed untouched",
+            program: xdp,
+            input: p(client(41003), np(30083), Flags::Syn),
+            verdict: XDP_PASS,
+            output: None,
+        },
+        Case {
+            what: "... and tc behind it sends the flow XDP recorded",
+            program: programs::EXTERNAL,
+            input: p(client(41003), np(30083), Flags::Syn),
+            verdict: TC_ACT_REDIRECT,
+            output: Some(with_macs(
+                p(client(41003), backend2, Flags::Syn),
+                BACKEND2_MAC,
+                net.fxb_mac,
+            )),
+        },
+        Case {
+            what: "XDP, a frontend without backends: dropped",
+            program: xdp,
+            input: p(client(41005), np(30082), Flags::Syn),
+            verdict: XDP_DROP,
+            output: None,
+        },
+        Case {
+            what: "XDP, a miss: passed untouched",
+            program: xdp,
+            input: p(client(41006), sa(a.stranger, 80), Flags::Syn),
+            verdict: XDP_PASS,
+            output: None,
+        },
+        Case {
+            what: "XDP, an ICMP error of a flow: left to tc, untouched",
+            program: xdp,
+            input: icmp(
+                a.outsider,
+                a.node,
+                Icmp::TooBig,
+                &p(np(30080), client(41000), Flags::Ack),
+                None,
+            ),
+            verdict: XDP_PASS,
+            output: None,
+        },
+    ];
+    if proto == Proto::Udp && a.client.is_ipv4() {
+        rows.push(Case {
+            what: "XDP, UDP without a checksum: translated, the checksum left 0",
+            program: xdp,
+            input: without_udp_checksum(p(client(41009), np(30081), Flags::Ack)),
+            verdict: XDP_REDIRECT,
+            output: Some(to_backend(without_udp_checksum(p(
+                client(41009),
+                backend,
+                Flags::Ack,
+            )))),
+        });
+    }
+    rows
+}
+
+/// The XDP program by BPF_PROG_TEST_RUN, frames as if received on `fxb`:
+/// its hand-computed checksums checked byte for byte, like tc's above,
+/// and its hand-off to tc where it cannot send a packet itself.
+#[test]
+fn xdp_packet_fixtures() -> Result<()> {
+    require_root();
+    let _serial = serial();
+    let mut dp = Datapath::new()?;
+    let (a4, a6) = (v4(), v6());
+    dp.configure(&a4, &a6)?;
+    let net = xdp_net(&mut dp, &a4, &a6)?;
+    for a in [&a4, &a6] {
+        for proto in [Proto::Tcp, Proto::Udp] {
+            install(&mut dp, a, proto)?;
+            dp.table(TABLE2, backend2(a))?;
+            dp.frontend(
+                a.node,
+                30083,
+                proto,
+                ExternalFrontendValue {
+                    table: TABLE2,
+                    count: 1,
+                    flags: FrontendKind::NodePort as u16,
+                },
+            )?;
+            let redirected = dp.counter(external_counter::XDP_REDIRECTED);
+            for case in xdp_cases(a, proto, &net) {
+                let ingress = if case.program == programs::EXTERNAL_XDP {
+                    net.fxb
+                } else {
+                    0
+                };
+                check(&dp, &case, &format!("{proto:?} {}", a.client), ingress)?;
+            }
+            ensure!(
+                dp.counter(external_counter::XDP_REDIRECTED) > redirected,
+                "{proto:?} {}: xdp_redirected did not grow",
+                a.client
+            );
         }
     }
     Ok(())

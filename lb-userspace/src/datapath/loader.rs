@@ -364,3 +364,17 @@ pub fn has_pinned_links(bpffs: &BpffsDir) -> bool {
         .map(|mut entries| entries.next().is_some())
         .unwrap_or(false)
 }
+
+/// Program `name` of the loaded object as its type `T` (not loaded yet).
+pub(crate) fn typed_program<'a, T>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut T, LoadError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(LoadError::MissingProgram { name })?
+        .try_into()
+        .map_err(|source| LoadError::Program { name, source })
+}

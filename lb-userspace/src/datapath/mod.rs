@@ -3,8 +3,8 @@
 //!
 //! Two halves share the object and its pins: the socket datapath (cgroup
 //! programs; `maps`, `sync`, `adopt`, `sockets`) for clients on the node,
-//! and the north-south one (tc programs; `tc`, `external`, `maglev`) for
-//! packets from outside it.
+//! and the north-south one (tc and XDP programs; `tc`, `xdp`, `external`,
+//! `maglev`) for packets from outside it.
 
 pub mod adopt;
 pub mod convert;
@@ -23,6 +23,7 @@ mod sync_tests;
 #[cfg(test)]
 mod sync_timing;
 pub mod tc;
+pub mod xdp;
 
 pub use loader::{LoadError, cleanup, load_and_attach};
 pub use maps::Maps;
@@ -44,6 +45,8 @@ pub struct NorthSouthConfig {
     pub netns: Option<PathBuf>,
     /// `--external-interface`; empty: those holding a node address.
     pub external_interfaces: Vec<String>,
+    /// `--xdp-mode`.
+    pub xdp_mode: xdp::XdpMode,
     /// The node's addresses: default external interfaces, masquerade
     /// addresses, sources always admitted by loadBalancerSourceRanges.
     pub node_ips: Vec<IpAddr>,
@@ -55,6 +58,7 @@ pub struct NorthSouthConfig {
 struct NorthSouth {
     external: external::External,
     tc: tc::TcPrograms,
+    xdp: xdp::XdpPrograms,
 }
 
 /// The running datapath: programs attached and pinned, maps open, and the
@@ -96,6 +100,7 @@ impl Datapath {
             None => {
                 // Switched off: nothing of a previous run may keep
                 // translating.
+                xdp::XdpPrograms::detach_all(bpffs);
                 tc::TcPrograms::detach_all(bpffs);
                 None
             }
@@ -125,6 +130,13 @@ impl Datapath {
             for e in ns.tc.refresh(&mut self.ebpf, &self.bpffs) {
                 report.errors.push(SyncError {
                     what: "north-south interfaces".into(),
+                    reason: e,
+                });
+            }
+            // After tc: XDP passes to it whatever it cannot send.
+            for e in ns.xdp.refresh(&mut self.ebpf, &self.bpffs, &ns.tc.external) {
+                report.errors.push(SyncError {
+                    what: "north-south XDP".into(),
                     reason: e,
                 });
             }
@@ -161,7 +173,7 @@ fn start_north_south(
         external: config.external_interfaces,
         node_ips: config.node_ips.clone(),
     };
-    let mut tc = tc::TcPrograms::load(ebpf, bpffs, config.netns, choice)?;
+    let mut tc = tc::TcPrograms::load(ebpf, bpffs, config.netns.clone(), choice)?;
     // Attach before the maps are written: the pinned maps already hold
     // what a previous agent served (or nothing, which passes every packet).
     let errors = tc.refresh(ebpf, bpffs);
@@ -183,12 +195,19 @@ fn start_north_south(
         node_addresses: config.node_ips,
     };
     let external = external::External::start(bpffs, settings)?;
+    // XDP only speeds tc up: an interface it cannot attach to is served by
+    // tc alone, reported, and tried again on the next sync.
+    let mut xdp = xdp::XdpPrograms::load(ebpf, bpffs, config.netns, config.xdp_mode)?;
+    for e in xdp.refresh(ebpf, bpffs, &tc.external) {
+        tracing::warn!(error = %e, "XDP not attached; tc serves the interface alone");
+    }
     tracing::info!(
         external_interfaces = ?tc.external.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
         attached = tc.attached().len(),
+        xdp = ?xdp.attached(),
         "north-south programs attached"
     );
-    Ok(NorthSouth { external, tc })
+    Ok(NorthSouth { external, tc, xdp })
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -26,7 +26,7 @@ use aya::programs::tc::{TcAttachOptions, TcAttachType};
 use aya::programs::{LinkOrder, SchedClassifier};
 use lb_common::programs;
 
-use super::loader::{LoadError, unpin_link};
+use super::loader::{LoadError, typed_program, unpin_link};
 use super::paths::BpffsDir;
 use crate::netutil;
 
@@ -149,13 +149,9 @@ impl TcPrograms {
         choice: InterfaceChoice,
     ) -> Result<Self, LoadError> {
         for name in [programs::EXTERNAL, programs::REPLY] {
-            let err = |source| LoadError::Program { name, source };
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or(LoadError::MissingProgram { name })?
-                .try_into()
-                .map_err(err)?;
-            prog.load().map_err(err)?;
+            typed_program::<SchedClassifier>(ebpf, name)?
+                .load()
+                .map_err(|source| LoadError::Program { name, source })?;
         }
         Ok(Self {
             netns,

@@ -377,10 +377,32 @@ pub fn pinned_links(bpffs: &Path) -> Result<Vec<(String, String)>> {
 }
 
 /// Asserts the links dir holds exactly one generation of all the cgroup
-/// programs, and of the north-south (tc) programs one link per interface
-/// of one generation; returns the cgroup programs' generation.
+/// programs, of the north-south (tc) programs one link per interface of
+/// one generation, and of XDP at most one link per interface, each on an
+/// interface with tc's `ferry_external`; returns the cgroup programs'
+/// generation.
 pub fn one_generation(bpffs: &Path) -> Result<String> {
     let all = pinned_links(bpffs)?;
+    // XDP links are `ferry_external_xdp@if<ifindex>@<mode>`.
+    let (xdp, all): (Vec<_>, Vec<_>) = all
+        .into_iter()
+        .partition(|(p, _)| p == lb_common::programs::EXTERNAL_XDP);
+    let xdp_ifs: Vec<&str> = xdp
+        .iter()
+        .filter_map(|(_, g)| g.split_once('@').map(|(i, _)| i))
+        .collect();
+    ensure!(
+        xdp_ifs.iter().collect::<BTreeSet<_>>().len() == xdp.len(),
+        "an interface has several XDP links: {xdp:?}"
+    );
+    for i in &xdp_ifs {
+        ensure!(
+            all.iter().any(|(p, g)| p == lb_common::programs::EXTERNAL
+                && g.starts_with(&format!("{i}@"))),
+            "XDP on {i} without tc's {} behind it: {all:?}",
+            lb_common::programs::EXTERNAL
+        );
+    }
     // tc links are `<program>@if<ifindex>@<generation>`.
     let (tc, links): (Vec<_>, Vec<_>) = all.into_iter().partition(|(_, g)| g.starts_with("if"));
     let interfaces: Vec<&str> = tc
