@@ -270,6 +270,5 @@ fn main() -> Result<()> {
             datapath::cleanup(&BpffsDir::new(&datapath.bpffs_dir))?;
             Ok(())
         }
-        Command::Demo { requests } => lb_userspace::demo::run(requests),
     }
 }
