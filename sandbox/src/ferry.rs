@@ -345,7 +345,7 @@ impl Ferry {
         let command_line = describe(&cmd);
         writeln!(
             log,
-            "=== sandbox: start #{}: {command_line}",
+            "=== harness: start #{}: {command_line}",
             self.starts + 1
         )?;
         cmd.stdin(Stdio::null())

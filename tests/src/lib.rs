@@ -91,6 +91,7 @@
 // `ferry-test-<pid>-<n>` (`Naming::TESTS`). What only tests need stays in
 // this crate: the two-node topology, the shared fixture of the datapath
 // tests, `serial()`, `require_root()`.
+pub mod fixture;
 pub mod ns_topology;
 
 use std::sync::{Mutex, MutexGuard, Once, PoisonError};
