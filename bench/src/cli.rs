@@ -35,6 +35,17 @@ pub enum Task {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// One endpoint change through `ferry agent` (the real binary, watching
+    /// the API server fixture), from the write at the API to the map entry
+    /// visible in the pinned map, at N Services: p50 and p99 of lone
+    /// changes; prints a Markdown table (needs root).
+    BenchAgentChange {
+        #[arg(long, default_value_t = 10_000)]
+        services: usize,
+        /// Changes timed.
+        #[arg(long, default_value_t = 100)]
+        changes: usize,
+    },
     /// The bench's agent process (started by `bench`).
     #[command(hide = true)]
     BenchAgent(crate::AgentArgs),
@@ -105,16 +116,25 @@ fn workspace_root() -> PathBuf {
 }
 
 /// A debug build measures nothing worth reporting (Ferry's control plane
-/// runs in this process' agent child): build the release xtask and run
-/// the bench there instead.
+/// runs in this process' agent child, or in the `ferry` binary): build the
+/// release xtask and `ferry` (which `bench-agent-change` runs, next to
+/// xtask) and run the bench there instead.
 fn reexec_release() -> Result<()> {
     use std::os::unix::process::CommandExt as _;
     let root = workspace_root();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("[bench] building the release xtask");
+    eprintln!("[bench] building the release xtask and ferry");
     let status = Command::new(&cargo)
         .current_dir(&root)
-        .args(["build", "--release", "--quiet", "-p", "xtask"])
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "xtask",
+            "-p",
+            "lb-userspace",
+        ])
         .status()
         .context("running cargo build --release")?;
     if !status.success() {
@@ -199,6 +219,14 @@ pub fn run_task(task: Task) -> Result<()> {
         Task::Bench(a) => bench(a),
         Task::BenchAgent(a) => crate::agent_main(a),
         Task::BenchInputs { services, out_dir } => crate::write_inputs(services, &out_dir),
+        Task::BenchAgentChange { services, changes } => {
+            if cfg!(debug_assertions) {
+                return reexec_release();
+            }
+            let figures = crate::agent_change::run(services, changes)?;
+            print!("{}", figures.markdown());
+            Ok(())
+        }
         Task::BenchPackets {
             scales,
             new_flows,

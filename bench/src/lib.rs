@@ -17,6 +17,7 @@
 //! (guards, then a sweep of anything named after this process). Traffic
 //! only goes to addresses inside those namespaces.
 
+pub mod agent_change;
 pub mod cli;
 mod ferry;
 mod kubeproxy;

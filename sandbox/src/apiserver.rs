@@ -186,8 +186,14 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    /// Listens on 127.0.0.1 (a free port) and writes a kubeconfig for it.
+    /// Listens on 127.0.0.1 (a free port) and writes a kubeconfig for it
+    /// (in a temp dir named after [`Naming::TESTS`]).
     pub fn start() -> Result<ApiServer> {
+        ApiServer::start_with(Naming::TESTS)
+    }
+
+    /// [`ApiServer::start`], the kubeconfig's temp dir named after `naming`.
+    pub fn start_with(naming: Naming) -> Result<ApiServer> {
         let std_listener =
             std::net::TcpListener::bind("127.0.0.1:0").context("binding the API server")?;
         std_listener.set_nonblocking(true)?;
@@ -223,7 +229,7 @@ impl ApiServer {
             })
             .context("starting the API server thread")?;
         let dir = tempfile::Builder::new()
-            .prefix(&format!("{}apiserver-", Naming::TESTS.temp_prefix()))
+            .prefix(&format!("{}apiserver-", naming.temp_prefix()))
             .tempdir()
             .context("creating the kubeconfig dir")?;
         let kubeconfig = dir.path().join("kubeconfig");

@@ -86,6 +86,13 @@ pub fn describe(cmd: &Command) -> String {
     s
 }
 
+/// A TCP port on 127.0.0.1 that was free a moment ago (for the agent's
+/// health and metrics servers, so that runs never collide on the defaults).
+pub fn free_local_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
 /// `/proc/<pid>` exists.
 pub fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
