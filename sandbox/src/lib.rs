@@ -84,7 +84,7 @@ impl Naming {
         dir_prefix: "ferry-test-",
     };
 
-    /// `ferry demo`'s names (`ferry-demo-<pid>-<n>` for everything).
+    /// `ferry-demo`'s names (`ferry-demo-<pid>-<n>` for everything).
     pub const DEMO: Naming = Naming {
         prefix: "ferry-demo-",
         dir_prefix: "ferry-demo-",
