@@ -6,5 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash .ci/install-deps
 export PATH="$HOME/.cargo/bin:$PATH"
-cargo build --release --quiet --package lb-userspace
-exec ./target/release/ferry demo "$@"
+# ferry-demo (the demo crate) runs the ferry binary built next to it.
+cargo build --release --quiet --package lb-userspace --package demo
+exec ./target/release/ferry-demo "$@"

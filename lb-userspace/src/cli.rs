@@ -198,13 +198,6 @@ pub enum Command {
         #[command(flatten)]
         datapath: DatapathArgs,
     },
-    /// Run a self-contained demo: namespaces, backends, a ClusterIP Service,
-    /// and requests spread over its backends. Cleans up after itself.
-    Demo {
-        /// Requests to send.
-        #[arg(long, default_value_t = 30)]
-        requests: u32,
-    },
 }
 
 /// A duration such as `30s`, `500ms`, `5m`, `1h`, `1m30s` (a bare number

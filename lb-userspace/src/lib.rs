@@ -6,17 +6,16 @@
 //! - `datapath`: the eBPF programs and maps, and syncing them.
 //! - `reconcile`: the loop between the two.
 //! - `agent`: `ferry agent`'s wiring: health, metrics, status, events.
-//! - `sandbox`: throwaway namespaces and cgroups to run it in (the demo,
-//!   the test harness).
+//!
+//! The throwaway namespaces and cgroups the tests, the bench and the demo
+//! run it in are the `sandbox` crate, not part of this one.
 
 pub mod agent;
 pub mod cli;
 pub mod datapath;
-pub mod demo;
 pub mod healthcheck;
 pub mod http;
 pub mod model;
 pub mod netutil;
 pub mod reconcile;
-pub mod sandbox;
 pub mod source;

@@ -271,6 +271,5 @@ fn main() -> Result<()> {
             datapath::cleanup(&BpffsDir::new(&datapath.bpffs_dir))?;
             Ok(())
         }
-        Command::Demo { requests } => lb_userspace::demo::run(requests),
     }
 }

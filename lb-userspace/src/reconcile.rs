@@ -1,6 +1,7 @@
 //! The control loop: wait for a new snapshot, recompute the whole desired
-//! state, diff it against the datapath. Bursts of changes are coalesced,
-//! but no change waits longer than `MAX_DELAY`.
+//! state, diff it against the datapath. A change after a quiet period is
+//! synced at once; the changes of a burst are coalesced, but no change
+//! waits longer than `MAX_DELAY` (see [`Debounce`]).
 
 use std::{
     collections::HashSet,
@@ -17,7 +18,8 @@ use crate::{
     source::{Snapshot, SnapshotReceiver},
 };
 
-/// Quiet time that ends a burst of changes.
+/// Quiet time that ends a burst of changes (and that makes the next change
+/// a lone one, synced at once).
 pub const DEBOUNCE: Duration = Duration::from_millis(50);
 /// The longest a change may wait for a sync while changes keep coming.
 pub const MAX_DELAY: Duration = Duration::from_millis(500);
@@ -125,24 +127,43 @@ pub fn reconcile_with(
     }
 }
 
-/// Waits for the next snapshot worth syncing: the first change after a
-/// quiet `DEBOUNCE`, or `MAX_DELAY` after the first change of a burst.
-/// Returns None when the source is gone.
-pub async fn next_snapshot(rx: &mut SnapshotReceiver) -> Option<Arc<Snapshot>> {
-    rx.changed().await.ok()?;
-    let first = Instant::now();
-    loop {
-        let remaining = MAX_DELAY.saturating_sub(first.elapsed());
-        if remaining.is_zero() {
-            break;
+/// When the control loop syncs a new snapshot. A change that comes after
+/// `DEBOUNCE` without any is synced at once: a lone change pays no
+/// debounce. A change within `DEBOUNCE` of the previous one is part of a
+/// burst: it waits until `DEBOUNCE` passes without a change, or `MAX_DELAY`
+/// after it, whichever is first, and the whole burst is synced in one pass.
+/// Times are tokio's, so tests can run it on a paused clock.
+#[derive(Debug, Default)]
+pub struct Debounce {
+    /// When the last change was seen.
+    last_change: Option<tokio::time::Instant>,
+}
+
+impl Debounce {
+    /// Waits for the next snapshot worth syncing. Returns None when the
+    /// source is gone.
+    pub async fn next(&mut self, rx: &mut SnapshotReceiver) -> Option<Arc<Snapshot>> {
+        use tokio::time::Instant;
+        rx.changed().await.ok()?;
+        let first = Instant::now();
+        let lone = self
+            .last_change
+            .is_none_or(|last| first.duration_since(last) >= DEBOUNCE);
+        self.last_change = Some(first);
+        if !lone {
+            loop {
+                let remaining = MAX_DELAY.saturating_sub(first.elapsed());
+                if remaining.is_zero() {
+                    break;
+                }
+                match tokio::time::timeout(DEBOUNCE.min(remaining), rx.changed()).await {
+                    Ok(Ok(())) => self.last_change = Some(Instant::now()),
+                    Ok(Err(_)) | Err(_) => break,
+                }
+            }
         }
-        match tokio::time::timeout(DEBOUNCE.min(remaining), rx.changed()).await {
-            Ok(Ok(())) => continue,
-            Ok(Err(_)) => break,
-            Err(_) => break,
-        }
+        rx.borrow_and_update().clone()
     }
-    rx.borrow_and_update().clone()
 }
 
 /// Runs until `shutdown` fires or the source ends. Nothing is written
@@ -200,6 +221,7 @@ pub async fn run_with(
     // Held across passes: a pass costs what changed since the last one.
     let mut model = Incremental::new();
     let mut last: Option<Arc<Snapshot>> = None;
+    let mut debounce = Debounce::default();
     // Whether the last pass left a failed write behind: then the same
     // snapshot is synced again after RETRY, until it goes through.
     let mut failed = false;
@@ -245,7 +267,7 @@ pub async fn run_with(
                     last = Some(snapshot);
                 }
             }
-            next = next_snapshot(&mut rx) => match next {
+            next = debounce.next(&mut rx) => match next {
                 Some(snapshot) => {
                     failed = sync(&mut datapath, &snapshot, false);
                     last = Some(snapshot);
@@ -254,5 +276,79 @@ pub async fn run_with(
                 None => {}
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod debounce_tests {
+    use super::*;
+    use tokio::time::{Instant, sleep};
+
+    type Sender = watch::Sender<Option<Arc<Snapshot>>>;
+
+    /// Sends a new snapshot (told apart from the others by its address).
+    fn change(tx: &Sender) -> Arc<Snapshot> {
+        let s = Arc::new(Snapshot::default());
+        tx.send(Some(s.clone())).unwrap();
+        s
+    }
+
+    /// `n` changes, `every` apart (the first `every` from now).
+    fn changes(
+        tx: Sender,
+        n: usize,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<Vec<Arc<Snapshot>>> {
+        tokio::spawn(async move {
+            let mut sent = Vec::new();
+            for _ in 0..n {
+                sleep(every).await;
+                sent.push(change(&tx));
+            }
+            sent
+        })
+    }
+
+    fn is(got: &Option<Arc<Snapshot>>, want: &Arc<Snapshot>) -> bool {
+        got.as_ref().is_some_and(|g| Arc::ptr_eq(g, want))
+    }
+
+    // The clock is paused: it moves only when every task waits on a timer,
+    // straight to the next one, so the durations below are exact.
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_change_is_synced_at_once_and_a_burst_in_one_pass() {
+        let (tx, mut rx) = watch::channel(None);
+        let mut debounce = Debounce::default();
+
+        // The first change, and one after a quiet DEBOUNCE: no wait at all.
+        let a = change(&tx);
+        let at = Instant::now();
+        assert!(is(&debounce.next(&mut rx).await, &a));
+        assert_eq!(at.elapsed(), Duration::ZERO);
+        sleep(DEBOUNCE).await;
+        let b = change(&tx);
+        let at = Instant::now();
+        assert!(is(&debounce.next(&mut rx).await, &b));
+        assert_eq!(at.elapsed(), Duration::ZERO);
+
+        // Changes right after that one are a burst: three, 10 ms apart, are
+        // synced once, as the last of them, DEBOUNCE after it.
+        let burst = changes(tx.clone(), 3, Duration::from_millis(10));
+        let at = Instant::now();
+        let got = debounce.next(&mut rx).await;
+        assert_eq!(at.elapsed(), Duration::from_millis(30) + DEBOUNCE);
+        assert!(is(&got, &burst.await.unwrap()[2]));
+
+        // A burst that never pauses is synced MAX_DELAY after its first
+        // change (7 ms from now), with what it holds then: the change of
+        // 504 ms, the 72nd.
+        sleep(DEBOUNCE).await;
+        let d = change(&tx);
+        assert!(is(&debounce.next(&mut rx).await, &d));
+        let burst = changes(tx.clone(), 100, Duration::from_millis(7));
+        let first = Instant::now() + Duration::from_millis(7);
+        let got = debounce.next(&mut rx).await;
+        assert_eq!(first.elapsed(), MAX_DELAY);
+        assert!(is(&got, &burst.await.unwrap()[71]));
     }
 }

@@ -82,25 +82,26 @@
 //! # Ok(()) }
 //! ```
 
-// The generic machinery (namespaces, cgroups, topology, servers, clients,
-// bpffs dirs, sweeping) lives in `lb_userspace::sandbox`, which `ferry demo`
-// shares; it is re-exported here under the names and paths tests use
-// (`tests::Netns`, `tests::cgroup::place_command_in`, ...). The parameterless
-// constructors there name things `ft<pid>-<n>` / `ferry-test-<pid>-<n>`
-// (`Naming::TESTS`). What only tests need stays in this crate: the Ferry
-// process guard, manifest builders, `serial()`, `require_root()`.
-pub mod apiserver;
-pub mod ferry;
-pub mod manifests;
+// The machinery (namespaces, cgroups, topology, servers, clients, bpffs
+// dirs, the Ferry process guard, the API server fixture, manifests,
+// sweeping) is the `sandbox` crate, which the bench and `ferry-demo` share;
+// it is re-exported here under the names and paths tests use
+// (`tests::Netns`, `tests::cgroup::place_command_in`, `tests::apiserver`,
+// ...). The parameterless constructors there name things `ft<pid>-<n>` /
+// `ferry-test-<pid>-<n>` (`Naming::TESTS`). What only tests need stays in
+// this crate: the two-node topology, the shared fixture of the datapath
+// tests, `serial()`, `require_root()`.
+pub mod fixture;
 pub mod ns_topology;
 
 use std::sync::{Mutex, MutexGuard, Once, PoisonError};
 
-pub use lb_userspace::sandbox::{
-    Naming, bpffs, cgroup, client, is_root, netns, servers, sweep, topology, unique_id, util,
+pub use sandbox::{
+    Naming, apiserver, bpffs, cgroup, client, ferry, is_root, manifests, netns, servers, sweep,
+    topology, unique_id, util,
 };
 
-pub use bpffs::{BpffsDir, ensure_bpffs_mounted};
+pub use bpffs::BpffsDir;
 pub use cgroup::{Cgroup, cgroup2_root, own_cgroup};
 pub use client::{
     ConnectError, ContinuousClient, ContinuousMode, ContinuousOptions, ContinuousStats, Reply,
@@ -116,7 +117,7 @@ pub use netns::Netns;
 pub use servers::{ServerSet, TcpServer, UdpServer};
 pub use sweep::{SweepReport, sweep_stale};
 pub use topology::{Backend, NODE_V4, NODE_V6, Topology, TopologyBuilder};
-pub use util::{command_output, command_stdout};
+pub use util::{Wait, command_output, command_stdout, wait_until};
 
 /// Prefix of every namespace and cgroup the harness creates.
 pub const PREFIX: &str = Naming::TESTS.prefix;

@@ -5,14 +5,12 @@
 //! Privileged: run as root, one test at a time:
 //! `cargo test -p tests --test affinity -- --test-threads=1`.
 
-mod behaviour_support;
-
 use std::collections::BTreeSet;
 use std::thread;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use behaviour_support::*;
+use tests::fixture::*;
 use tests::*;
 
 const TIMEOUT_SECS: u32 = 2;
@@ -60,7 +58,7 @@ fn session_affinity_client_ip() -> Result<()> {
         }
         .to_value()
     };
-    let mut env = Env::start(5, 0, &[svc(true)])?;
+    let mut env = Env::running(5, 0, &[svc(true)])?;
     let slice = |env: &Env, names: &[&str]| {
         let eps: Vec<Endpoint> = names.iter().map(|b| env.ep(b, NODE)).collect();
         tcp_slice("sticky", "sticky-1", AddressType::IPv4, &eps)
@@ -69,7 +67,7 @@ fn session_affinity_client_ip() -> Result<()> {
     let target = sa("10.96.0.50:80");
     env.apply(&[svc(true), slice(&env, &["b0", "b1", "b2"])])?;
     env.wait_backends(fe, &["b0", "b1", "b2"].map(|b| env.addr4(b)))?;
-    let v = env.ferry.services_json()?;
+    let v = env.ferry().services_json()?;
     assert_eq!(
         frontend(&v, fe).unwrap()["affinity_timeout_secs"],
         TIMEOUT_SECS,
@@ -134,7 +132,7 @@ fn session_affinity_client_ip() -> Result<()> {
 
     // Affinity switched off at run time: connects spread again.
     env.apply(&[svc(false), slice(&env, &remaining)])?;
-    env.ferry.wait_for("affinity off", |v| {
+    env.ferry().wait_for("affinity off", |v| {
         frontend(v, fe).is_some_and(|f| f["affinity_timeout_secs"].is_null())
     })?;
     let spread = env.servers_seen(target, 40)?;
@@ -146,7 +144,7 @@ fn session_affinity_client_ip() -> Result<()> {
 
     // And on again: sticky again.
     env.apply(&[svc(true), slice(&env, &remaining)])?;
-    env.ferry.wait_for("affinity on", |v| {
+    env.ferry().wait_for("affinity on", |v| {
         frontend(v, fe).is_some_and(|f| f["affinity_timeout_secs"] == TIMEOUT_SECS)
     })?;
     sticky_pick(env.node(), target, 20)?;

@@ -12,11 +12,9 @@
 //! requests that a uniform random pick misses a backend with probability
 //! below 1e-9.
 
-mod behaviour_support;
-
 use anyhow::Result;
-use behaviour_support::*;
 use serde_json::json;
+use tests::fixture::*;
 use tests::*;
 
 // ------------------------------------------------------------- iTP Local
@@ -56,7 +54,7 @@ fn internal_traffic_policy_local() -> Result<()> {
         }
         v
     };
-    let mut env = Env::start(2, 2, &objects(None, &[]))?;
+    let mut env = Env::running(2, 2, &objects(None, &[]))?;
     let all = [
         ("b0", NODE),
         ("b1", NODE),
@@ -76,14 +74,14 @@ fn internal_traffic_policy_local() -> Result<()> {
     for cip in ["10.96.0.10:80", "10.96.0.11:80"] {
         assert_eq!(
             env.servers_seen(sa(cip), 60)?,
-            set(&["b0", "b1"]),
+            names(&["b0", "b1"]),
             "{cip} (iTP Local) must reach exactly the local endpoints"
         );
     }
     // The NodePort ignores iTP: local and remote endpoints.
     assert_eq!(
         env.servers_seen(sa("10.244.0.1:30080"), 80)?,
-        set(&["b0", "b1", "r0", "r1"]),
+        names(&["b0", "b1", "r0", "r1"]),
         "the NodePort of an iTP=Local Service reaches every endpoint"
     );
 
@@ -106,7 +104,7 @@ fn internal_traffic_policy_local() -> Result<()> {
     }
     assert_eq!(
         env.servers_seen(sa("10.244.0.1:30080"), 40)?,
-        set(&["r0", "r1"])
+        names(&["r0", "r1"])
     );
 
     // No endpoints at all: kube-proxy REJECTs → ECONNREFUSED (NodePort too).
@@ -151,7 +149,7 @@ fn external_traffic_policy_local_is_short_circuited_for_local_clients() -> Resul
             ]),
         )
         .to_value();
-    let mut env = Env::start(1, 2, std::slice::from_ref(&svc))?;
+    let mut env = Env::running(1, 2, std::slice::from_ref(&svc))?;
     let eps = [
         env.ep("b0", NODE),
         env.ep("r0", OTHER_NODE),
@@ -170,7 +168,7 @@ fn external_traffic_policy_local_is_short_circuited_for_local_clients() -> Resul
     for (fe, _) in frontends {
         env.wait_backends(&format!("{fe}/TCP"), &everyone)?;
     }
-    let services = env.ferry.services_json()?;
+    let services = env.ferry().services_json()?;
     for (fe, kind) in frontends {
         assert_eq!(
             frontend(&services, &format!("{fe}/TCP")).map(|f| f["kind"].clone()),
@@ -179,7 +177,7 @@ fn external_traffic_policy_local_is_short_circuited_for_local_clients() -> Resul
         );
         assert_eq!(
             env.servers_seen(sa(fe), 60)?,
-            set(&["b0", "r0", "r1"]),
+            names(&["b0", "r0", "r1"]),
             "{kind} {fe} of an eTP=Local Service must reach all cluster endpoints from a local client"
         );
     }
@@ -213,7 +211,7 @@ fn terminating_endpoints_fall_back_per_selection() -> Result<()> {
         .port(ServicePort::tcp(80).target(PORT).node_port(30083))
         .internal_traffic_policy("Local")
         .to_value();
-    let mut env = Env::start(3, 1, std::slice::from_ref(&svc))?;
+    let mut env = Env::running(3, 1, std::slice::from_ref(&svc))?;
     let slice = |eps: &[Endpoint]| tcp_slice("term", "term-1", AddressType::IPv4, eps);
     let (cip, np) = ("10.96.0.30:80/TCP", "10.244.0.1:30083/TCP");
 
@@ -235,12 +233,12 @@ fn terminating_endpoints_fall_back_per_selection() -> Result<()> {
     env.wait_backends(np, &[env.addr4("r0")])?;
     assert_eq!(
         env.servers_seen(sa("10.96.0.30:80"), 30)?,
-        set(&["b0"]),
+        names(&["b0"]),
         "the local set falls back to its serving+terminating endpoint"
     );
     assert_eq!(
         env.servers_seen(sa("10.244.0.1:30083"), 30)?,
-        set(&["r0"]),
+        names(&["r0"]),
         "the cluster set has a ready endpoint and uses only it"
     );
 
@@ -256,10 +254,10 @@ fn terminating_endpoints_fall_back_per_selection() -> Result<()> {
     ])?;
     env.wait_backends(cip, &[env.addr4("b2")])?;
     env.wait_backends(np, &[env.addr4("b2"), env.addr4("r0")])?;
-    assert_eq!(env.servers_seen(sa("10.96.0.30:80"), 30)?, set(&["b2"]));
+    assert_eq!(env.servers_seen(sa("10.96.0.30:80"), 30)?, names(&["b2"]));
     assert_eq!(
         env.servers_seen(sa("10.244.0.1:30083"), 60)?,
-        set(&["b2", "r0"])
+        names(&["b2", "r0"])
     );
 
     // Only a non-serving local endpoint and a remote one: the local set is
@@ -274,7 +272,10 @@ fn terminating_endpoints_fall_back_per_selection() -> Result<()> {
         env.connect_errno(sa("10.96.0.30:80")),
         Some(Some(libc::EHOSTUNREACH))
     );
-    assert_eq!(env.servers_seen(sa("10.244.0.1:30083"), 20)?, set(&["r0"]));
+    assert_eq!(
+        env.servers_seen(sa("10.244.0.1:30083"), 20)?,
+        names(&["r0"])
+    );
     assert_eq!(
         env.servers.tcp_connections_of("b1"),
         0,
@@ -304,7 +305,7 @@ fn topology_zone_hints_follow_the_node_zone() -> Result<()> {
             .zone(zone)
             .to_value()
     };
-    let mut env = Env::start(4, 0, &[svc.clone(), node("zone-a")])?;
+    let mut env = Env::running(4, 0, &[svc.clone(), node("zone-a")])?;
     let hinted = |env: &Env, b3_hint: bool| {
         let mut eps = vec![
             env.ep("b0", NODE).zone("zone-a").hint_zones(&["zone-a"]),
@@ -327,7 +328,7 @@ fn topology_zone_hints_follow_the_node_zone() -> Result<()> {
     env.wait_backends(fe, &[env.addr4("b0"), env.addr4("b1")])?;
     assert_eq!(
         env.servers_seen(target, 40)?,
-        set(&["b0", "b1"]),
+        names(&["b0", "b1"]),
         "zone-a node: only endpoints hinted for zone-a"
     );
 
@@ -335,7 +336,7 @@ fn topology_zone_hints_follow_the_node_zone() -> Result<()> {
     env.wait_backends(fe, &[env.addr4("b2"), env.addr4("b3")])?;
     assert_eq!(
         env.servers_seen(target, 40)?,
-        set(&["b2", "b3"]),
+        names(&["b2", "b3"]),
         "relabelled to zone-b: only endpoints hinted for zone-b"
     );
 
@@ -343,7 +344,7 @@ fn topology_zone_hints_follow_the_node_zone() -> Result<()> {
     env.wait_backends(fe, &all)?;
     assert_eq!(
         env.servers_seen(target, 80)?,
-        set(&["b0", "b1", "b2", "b3"]),
+        names(&["b0", "b1", "b2", "b3"]),
         "no endpoint hinted for the node's zone: all endpoints"
     );
 
@@ -351,7 +352,7 @@ fn topology_zone_hints_follow_the_node_zone() -> Result<()> {
     env.wait_backends(fe, &all)?;
     assert_eq!(
         env.servers_seen(target, 80)?,
-        set(&["b0", "b1", "b2", "b3"]),
+        names(&["b0", "b1", "b2", "b3"]),
         "one endpoint without hints: all endpoints"
     );
 
@@ -372,7 +373,7 @@ fn topology_zone_hints_follow_the_node_zone() -> Result<()> {
     env.wait_backends(fe, &[env.addr4("b2")])?;
     assert_eq!(
         env.servers_seen(target, 30)?,
-        set(&["b2"]),
+        names(&["b2"]),
         "node hints: only the endpoint hinted for this node"
     );
     Ok(())
@@ -406,7 +407,7 @@ fn dual_stack_and_single_stack_services() -> Result<()> {
             .external_ips(&["10.97.0.61", "fd00:97::61"])
             .to_value(),
     ];
-    let mut env = Env::start(2, 0, &services)?;
+    let mut env = Env::running(2, 0, &services)?;
     let mut objects = services.to_vec();
     for svc in ["ds", "v4only"] {
         objects.push(tcp_slice(
@@ -461,10 +462,10 @@ fn dual_stack_and_single_stack_services() -> Result<()> {
             }
             Ok(seen)
         })?;
-        assert_eq!(seen, set(&["b0", "b1"]), "{fe}");
+        assert_eq!(seen, names(&["b0", "b1"]), "{fe}");
     }
 
-    let services = env.ferry.services_json()?;
+    let services = env.ferry().services_json()?;
     let v4only = frontends_of(&services, "default", "v4only");
     assert!(!v4only.is_empty(), "{services:#}");
     assert!(
@@ -500,7 +501,7 @@ fn lenient_ip_parsing_end_to_end() -> Result<()> {
         .external_ips(&["10.97.0.041"])
         .port(ServicePort::tcp(80).target(PORT))
         .to_value();
-    let mut env = Env::start(1, 0, std::slice::from_ref(&svc))?;
+    let mut env = Env::running(1, 0, std::slice::from_ref(&svc))?;
     env.apply(&[
         svc,
         tcp_slice(

@@ -1,4 +1,4 @@
-//! `ferry demo` end to end, as the README's first command runs it: it must
+//! `ferry-demo` end to end, as the README's first command runs it: it must
 //! succeed with every backend answering, and leave nothing behind, also
 //! when interrupted. Privileged: run as root with
 //! `cargo test -p tests -- --test-threads=1`.
@@ -17,6 +17,18 @@ use tests::*;
 
 /// Bound of a whole demo run (it takes a few seconds).
 const DEMO_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// `ferry-demo`, built next to the `ferry` binary it runs
+/// (`cargo build --release --workspace`, as scripts/test.sh does).
+fn demo_binary() -> Result<PathBuf> {
+    let demo = ferry_binary()?.with_file_name("ferry-demo");
+    anyhow::ensure!(
+        demo.is_file(),
+        "no {} (cargo build --release -p demo)",
+        demo.display()
+    );
+    Ok(demo)
+}
 
 /// The demo's pid, from the names it prints (`ferry-demo-<pid>-0-node`).
 fn demo_pid(stdout: &str) -> Option<u32> {
@@ -65,16 +77,13 @@ fn leftovers_of(pid: u32) -> Vec<String> {
 fn demo_spreads_requests_and_leaves_nothing_behind() -> Result<()> {
     require_root();
     let _serial = serial();
-    let ferry = ferry_binary()?;
-    let out = command_output(
-        Command::new(&ferry).args(["demo", "--requests", "30"]),
-        DEMO_TIMEOUT,
-    )?;
+    let demo = demo_binary()?;
+    let out = command_output(Command::new(&demo).args(["--requests", "30"]), DEMO_TIMEOUT)?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "ferry demo failed ({}):\n{stdout}\n{stderr}",
+        "ferry-demo failed ({}):\n{stdout}\n{stderr}",
         out.status
     );
     // The bar chart names every backend with its address and a count > 0.
@@ -108,15 +117,15 @@ fn demo_spreads_requests_and_leaves_nothing_behind() -> Result<()> {
 fn demo_interrupted_cleans_up() -> Result<()> {
     require_root();
     let _serial = serial();
-    let ferry = ferry_binary()?;
-    let mut child = Command::new(&ferry)
-        .args(["demo", "--requests", "10000"])
+    let demo = demo_binary()?;
+    let mut child = Command::new(&demo)
+        .args(["--requests", "10000"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .spawn()
-        .context("spawning ferry demo")?;
+        .context("spawning ferry-demo")?;
     let pgid = child.id() as libc::pid_t;
     let (tx, rx) = mpsc::channel();
     let stdout = child.stdout.take().expect("piped");

@@ -425,8 +425,12 @@ fn bpffs_dir_is_private_and_removed() -> Result<()> {
         let f: Vec<&str> = l.split_whitespace().collect();
         f.get(1) == Some(&"/sys/fs/bpf") && f.get(2) == Some(&"bpf")
     }));
+    // Laid out as the agent lays out its own (maps/, links/).
     fs::create_dir(a.path().join("sub"))?;
-    assert_eq!(a.entries()?, vec![PathBuf::from("sub")]);
+    assert_eq!(
+        a.entries()?,
+        ["links", "maps", "sub"].map(PathBuf::from).to_vec()
+    );
     let (pa, pb) = (a.path().to_path_buf(), b.path().to_path_buf());
     drop(a);
     drop(b);
@@ -527,7 +531,8 @@ fn sweep_removes_leftovers_of_dead_runs_only() -> Result<()> {
 
     let ns_name = format!("ft{dead}-0-node");
     let cg = cgroup2_root()?.join(format!("ft{dead}-0"));
-    ensure_bpffs_mounted()?;
+    // A live run's bpffs dir; making it mounts bpffs if it is not.
+    let live_bpf = BpffsDir::new()?;
     let bpf = PathBuf::from(format!("/sys/fs/bpf/ferry-test-{dead}-0"));
     let tmp = std::env::temp_dir().join(format!("ferry-test-{dead}-manifests-x"));
     let _fallback = Defer(|| {
@@ -555,7 +560,6 @@ fn sweep_removes_leftovers_of_dead_runs_only() -> Result<()> {
     // Resources of live runs (this one) stay.
     let live_ns = Netns::new("live")?;
     let live_cg = Cgroup::new()?;
-    let live_bpf = BpffsDir::new()?;
 
     let report = sweep_stale();
     assert!(report.errors.is_empty(), "{report:?}");

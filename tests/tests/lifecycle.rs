@@ -3,14 +3,12 @@
 //! and cleaning up. Privileged: run as root with
 //! `FERRY_BIN=target/release/ferry cargo test --release -p tests --test lifecycle -- --test-threads=1`.
 
-mod lb_fixture;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use lb_fixture::*;
+use tests::fixture::*;
 use tests::*;
 
 const FE: &str = "10.96.0.10:80/TCP";
@@ -23,7 +21,7 @@ const HTTP: [Port; 1] = [Port {
     name: "http",
     protocol: "TCP",
     port: 80,
-    target: TARGET,
+    target: PORT,
 }];
 
 /// Writes web.yaml: Service default/web (10.96.0.10, TCP 80 → 8080) with
@@ -34,7 +32,7 @@ fn write_web(env: &Env, n: usize) -> Result<Vec<String>> {
         "web.yaml",
         &service_with("web", "10.96.0.10", &HTTP, &backends),
     )?;
-    Ok(expected_addrs(&backends, "10.96.0.10", TARGET))
+    Ok(expected_addrs(&backends, "10.96.0.10", PORT))
 }
 
 /// Successes per server between two snapshots.
@@ -68,7 +66,7 @@ fn run_for(client: &ContinuousClient, n: u64) -> (ContinuousStats, ContinuousSta
 fn scaling_endpoints_under_a_continuous_client_loses_nothing() -> Result<()> {
     require_root();
     let _serial = serial();
-    let mut env = Env::new(5, &[TARGET])?;
+    let mut env = Env::new(5, &[PORT])?;
     let expected = write_web(&env, 1)?;
     let ferry = env.start(&[FE])?;
     wait_backends(ferry, FE, &expected)?;
@@ -112,7 +110,7 @@ fn scaling_endpoints_under_a_continuous_client_loses_nothing() -> Result<()> {
 fn sigkill_and_restart_keep_translating_and_adopt_the_state() -> Result<()> {
     require_root();
     let _serial = serial();
-    let mut env = Env::new(3, &[TARGET])?;
+    let mut env = Env::new(3, &[PORT])?;
     let expected = write_web(&env, 2)?;
     let ferry = env.start(&[FE])?;
     let before = wait_backends(ferry, FE, &expected)?;
@@ -185,7 +183,7 @@ fn sigkill_and_restart_keep_translating_and_adopt_the_state() -> Result<()> {
 fn bad_manifests_are_reported_and_do_not_disturb_good_ones() -> Result<()> {
     require_root();
     let _serial = serial();
-    let mut env = Env::new(2, &[TARGET])?;
+    let mut env = Env::new(2, &[PORT])?;
     write_web(&env, 1)?;
     env.manifests.write(
         "broken.yaml",
@@ -201,7 +199,7 @@ fn bad_manifests_are_reported_and_do_not_disturb_good_ones() -> Result<()> {
     env.write("badip.yaml", &badip("10.96.0.999"))?;
     env.write(
         "port0.yaml",
-        &[service("port0", "10.96.0.12", &[tcp("http", 0, TARGET)]).to_value()],
+        &[service("port0", "10.96.0.12", &[tcp("http", 0, PORT)]).to_value()],
     )?;
     env.manifests.write(
         "widget.yaml",
@@ -280,7 +278,7 @@ fn bad_manifests_are_reported_and_do_not_disturb_good_ones() -> Result<()> {
 fn every_program_attaches_and_cleanup_detaches_everything() -> Result<()> {
     require_root();
     let _serial = serial();
-    let mut env = Env::new(1, &[TARGET])?;
+    let mut env = Env::new(1, &[PORT])?;
     write_web(&env, 1)?;
     let cgroup = env.cgroup.path().to_path_buf();
     let bpffs = env.bpffs.path().to_path_buf();
@@ -327,7 +325,7 @@ fn pinned_map_info(path: &std::path::Path) -> Result<serde_json::Value> {
 fn a_pinned_map_left_with_other_flags_is_recreated() -> Result<()> {
     require_root();
     let _serial = serial();
-    let mut env = Env::new(1, &[TARGET])?;
+    let mut env = Env::new(1, &[PORT])?;
     write_web(&env, 1)?;
     // What an older Ferry left: FRONTENDS4 with this version's key and value
     // sizes and capacity, but preallocated (flags 0). Reused as is, its

@@ -5,16 +5,14 @@
 //! Privileged: run as root, one test at a time:
 //! `cargo test -p tests --test node_ports -- --test-threads=1`.
 
-mod behaviour_support;
-
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use behaviour_support::*;
 use socket2::{Domain, Socket, Type};
+use tests::fixture::*;
 use tests::*;
 
 // ------------------------------------------------------------- bind()
@@ -44,7 +42,7 @@ fn node_port_bind_protection() -> Result<()> {
         .cluster_ip("10.96.0.80")
         .port(ServicePort::tcp(80).target(PORT).node_port(30080))
         .to_value();
-    let mut env = Env::start(1, 0, &[])?;
+    let mut env = Env::running(1, 0, &[])?;
     env.apply(&[
         svc,
         tcp_slice("np", "np-1", AddressType::IPv4, &[env.ep("b0", NODE)]),
@@ -245,7 +243,7 @@ fn health_check_node_port() -> Result<()> {
             .load_balancer_ingress(&["10.98.0.90"])
             .to_value()
     };
-    let mut env = Env::start(2, 1, &[])?;
+    let mut env = Env::running(2, 1, &[])?;
     let slice = |eps: &[Endpoint]| tcp_slice("hc", "hc-1", AddressType::IPv4, eps);
     let hc4 = sa("10.244.0.1:32000");
     let hc6 = sa("[fd00:244::1]:32000");

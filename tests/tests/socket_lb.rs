@@ -3,16 +3,14 @@
 //! Service frontends. Privileged: run as root with
 //! `FERRY_BIN=target/release/ferry cargo test --release -p tests --test socket_lb -- --test-threads=1`.
 
-mod lb_fixture;
-
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV6, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use anyhow::Result;
-use lb_fixture::*;
 use socket2::{Domain, Protocol, Socket, Type};
 use tests::client::parse_reply;
+use tests::fixture::*;
 use tests::*;
 
 const WEB: &str = "10.96.0.10";
@@ -24,13 +22,13 @@ fn sa(s: &str) -> SocketAddr {
 
 /// TCP 80 and UDP 80 → 8080.
 fn web_ports() -> [Port; 2] {
-    [tcp("http", 80, TARGET), udp("udp", 80, TARGET)]
+    [tcp("http", 80, PORT), udp("udp", 80, PORT)]
 }
 
 /// 3 backends with servers on 8080; Service default/web on 10.96.0.10
 /// (TCP and UDP 80 → 8080) with all three as endpoints; Ferry running.
 fn web_env() -> Result<Env> {
-    let mut env = Env::new(3, &[TARGET])?;
+    let mut env = Env::new(3, &[PORT])?;
     env.write(
         "web.yaml",
         &service_with("web", WEB, &web_ports(), &env.first(3)),
@@ -195,7 +193,7 @@ fn dual_stack_udp(target: SocketAddr) -> io::Result<(String, SocketAddr, SocketA
 fn ipv6_clusterip_and_v4_mapped_addresses_on_dual_stack_sockets() -> Result<()> {
     require_root();
     let _serial = serial();
-    let mut env = Env::new(3, &[TARGET])?;
+    let mut env = Env::new(3, &[PORT])?;
     let mut objects = service_with("web", WEB, &web_ports(), &env.first(3));
     objects.extend(service_with("web6", WEB6, &web_ports(), &env.first(3)));
     env.write("web.yaml", &objects)?;
@@ -207,7 +205,7 @@ fn ipv6_clusterip_and_v4_mapped_addresses_on_dual_stack_sockets() -> Result<()> 
     let v6 = view_of(ferry, "[fd00:96::a]:80/TCP")?;
     assert_eq!(
         backend_addrs(&v6),
-        expected_addrs(&env.first(3), WEB6, TARGET),
+        expected_addrs(&env.first(3), WEB6, PORT),
         "{v6}"
     );
 
@@ -432,17 +430,17 @@ fn tcp_and_udp_on_the_same_port_number_are_independent() -> Result<()> {
 fn refusals_and_addresses_that_are_no_service() -> Result<()> {
     require_root();
     let _serial = serial();
-    let mut env = Env::new(1, &[TARGET])?;
-    let mut objects = service_with("web", WEB, &[tcp("http", 80, TARGET)], &env.first(1));
+    let mut env = Env::new(1, &[PORT])?;
+    let mut objects = service_with("web", WEB, &[tcp("http", 80, PORT)], &env.first(1));
     // No EndpointSlice at all.
     objects.push(service("empty", "10.96.0.20", &web_ports()).to_value());
     // A slice without endpoints.
-    objects.push(service("drained", "10.96.0.21", &[tcp("http", 80, TARGET)]).to_value());
+    objects.push(service("drained", "10.96.0.21", &[tcp("http", 80, PORT)]).to_value());
     objects.push(slice(
         "drained",
         "drained-1",
         AddressType::IPv4,
-        &[tcp("http", 80, TARGET)],
+        &[tcp("http", 80, PORT)],
         [],
     ));
     env.write("svc.yaml", &objects)?;
@@ -628,9 +626,9 @@ fn backend_states(view: &serde_json::Value) -> Vec<(String, String)> {
 fn an_endpoint_in_two_services_shows_each_services_state() -> Result<()> {
     require_root();
     let _serial = serial();
-    let mut env = Env::new(1, &[TARGET])?;
+    let mut env = Env::new(1, &[PORT])?;
     let b0 = env.backend("b0").v4;
-    let port = [tcp("http", 80, TARGET)];
+    let port = [tcp("http", 80, PORT)];
     let mut objects = Vec::new();
     for (name, ip, endpoint) in [
         ("ready", "10.96.0.33", local(b0)),
@@ -688,13 +686,13 @@ fn an_endpoint_in_two_services_shows_each_services_state() -> Result<()> {
 fn nodeport_from_the_node_on_its_address_and_loopback() -> Result<()> {
     require_root();
     let _serial = serial();
-    let mut env = Env::new(3, &[TARGET])?;
+    let mut env = Env::new(3, &[PORT])?;
     let mut objects = service_with("np", "10.96.0.60", &web_ports(), &env.first(3));
     objects[0] = Service::new("default", "np")
         .type_("NodePort")
         .cluster_ip("10.96.0.60")
-        .port(tcp("http", 80, TARGET).service_port().node_port(30080))
-        .port(udp("udp", 80, TARGET).service_port().node_port(30080))
+        .port(tcp("http", 80, PORT).service_port().node_port(30080))
+        .port(udp("udp", 80, PORT).service_port().node_port(30080))
         .to_value();
     env.write("np.yaml", &objects)?;
     env.start(&[
@@ -746,14 +744,14 @@ fn nodeport_from_the_node_on_its_address_and_loopback() -> Result<()> {
 fn counters_count_translations_and_refusals() -> Result<()> {
     require_root();
     let _serial = serial();
-    let mut env = Env::new(3, &[TARGET])?;
+    let mut env = Env::new(3, &[PORT])?;
     let mut objects = service_with(
         "count",
         "10.96.0.70",
-        &[tcp("http", 80, TARGET)],
+        &[tcp("http", 80, PORT)],
         &env.first(3),
     );
-    objects.push(service("empty", "10.96.0.71", &[tcp("http", 80, TARGET)]).to_value());
+    objects.push(service("empty", "10.96.0.71", &[tcp("http", 80, PORT)]).to_value());
     env.write("svc.yaml", &objects)?;
     env.start(&["10.96.0.70:80/TCP", "10.96.0.71:80/TCP"])?;
     const N: u64 = 25;

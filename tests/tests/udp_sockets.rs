@@ -11,8 +11,6 @@
 //! Privileged: run as root, one test at a time:
 //! `cargo test -p tests --test udp_sockets -- --test-threads=1`.
 
-mod behaviour_support;
-
 use std::io::{self, ErrorKind};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +19,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use behaviour_support::*;
+use tests::fixture::*;
 use tests::*;
 
 /// The resolver's pace.
@@ -225,7 +223,7 @@ fn socket_landing_on(env: &Env, target: SocketAddr, want: &str) -> Result<UdpSoc
 /// backend of a second Service "dns-alt") one translated to X through
 /// dns-alt.
 fn resolver_moves_off_a_departed_backend(shared: bool) -> Result<()> {
-    let mut env = Env::start(2, 0, &[])?;
+    let mut env = Env::running(2, 0, &[])?;
     let both = ["b0", "b1"];
     let alt = shared.then_some(&both[..]);
     env.apply(&resolver_objects(&env, &both, alt))?;
@@ -372,7 +370,7 @@ fn tcp_connection_to_a_terminating_backend_keeps_working() -> Result<()> {
         .cluster_ip("10.96.0.55")
         .port(ServicePort::tcp(80).target(PORT))
         .to_value();
-    let mut env = Env::start(2, 0, std::slice::from_ref(&svc))?;
+    let mut env = Env::running(2, 0, std::slice::from_ref(&svc))?;
     let fe = "10.96.0.55:80/TCP";
     let target = sa("10.96.0.55:80");
     let slice = |eps: &[Endpoint]| tcp_slice("web", "web-1", AddressType::IPv4, eps);
@@ -398,7 +396,7 @@ fn tcp_connection_to_a_terminating_backend_keeps_working() -> Result<()> {
             first
         );
     }
-    assert_eq!(env.servers_seen(target, 20)?, set(&["b1"]));
+    assert_eq!(env.servers_seen(target, 20)?, names(&["b1"]));
 
     // b0 deleted altogether: still the same connection, still answered.
     // (The deletion does not show in `ferry services`; a marker Service

@@ -29,7 +29,7 @@ use lb_common::{
     MaglevEntry, PROTO_TCP, programs,
 };
 use lb_userspace::datapath::{self, external::ExternalMaps, object::OBJECT};
-use lb_userspace::sandbox::{BpffsDir, Netns};
+use sandbox::{BpffsDir, Netns};
 
 use super::NAMING;
 use super::stats::Rng;

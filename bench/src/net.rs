@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use lb_userspace::sandbox::Netns;
+use sandbox::Netns;
 
 use super::proc::check_interrupted;
 

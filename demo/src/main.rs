@@ -1,10 +1,12 @@
-//! `ferry demo`: Ferry's main job, shown in namespaces made for the
-//! occasion, with nothing of the host's own traffic involved.
+//! `ferry-demo`: Ferry's main job, shown in namespaces made for the
+//! occasion, with nothing of the host's own traffic involved
+//! (`bash scripts/demo.sh` builds and runs it).
 //!
 //! It sweeps what killed demo runs left; makes a node namespace bridged to
 //! three backend namespaces (each runs servers that answer with their
 //! name), a child cgroup, a bpffs dir and the embedded manifests; starts
-//! the real agent (`ferry standalone`, this executable) on them and waits
+//! the real agent (`ferry standalone`, the `ferry` binary next to this
+//! one, through `sandbox::Ferry`) on them and waits
 //! until it has programmed the Service; moves this process into the cgroup
 //! and sends requests from the node namespace; reports who answered; and
 //! removes everything. Every resource is held by a guard, so an error or a
@@ -13,7 +15,6 @@
 //! It succeeds only if every request was answered and every backend
 //! answered at least once on every frontend.
 
-mod agent;
 mod interrupt;
 mod report;
 mod traffic;
@@ -25,18 +26,32 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
+use clap::Parser;
+use sandbox::{
+    BpffsDir, Cgroup, Ferry, FerryOptions, NODE_V4, Naming, SweepReport, Topology, command_output,
+    is_root, sweep, util::COMMAND_TIMEOUT,
+};
 use serde_json::Value;
 
-use self::agent::{Agent, AgentConfig};
 use self::report::{Answer, Tally, answer_label, bar_chart};
 use self::traffic::Proto;
-use crate::sandbox::{
-    BpffsDir, Cgroup, NODE_V4, Naming, SweepReport, Topology, command_output, is_root, sweep,
-    util::COMMAND_TIMEOUT,
-};
+
+/// Run a self-contained demo: namespaces, backends, a ClusterIP Service,
+/// and requests spread over its backends. Cleans up after itself.
+#[derive(Parser)]
+#[command(name = "ferry-demo")]
+struct Args {
+    /// Requests to send.
+    #[arg(long, default_value_t = 30)]
+    requests: u32,
+}
+
+fn main() -> Result<()> {
+    run(Args::parse().requests)
+}
 
 /// The Service the demo serves (see the file for what it declares).
-pub const MANIFESTS: &str = include_str!("demo/manifests.yaml");
+const MANIFESTS: &str = include_str!("manifests.yaml");
 
 const NAMING: Naming = Naming::DEMO;
 /// The backends' names; the manifests list their addresses (10.244.0.10+i).
@@ -110,7 +125,7 @@ fn all_programmed(views: &[Value]) -> bool {
     })
 }
 
-pub fn run(requests: u32) -> Result<()> {
+fn run(requests: u32) -> Result<()> {
     preflight(requests)?;
     interrupt::install().context("installing the Ctrl-C handler")?;
     let stale = sweep::sweep_stale_with(NAMING);
@@ -157,9 +172,11 @@ pub fn run(requests: u32) -> Result<()> {
 fn preflight(requests: u32) -> Result<()> {
     ensure!(
         is_root(),
-        "ferry demo needs root: it creates network namespaces and a cgroup and loads \
-         eBPF programs (try: sudo {} demo)",
-        std::env::args().next().unwrap_or_else(|| "ferry".into())
+        "ferry-demo needs root: it creates network namespaces and a cgroup and loads \
+         eBPF programs (try: sudo {})",
+        std::env::args()
+            .next()
+            .unwrap_or_else(|| "ferry-demo".into())
     );
     ensure!(
         (MIN_REQUESTS..=MAX_REQUESTS).contains(&requests),
@@ -168,7 +185,7 @@ fn preflight(requests: u32) -> Result<()> {
     let ip = command_output(Command::new("ip").arg("-V"), COMMAND_TIMEOUT);
     ensure!(
         ip.is_ok_and(|o| o.status.success()),
-        "ferry demo needs the `ip` command (iproute2)"
+        "ferry-demo needs the `ip` command (iproute2)"
     );
     Ok(())
 }
@@ -191,7 +208,7 @@ fn print_indented(text: &str) {
 /// Sets up, runs the traffic, reports, tears down. Returns what did not go
 /// as expected (empty: all good); errors are failures to run at all.
 fn demo(requests: u32) -> Result<Vec<String>> {
-    println!("ferry demo: a Kubernetes Service load-balanced by Ferry's eBPF programs,");
+    println!("ferry-demo: a Kubernetes Service load-balanced by Ferry's eBPF programs,");
     println!("in network namespaces made for the occasion.");
     println!("\nSetting up (all of it is removed at the end, also on Ctrl-C)");
 
@@ -248,18 +265,22 @@ fn demo(requests: u32) -> Result<Vec<String>> {
     interrupt::check()?;
 
     println!("\nStarting the agent");
-    let log = scratch.path().join("agent.log");
-    let mut agent = Agent::start(&AgentConfig {
-        manifests: &manifests,
-        cgroup: cgroup.path(),
-        bpffs_dir: bpffs.path(),
-        node_name: NODE_NAME,
-        node_ip: NODE_V4.into(),
-        host_netns: topo.node().path(),
-        log: &log,
-    })?;
-    println!("  $ {}", agent.command_line);
-    let took = agent.wait_until(READY_TIMEOUT, all_programmed)?;
+    let started = std::time::Instant::now();
+    let mut agent = Ferry::start(
+        FerryOptions::new(&manifests, cgroup.path(), bpffs.path())
+            .node(NODE_NAME, [NODE_V4.into()])
+            .host_netns(topo.node().path())
+            .naming(NAMING)
+            .quiet()
+            .abort_when(interrupt::check),
+    )?;
+    println!("  $ {}", agent.command_line());
+    agent.wait_for_timeout(
+        &format!("every frontend of {SERVICE} with its backends"),
+        READY_TIMEOUT,
+        |v| v.as_array().is_some_and(|views| all_programmed(views)),
+    )?;
+    let took = started.elapsed();
     println!(
         "  pid {}, ready after {:.2} s: every frontend of {SERVICE} has its {} backends",
         agent.pid().unwrap_or_default(),
@@ -360,11 +381,11 @@ fn print_listing(i: u32, count: u32, answer: &Answer) {
 }
 
 /// `ferry services`, `bpftool cgroup show`, and how to look for yourself.
-fn show_inspection(agent: &Agent, cgroup: &Cgroup, bpffs: &BpffsDir) {
+fn show_inspection(agent: &Ferry, cgroup: &Cgroup, bpffs: &BpffsDir) {
     let bpffs_dir = bpffs.path().display();
     let cgroup_dir = cgroup.path().display();
     println!("\nWhat the datapath holds ($ ferry services --bpffs-dir {bpffs_dir}):");
-    match agent.services(&[]) {
+    match agent.services_table() {
         Ok(table) => print_indented(&table),
         Err(e) => println!("  (could not run it: {e:#})"),
     }
@@ -387,14 +408,14 @@ fn show_inspection(agent: &Agent, cgroup: &Cgroup, bpffs: &BpffsDir) {
     println!("  ferry services --bpffs-dir {bpffs_dir}");
     println!("  bpftool cgroup show {cgroup_dir}");
     println!("  bpftool map dump pinned {bpffs_dir}/maps/FRONTENDS4");
-    println!("  (the manifests: lb-userspace/src/demo/manifests.yaml; ferry standalone --help)");
+    println!("  (the manifests: demo/src/manifests.yaml; ferry standalone --help)");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model;
-    use crate::source::manifests::read_manifests;
+    use lb_userspace::model;
+    use lb_userspace::source::manifests::read_manifests;
 
     /// The embedded manifests declare exactly the frontends the demo sends
     /// to, each with the three backends the topology makes.

@@ -1,4 +1,4 @@
-//! Ctrl-C (and SIGTERM, SIGHUP) during `ferry demo`. Dying at once would
+//! Ctrl-C (and SIGTERM, SIGHUP) during `ferry-demo`. Dying at once would
 //! leave namespaces, a cgroup and attached programs behind, so the handler
 //! only raises a flag; the demo looks at it before every step and inside
 //! every loop, and unwinds through its guards, which remove everything.
@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-const NOTICE: &[u8] = b"\nferry demo: interrupted; cleaning up (a few seconds at most)\n";
+const NOTICE: &[u8] = b"\nferry-demo: interrupted; cleaning up (a few seconds at most)\n";
 
 extern "C" fn on_signal(_signal: libc::c_int) {
     // Only async-signal-safe work here: an atomic swap and write(2).

@@ -1,4 +1,4 @@
-//! Running commands with a time bound, small file helpers.
+//! Running commands and waiting, with a time bound; small file helpers.
 
 use std::io::Read;
 use std::path::Path;
@@ -86,6 +86,13 @@ pub fn describe(cmd: &Command) -> String {
     s
 }
 
+/// A TCP port on 127.0.0.1 that was free a moment ago (for the agent's
+/// health and metrics servers, so that runs never collide on the defaults).
+pub fn free_local_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
 /// `/proc/<pid>` exists.
 pub fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
@@ -102,39 +109,37 @@ pub fn owner_pid(name: &str, prefix: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
-/// Unescapes the octal escapes (`\040` for space, ...) of /proc/mounts fields.
-pub fn unescape_mount_field(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// What one look of [`wait_until`] saw.
+#[derive(Debug)]
+pub enum Wait<T> {
+    /// The condition holds; the wait returns this.
+    Done(T),
+    /// Not yet; what was seen, for the error when the time is up.
+    Pending(String),
 }
 
-/// `(mount point, fstype)` of every line of /proc/mounts.
-pub fn mounts() -> Result<Vec<(String, String)>> {
-    let text = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
-    Ok(text
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let _src = f.next()?;
-            let mnt = f.next()?;
-            let fstype = f.next()?;
-            Some((unescape_mount_field(mnt), fstype.to_string()))
-        })
-        .collect())
+/// Looks with `look` every `every` until it reports [`Wait::Done`], at most
+/// `timeout` (the one bounded wait loop of the sandbox and the tests). An
+/// error from `look` ends the wait at once (e.g. the process under test
+/// exited); running out of time is an error naming `what` and what was
+/// seen last.
+pub fn wait_until<T>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut look: impl FnMut() -> Result<Wait<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match look()? {
+            Wait::Done(v) => return Ok(v),
+            Wait::Pending(seen) => seen,
+        };
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
+        }
+        thread::sleep(every);
+    }
 }
 
 #[cfg(test)]
@@ -153,12 +158,34 @@ mod unit {
     }
 
     #[test]
-    fn unescapes_mount_fields() {
-        assert_eq!(unescape_mount_field("/a\\040b"), "/a b");
-        assert_eq!(
-            unescape_mount_field("/sys/fs/cgroup/unified"),
-            "/sys/fs/cgroup/unified"
+    fn wait_until_returns_what_was_found_or_says_what_was_seen() {
+        let mut n = 0;
+        let found = wait_until(
+            "n to reach 3",
+            Duration::from_secs(5),
+            Duration::ZERO,
+            || {
+                n += 1;
+                Ok(if n == 3 {
+                    Wait::Done(n)
+                } else {
+                    Wait::Pending(n.to_string())
+                })
+            },
         );
-        assert_eq!(unescape_mount_field("x\\04"), "x\\04");
+        assert_eq!(found.unwrap(), 3);
+        let err = wait_until::<()>("never", Duration::ZERO, Duration::ZERO, || {
+            Ok(Wait::Pending("still 7".into()))
+        })
+        .unwrap_err();
+        assert!(
+            format!("{err}").contains("never; last seen: still 7"),
+            "{err}"
+        );
+        let err = wait_until::<()>("an error", Duration::from_secs(5), Duration::ZERO, || {
+            bail!("it exited")
+        })
+        .unwrap_err();
+        assert_eq!(format!("{err}"), "it exited");
     }
 }

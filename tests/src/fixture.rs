@@ -1,29 +1,42 @@
-//! Shared setup of the datapath end-to-end tests (`socket_lb.rs`,
-//! `lifecycle.rs`): one environment guard, Service/EndpointSlice objects,
-//! request loops, and readers of `ferry services -o json`, of the Ferry log
-//! and of `bpftool cgroup show`.
+//! The one fixture of the datapath end-to-end tests (socket_lb.rs,
+//! lifecycle.rs, and the kube-proxy behaviour tests behaviours.rs,
+//! affinity.rs, udp_sockets.rs, node_ports.rs): one environment guard
+//! ([`Env`]), Service/EndpointSlice objects, request loops, and readers of
+//! `ferry services -o json`, of the Ferry log and of `bpftool cgroup show`.
+//!
+//! [`Env::new`] builds the usual sandbox (node namespace bridged to local
+//! and remote backends, servers replying with the backend's name, a child
+//! cgroup the test process enters, a bpffs dir, a manifests dir);
+//! [`Env::start`] then starts Ferry as node [`NODE`] with `--host-netns` =
+//! the node namespace ([`Env::running`] does both, with objects in
+//! [`MANIFEST`]). Every resource is a guard: dropping the [`Env`] (also
+//! while unwinding from a panic) stops Ferry first and removes the
+//! namespaces last.
 //!
 //! Every wait here is bounded in time and polls; nothing asserts durations.
-
-// Each test binary uses a different part of this module.
-#![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::Value;
-use tests::*;
+
+use crate::*;
 
 /// The node name Ferry runs as ([`FerryOptions::for_topology`]).
 pub const NODE: &str = "node-1";
+/// Another node, for endpoints of remote backends.
+pub const OTHER_NODE: &str = "node-2";
 /// The port the default servers listen on.
-pub const TARGET: u16 = 8080;
+pub const PORT: u16 = 8080;
+/// The manifest file [`Env::running`] and [`Env::apply`] write.
+pub const MANIFEST: &str = "objects.yaml";
+/// Pace of the waits in this module.
+const POLL: Duration = Duration::from_millis(50);
 /// Bound of the waits in this module.
 pub const WAIT: Duration = Duration::from_secs(15);
 
@@ -62,7 +75,16 @@ impl Env {
     /// manifests dir. Ferry is not started yet: write manifests, then
     /// [`Env::start`].
     pub fn new(backends: usize, ports: &[u16]) -> Result<Env> {
-        let topo = Topology::new(backends)?;
+        Env::with_remote(backends, 0, ports)
+    }
+
+    /// Like [`Env::new`], with `remote` backends r0.. too (behind another
+    /// node, see [`Backend::gateway_v4`]).
+    pub fn with_remote(local: usize, remote: usize, ports: &[u16]) -> Result<Env> {
+        let topo = Topology::builder()
+            .backends(local)
+            .remote_backends(remote)
+            .build()?;
         let mut servers = ServerSet::default();
         for &port in ports {
             let mut set = topo.start_servers(port)?;
@@ -98,8 +120,22 @@ impl Env {
         Ok(ferry)
     }
 
+    /// `local` backends b0.., `remote` backends r0.. (servers on [`PORT`]),
+    /// `objects` written to [`MANIFEST`], Ferry started (not yet waited for).
+    pub fn running(local: usize, remote: usize, objects: &[Value]) -> Result<Env> {
+        let mut env = Env::with_remote(local, remote, &[PORT])?;
+        env.apply(objects)?;
+        env.start(&[])?;
+        Ok(env)
+    }
+
     pub fn ferry(&mut self) -> &mut Ferry {
         self.ferry.as_mut().expect("Ferry was started")
+    }
+
+    /// Replaces [`MANIFEST`] with `objects` (atomically).
+    pub fn apply(&self, objects: &[Value]) -> Result<()> {
+        self.write(MANIFEST, objects)
     }
 
     /// The node namespace: clients run here.
@@ -118,6 +154,66 @@ impl Env {
 
     pub fn write(&self, file: &str, objects: &[Value]) -> Result<()> {
         self.manifests.write_objects(file, objects).map(drop)
+    }
+
+    /// An endpoint of backend `name` (IPv4) on node `node`.
+    pub fn ep(&self, name: &str, node: &str) -> Endpoint {
+        Endpoint::new(self.backend(name).v4.to_string()).node(node)
+    }
+
+    /// An endpoint of backend `name` (IPv6) on node `node`.
+    pub fn ep6(&self, name: &str, node: &str) -> Endpoint {
+        Endpoint::new(self.backend(name).v6.to_string()).node(node)
+    }
+
+    /// The backend's IPv4 `ip:PORT`, as `ferry services` lists it.
+    pub fn addr4(&self, name: &str) -> String {
+        self.backend(name).addr_v4(PORT).to_string()
+    }
+
+    pub fn addr6(&self, name: &str) -> String {
+        self.backend(name).addr_v6(PORT).to_string()
+    }
+
+    /// Waits until frontend `fe` ("ip:port/PROTO") lists exactly the
+    /// backends `addrs` (any state); returns all of `ferry services`.
+    pub fn wait_backends(&mut self, fe: &str, addrs: &[String]) -> Result<Value> {
+        let mut want = addrs.to_vec();
+        want.sort();
+        self.ferry()
+            .wait_for(&format!("{fe} with backends {want:?}"), |v| {
+                frontend(v, fe).is_some_and(|f| backend_addrs(f) == want)
+            })
+    }
+
+    /// Waits until frontend `fe` has no backend and refuses with
+    /// `when_empty` ("reject" or "drop").
+    pub fn wait_empty(&mut self, fe: &str, when_empty: &str) -> Result<Value> {
+        self.ferry()
+            .wait_for(&format!("{fe} empty ({when_empty})"), |v| {
+                frontend(v, fe).is_some_and(|f| {
+                    f["backends"].as_array().is_some_and(Vec::is_empty)
+                        && f["when_empty"] == when_empty
+                })
+            })
+    }
+
+    /// Waits until `ferry services` has no frontend `fe`.
+    pub fn wait_no_frontend(&mut self, fe: &str) -> Result<Value> {
+        self.ferry()
+            .wait_for(&format!("{fe} to be absent"), |v| frontend(v, fe).is_none())
+    }
+
+    /// `n` TCP requests (one connection each) from the node namespace to
+    /// `target`; the set of servers that answered. Any failure is an error.
+    pub fn servers_seen(&self, target: SocketAddr, n: usize) -> Result<BTreeSet<String>> {
+        Ok(tcp_spread(self.node(), target, n)?.into_keys().collect())
+    }
+
+    /// The errno of a TCP connect from the node namespace to `target`
+    /// (None: it connected).
+    pub fn connect_errno(&self, target: SocketAddr) -> Option<Option<i32>> {
+        self.node().run(|| tcp_connect_err(target)).map(|e| e.errno)
     }
 }
 
@@ -199,6 +295,28 @@ pub fn slice(
     s.to_value()
 }
 
+/// An EndpointSlice of Service `default/<service>` with one unnamed TCP
+/// port [`PORT`].
+pub fn tcp_slice(service: &str, name: &str, family: AddressType, eps: &[Endpoint]) -> Value {
+    slice(
+        service,
+        name,
+        family,
+        &[tcp("", PORT, PORT)],
+        eps.iter().cloned(),
+    )
+}
+
+/// A serving, terminating, not ready endpoint.
+pub fn terminating(e: Endpoint) -> Endpoint {
+    e.ready(false).serving(true).terminating(true)
+}
+
+/// An endpoint that is neither ready nor serving (never gets traffic).
+pub fn not_serving(e: Endpoint) -> Endpoint {
+    e.ready(false).serving(false).terminating(true)
+}
+
 /// A ready endpoint on this node.
 pub fn local(ip: impl ToString) -> Endpoint {
     Endpoint::new(ip.to_string()).node(NODE)
@@ -255,8 +373,19 @@ pub fn requests(
     })
 }
 
+/// `n` TCP requests from `ns` to `target`, counted per answering server.
+pub fn tcp_spread(ns: &Netns, target: SocketAddr, n: usize) -> Result<BTreeMap<String, usize>> {
+    let replies = requests(
+        ns,
+        n,
+        &format!("TCP from {} to {target}", ns.name()),
+        || tcp_request(target),
+    )?;
+    Ok(per_server(&replies))
+}
+
 /// Replies per answering server.
-pub fn per_server(replies: &[Reply]) -> BTreeMap<String, u64> {
+pub fn per_server(replies: &[Reply]) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for r in replies {
         *m.entry(r.server.clone()).or_default() += 1;
@@ -269,6 +398,7 @@ pub fn servers_of(replies: &[Reply]) -> BTreeSet<String> {
     replies.iter().map(|r| r.server.clone()).collect()
 }
 
+/// A set of names, for comparisons.
 pub fn names(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
@@ -288,12 +418,36 @@ pub fn errno_of(r: io::Result<Reply>) -> Option<i32> {
 
 // ---------------------------------------------------------------- ferry services
 
+/// `s` parsed as a socket address (panics on a typo in a test).
+pub fn sa(s: &str) -> SocketAddr {
+    s.parse()
+        .unwrap_or_else(|e| panic!("bad address {s:?}: {e}"))
+}
+
 /// The entry of `ferry services -o json` for `frontend` ("ip:port/PROTO").
 pub fn frontend<'a>(services: &'a Value, frontend: &str) -> Option<&'a Value> {
     services
         .as_array()?
         .iter()
         .find(|v| v["frontend"].as_str() == Some(frontend))
+}
+
+/// Every frontend string of `ferry services -o json` whose backend set
+/// belongs to Service `namespace/name`.
+pub fn frontends_of(services: &Value, namespace: &str, name: &str) -> Vec<String> {
+    let prefix = format!("{namespace}/{name}");
+    services
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| {
+            f["service"].as_str().is_some_and(|s| {
+                s.strip_prefix(&prefix)
+                    .is_some_and(|rest| rest.starts_with(':') || rest.starts_with('/'))
+            })
+        })
+        .filter_map(|f| f["frontend"].as_str().map(str::to_string))
+        .collect()
 }
 
 /// The backend addresses of an entry, sorted.
@@ -345,17 +499,14 @@ pub fn wait_backends(ferry: &mut Ferry, fe: &str, expected: &[String]) -> Result
 
 /// Polls the Ferry log (bounded by [`WAIT`]) until `pred` holds for it.
 pub fn wait_log(ferry: &Ferry, what: &str, pred: impl Fn(&str) -> bool) -> Result<String> {
-    let deadline = Instant::now() + WAIT;
-    loop {
+    wait_until(&format!("{what} in the ferry log"), WAIT, POLL, || {
         let log = ferry.log();
-        if pred(&log) {
-            return Ok(log);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out waiting for {what} in the ferry log:\n{log}");
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
+        Ok(if pred(&log) {
+            Wait::Done(log)
+        } else {
+            Wait::Pending(format!("the log:\n{log}"))
+        })
+    })
 }
 
 // ---------------------------------------------------------------- bpffs and bpftool
@@ -494,18 +645,16 @@ pub fn ferry_programs() -> Vec<(String, String)> {
 /// Polls `bpftool cgroup show` (bounded by [`WAIT`]; detaching an unpinned
 /// link is deferred in the kernel) until it lists exactly `expected`.
 pub fn wait_attached(cgroup: &Path, expected: &[(String, String)]) -> Result<()> {
-    let deadline = Instant::now() + WAIT;
-    loop {
+    let what = format!(
+        "bpftool cgroup show {} to list {expected:?}",
+        cgroup.display()
+    );
+    wait_until(&what, WAIT, POLL, || {
         let now = attached(cgroup)?;
-        if now == expected {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "bpftool cgroup show {}: expected {expected:?}, found {now:?}",
-                cgroup.display()
-            );
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
+        Ok(if now == expected {
+            Wait::Done(())
+        } else {
+            Wait::Pending(format!("{now:?}"))
+        })
+    })
 }

@@ -662,7 +662,7 @@ fn markdown(res: &Results, latency_svg: &str, programming_svg: &str) -> String {
             r.bpf[0].udp_calls
         );
     }
-    s.push_str(BPF_COST);
+    s.push_str(WHY);
 
     s.push_str("\n## Established flows\n\nOne long-lived connection to a random Service: 1-byte request/response transactions per second, and bulk transfer (64 KiB writes to a sink) in Gbit/s.\n\n");
     s.push_str("| Services | Datapath | transactions/s | vs direct | Gbit/s | vs direct |\n|---:|---|---:|---:|---:|---:|\n");
@@ -690,7 +690,7 @@ fn markdown(res: &Results, latency_svg: &str, programming_svg: &str) -> String {
 
     let _ = write!(
         s,
-        "\n## Control plane: programming every Service from nothing\n\nFerry: the agent process from reading the manifest files to the last map write (program loading and attaching is listed apart; it does not depend on the number of Services). iptables: `iptables-restore --counters` of kube-proxy's full sync, its jumps from the built-in chains included (kube-proxy adds `--noflush`, which iptables 1.8.9's nf_tables backend handles in time quadratic in the number of chains: 90 s at 1,000 Services on the VM this bench was written on, so the bench lets it replace the two tables instead, which in a fresh namespace leaves the same rules); nftables: `nft -f` of kube-proxy's full transaction, in one transaction up to {} Services and in transactions of 5,000 Service ports above that (in one transaction, nf_tables binds each Service's anonymous verdict map with a walk over the whole transaction, quadratic: about 2 minutes at 10,000 Services on that VM, hours at 100,000), marked with the number of transactions. Both peers are timed as processes (wall time; peak RSS from wait4); kube-proxy's own work to generate the rules is not counted. Programming is repeated only up to 10,000 Services. Wall time in ms, peak RSS in MiB.\n\n",
+        "\n## Control plane: programming every Service from nothing\n\nFerry: the agent process from reading the manifest files to the last map write (program loading and attaching is listed apart; it does not depend on the number of Services). iptables: `iptables-restore --counters` of kube-proxy's full sync, its jumps from the built-in chains included (kube-proxy adds `--noflush`, which iptables 1.8.9's nf_tables backend handles in time quadratic in the number of chains, so the bench lets it replace the two tables instead, which in a fresh namespace leaves the same rules); nftables: `nft -f` of kube-proxy's full transaction, in one transaction up to {} Services and in transactions of 5,000 Service ports above that (in one transaction, nf_tables binds each Service's anonymous verdict map with a walk over the whole transaction: quadratic, see bench/README.md), marked with the number of transactions. Both peers are timed as processes (wall time; peak RSS from wait4); kube-proxy's own work to generate the rules is not counted. Programming is repeated only up to 10,000 Services. Wall time in ms, peak RSS in MiB.\n\n",
         services_label(o.nft_one_transaction_max)
     );
     s.push_str(
@@ -744,7 +744,7 @@ fn markdown(res: &Results, latency_svg: &str, programming_svg: &str) -> String {
     let at = o.change_scale;
     let _ = writeln!(
         s,
-        "\n## Control plane: one endpoint change on top of {} Services\n\nService `{}`'s last endpoint turns not ready, then ready again, alternately. Ferry (\"files\"): the changed file is rewritten and the agent reads the manifests again, recomputes and syncs, as `ferry standalone` does on a file change (its reader keeps each file's objects while the file's metadata is unchanged, so it reads the one changed file of 1,000 Services, 2.6 MB of JSON, decodes only the objects whose text changed, and assembles the snapshot of all files again); Ferry (\"in memory\"): the one EndpointSlice is swapped in the agent's copy of the objects, then the same recompute and sync (what an API watch delivers). iptables: kube-proxy's partial restore (all of KUBE-SERVICES rewritten, the changed Service's chains rewritten, the departed endpoint's chain deleted); nftables: kube-proxy's partial transaction (the Service's chain flushed and rewritten, the endpoint chain deleted). ms.\n",
+        "\n## Control plane: one endpoint change on top of {} Services\n\nService `{}`'s last endpoint turns not ready, then ready again, alternately. Ferry (\"files\"): the changed file is rewritten and the agent reads the manifests again, recomputes and syncs, as `ferry standalone` does on a file change (its reader keeps each file's objects while the file's metadata is unchanged, so it reads the one changed file of 1,000 Services, decodes only the objects whose text changed, and assembles the snapshot of all files again); Ferry (\"in memory\"): the one EndpointSlice is swapped in the agent's copy of the objects, then the same recompute and sync (what an API watch delivers). iptables: kube-proxy's partial restore (all of KUBE-SERVICES rewritten, the changed Service's chains rewritten, the departed endpoint's chain deleted); nftables: kube-proxy's partial transaction (the Service's chain flushed and rewritten, the endpoint chain deleted). ms.\n",
         services_label(at),
         workload::Workload::service_name(at / 2)
     );
@@ -786,7 +786,7 @@ fn markdown(res: &Results, latency_svg: &str, programming_svg: &str) -> String {
         }
     }
 
-    s.push_str(CHANGE_COST);
+    s.push_str(WHY);
 
     s.push_str("\n## Ferry's memory\n\nKernel memory of the pinned maps (bytes_memlock: the LRU maps and the per-CPU counters are preallocated at their capacity, the lookup maps take memory for their hash buckets (one per entry of capacity) and for the entries they hold) and the agent's resident set after programming and at its peak. The agent keeps Services slimmed (no managedFields, annotations) and EndpointSlices reduced to what the model reads (`EndpointSliceInfo`: 56 bytes per endpoint plus its node name).\n\n");
     s.push_str(
@@ -821,22 +821,13 @@ fn markdown(res: &Results, latency_svg: &str, programming_svg: &str) -> String {
     s
 }
 
-/// Why connect4 costs what it costs (measured while writing the bench; the
-/// memory latency row of the machine table is this run's own figure).
-const BPF_COST: &str = "
-What a call costs: a translated connect makes a chain of dependent map reads, as issue 2 lays the maps out: the frontend (hash bucket, then element), its slot (bucket, element), the backend (bucket, element), then an insert into the socket reverse-translation LRU map (bucket, element, LRU list). With one Service all but the LRU insert hit the caches; a connect to a random one of 10,000 or more Services misses them on most reads, and each miss costs about what one pointer-chase step costs in the machine table (the hash buckets alone are megabytes: one bucket per entry of capacity). So the run time grows with the number of Services until the maps no longer fit in cache, and then stays flat. Measured with variants of the program on this VM (UDP connect, ns per call, 1 / 10,000 Services): as shipped about 400-540 / 1,200-1,400; without the LRU insert 123 / 900-1,000; without the per-CPU counter as well 126 / 950 (the counter costs nothing measurable). Skipping the lookup before the LRU insert on connect (a new socket has no entry yet) saved about 100 ns; allocating the lookup maps' elements on demand (BPF_F_NO_PREALLOC) cut the kernel memory of all maps by nearly two thirds (368 to 134 MiB at 10,000 Services) and did not change the run time measurably. Under 150 ns at 100,000 Services would need the whole chain to hit the cache, which random Services at that scale cannot on this machine: at 64 MiB one dependent read alone costs more than that.
-";
-
-/// Why one change through the files costs what it costs (measured with
-/// perf and timers in the reader while writing the bench).
-const CHANGE_COST: &str = "
-What a change costs: from an API watch (\"in memory\") a change costs its own work: the one slice is read again, its Service's plan is made again and patched into the last desired state, and two map entries are written; the 10,000 unchanged Services cost a pointer comparison each. Through files, the changed file is read whole: on this VM, reading it and scanning its 2.6 MB of JSON into per-object texts (serde_json, about 1 GB/s), hashing each object's text and decoding only the changed one took about 7 ms, and assembling the snapshot of all files again (20,000 shared objects, a few cache misses each) about 4 ms. With compute and sync at about 3.5 ms, a file of 1,000 Services cannot be applied in under 5 ms on this machine; the 5 ms target is met for the API watch. Decoding every object of the changed file again, as the reader did before it reused objects by their text, cost about 30 ms more.
-";
+/// Where the explanations are: a report carries only what its run measured.
+const WHY: &str = "\nWhy these figures are what they are: bench/README.md.\n";
 
 const METHOD: &str = "
 ## Method
 
-- **Topology** (`lb_userspace::sandbox`): a node network namespace with a bridge, 10 backend pod namespaces (10.244.0.10-19) behind it, no route out. Each pod runs one epoll thread serving TCP 20000-20099 (echo, or sink when the first byte is `S`) and UDP 5353 (echo). The client runs on a thread in the node namespace; the node namespace routes 10.96.0.0/12 to the bridge (so that a ClusterIP connect reaches netfilter at all), has ephemeral ports 1024-65535 and one SYN retry.
+- **Topology** (the `sandbox` crate): a node network namespace with a bridge, 10 backend pod namespaces (10.244.0.10-19) behind it, no route out. Each pod runs one epoll thread serving TCP 20000-20099 (echo, or sink when the first byte is `S`) and UDP 5353 (echo). The client runs on a thread in the node namespace; the node namespace routes 10.96.0.0/12 to the bridge (so that a ClusterIP connect reaches netfilter at all), has ephemeral ports 1024-65535 and one SYN retry.
 - **Services**: N ClusterIP Services `bench/svc-NNNNNN`, ClusterIP 10.96.0.1 + s, TCP port 80 → 20000 + s mod 100; the first 1,000 also UDP 53 → 5353. Each has one EndpointSlice listing the same 10 pods, all ready: N × 10 endpoints over 1,000 distinct TCP backends. Written as JSON `List` manifests of 1,000 Services each; Ferry reads them with its own manifest source; the peers' rules are generated from the same objects read back the way kube-proxy reads them.
 - **Datapaths**, one active at a time, in the order direct, Ferry, iptables, nftables at each scale; between them the node namespace's ruleset is flushed and Ferry's programs detached and its maps removed, and the bench checks that nothing is left before the next one starts.
   - Ferry: the bench's agent process (the same library calls as `ferry standalone`) attaches the programs to the bench's own child cgroup, which the bench process (client threads included) is in.

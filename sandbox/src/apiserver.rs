@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
@@ -47,7 +47,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::DIR_PREFIX;
+use crate::Naming;
+use crate::util::{Wait, wait_until};
 
 /// The kinds the fixture serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -185,8 +186,14 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    /// Listens on 127.0.0.1 (a free port) and writes a kubeconfig for it.
+    /// Listens on 127.0.0.1 (a free port) and writes a kubeconfig for it
+    /// (in a temp dir named after [`Naming::TESTS`]).
     pub fn start() -> Result<ApiServer> {
+        ApiServer::start_with(Naming::TESTS)
+    }
+
+    /// [`ApiServer::start`], the kubeconfig's temp dir named after `naming`.
+    pub fn start_with(naming: Naming) -> Result<ApiServer> {
         let std_listener =
             std::net::TcpListener::bind("127.0.0.1:0").context("binding the API server")?;
         std_listener.set_nonblocking(true)?;
@@ -222,7 +229,7 @@ impl ApiServer {
             })
             .context("starting the API server thread")?;
         let dir = tempfile::Builder::new()
-            .prefix(&format!("{DIR_PREFIX}{}-apiserver-", std::process::id()))
+            .prefix(&format!("{}apiserver-", naming.temp_prefix()))
             .tempdir()
             .context("creating the kubeconfig dir")?;
         let kubeconfig = dir.path().join("kubeconfig");
@@ -404,14 +411,13 @@ impl ApiServer {
         timeout: Duration,
         mut pred: impl FnMut(&ApiServer) -> bool,
     ) -> Result<()> {
-        let deadline = std::time::Instant::now() + timeout;
-        while !pred(self) {
-            if std::time::Instant::now() >= deadline {
-                bail!("timed out after {timeout:?} waiting for {what}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
+        wait_until(what, timeout, Duration::from_millis(20), || {
+            Ok(if pred(self) {
+                Wait::Done(())
+            } else {
+                Wait::Pending("not yet".into())
+            })
+        })
     }
 }
 

@@ -10,7 +10,7 @@ use anyhow::Result;
 
 use super::interrupt;
 use super::report::Answer;
-use crate::sandbox::{Netns, tcp_request, udp_connected_request};
+use sandbox::{Netns, tcp_request, udp_connected_request};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Proto {

@@ -1,64 +1,34 @@
 //! A private bpffs directory per test or demo run, for the agent's pins.
 
-use std::ffi::CString;
 use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+use lb_userspace::datapath::paths;
 
 use super::Naming;
-use super::util::mounts;
 
 /// Where bpffs is (or gets) mounted.
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
 
-/// Whether a bpffs is mounted at [`BPFFS_ROOT`].
+/// Whether a bpffs is mounted at (or above) [`BPFFS_ROOT`]: the agent's own
+/// check.
 pub fn bpffs_mounted() -> Result<bool> {
-    Ok(mounts()?
-        .iter()
-        .any(|(mnt, fstype)| mnt == BPFFS_ROOT && fstype == "bpf"))
+    Ok(paths::BpffsDir::new(BPFFS_ROOT).on_bpffs()?)
 }
 
-/// Mounts bpffs at /sys/fs/bpf unless one is mounted there already. The
-/// mount is left in place (the host's normal state).
-pub fn ensure_bpffs_mounted() -> Result<()> {
-    if bpffs_mounted()? {
-        return Ok(());
-    }
-    let src = CString::new("bpf").unwrap();
-    let target = CString::new(BPFFS_ROOT).unwrap();
-    let fstype = CString::new("bpf").unwrap();
-    let data = CString::new("mode=0700").unwrap();
-    // SAFETY: valid NUL-terminated strings that outlive the call.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            data.as_ptr().cast(),
-        )
-    };
-    if rc != 0 {
-        let err = std::io::Error::last_os_error();
-        // Another process may have mounted it meanwhile.
-        if bpffs_mounted()? {
-            return Ok(());
-        }
-        bail!("mounting bpffs at {BPFFS_ROOT}: {err}");
-    }
-    Ok(())
-}
-
-/// `/sys/fs/bpf/<dir_prefix><pid>-<n>`, created empty, removed (with every
-/// pin inside, which releases pinned links and maps) on drop. Stop the
-/// agent (and run its cleanup) first: that needs the directory.
+/// `/sys/fs/bpf/<dir_prefix><pid>-<n>`, prepared as the agent prepares its
+/// directory (bpffs mounted at /sys/fs/bpf if it is not, `maps/` and
+/// `links/` created: `lb_userspace::datapath::paths::BpffsDir::prepare`), and
+/// removed (with every pin inside, which releases pinned links and maps) on
+/// drop. Stop the agent (and run its cleanup) first: that needs the
+/// directory.
 #[derive(Debug)]
 pub struct BpffsDir {
-    path: PathBuf,
+    dir: paths::BpffsDir,
 }
 
 impl BpffsDir {
@@ -68,20 +38,31 @@ impl BpffsDir {
     }
 
     pub fn new_with(naming: Naming) -> Result<BpffsDir> {
-        ensure_bpffs_mounted()?;
         let path = Path::new(BPFFS_ROOT).join(naming.unique_dir_name());
-        fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(BpffsDir { path })
+        // Held before anything is made, so a half-prepared dir is removed too.
+        let guard = BpffsDir {
+            dir: paths::BpffsDir::new(path),
+        };
+        guard
+            .dir
+            .prepare()
+            .with_context(|| format!("preparing {}", guard.path().display()))?;
+        Ok(guard)
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.dir.root
+    }
+
+    /// The directory as Ferry lays it out (`maps/NAME`, `links/NAME`).
+    pub fn layout(&self) -> &paths::BpffsDir {
+        &self.dir
     }
 
     /// Every entry (pins and dirs) below the directory, relative to it, sorted.
     pub fn entries(&self) -> Result<Vec<PathBuf>> {
         let mut out = Vec::new();
-        walk(&self.path, &self.path, &mut out, 0)?;
+        walk(self.path(), self.path(), &mut out, 0)?;
         out.sort();
         Ok(out)
     }
@@ -118,7 +99,7 @@ pub fn remove_tree(path: &Path) -> Result<()> {
 
 impl Drop for BpffsDir {
     fn drop(&mut self) {
-        if let Err(e) = remove_tree(&self.path) {
+        if let Err(e) = remove_tree(self.path()) {
             eprintln!("sandbox: {e:#}");
         }
     }

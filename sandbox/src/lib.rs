@@ -1,14 +1,21 @@
 //! Throwaway network namespaces, cgroups and processes to run Ferry in,
-//! without touching the host's own traffic: `ferry demo` uses them, and so
-//! does the privileged test harness (the `tests` crate re-exports them).
+//! without touching the host's own traffic. The privileged tests (the
+//! `tests` crate re-exports this one), the bench and `ferry-demo` use it.
 //!
 //! - `netns`: named network namespaces, code running inside them.
 //! - `cgroup`: child cgroups of the cgroup v2 root.
 //! - `topology`: a node namespace bridged to backend namespaces.
 //! - `servers`, `client`: who-am-I servers in backends, clients for them.
 //! - `bpffs`: a private directory on bpffs for the agent's pins.
+//! - `ferry`: the `ferry` process (standalone or agent) as a guard.
+//! - `apiserver`: a Kubernetes API server fixture for `ferry agent`.
+//! - `manifests`: Service, EndpointSlice and Node objects, a manifests dir.
 //! - `sweep`: removes what a killed run left behind.
-//! - `util`: bounded commands, /proc/mounts.
+//! - `util`: bounded commands, the bounded wait ([`util::wait_until`]).
+//!
+//! Where the sandbox needs what the product already does (finding the
+//! cgroup2 mount, mounting bpffs, the layout of Ferry's bpffs directory), it
+//! calls `lb_userspace::datapath::paths` rather than doing it again.
 //!
 //! Everything needs root. The rules every module keeps:
 //!
@@ -16,16 +23,20 @@
 //!   panic or error.
 //! * Names carry a prefix and the creating process' pid ([`Naming`]), so
 //!   [`sweep::sweep_stale`] can tell leftovers of dead runs from live ones,
-//!   and the test harness and the demo never touch each other's.
+//!   and the test harness, the bench and the demo never touch each other's.
 //! * Namespaces have no default route and no link to the outside; traffic
 //!   only goes to addresses inside namespaces the sandbox made.
 //! * Every wait and loop is bounded in count and in time.
 //! * Nothing here attaches anything to a cgroup; whoever starts the agent
-//!   must give it one of these child cgroups, never the root.
+//!   must give it one of these child cgroups, never the root ([`Ferry`]
+//!   refuses any other).
 
+pub mod apiserver;
 pub mod bpffs;
 pub mod cgroup;
 pub mod client;
+pub mod ferry;
+pub mod manifests;
 pub mod netns;
 pub mod servers;
 pub mod sweep;
@@ -34,12 +45,17 @@ pub mod util;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-pub use bpffs::{BpffsDir, ensure_bpffs_mounted};
+pub use bpffs::BpffsDir;
 pub use cgroup::{Cgroup, cgroup2_root, own_cgroup};
 pub use client::{
     ConnectError, ContinuousClient, ContinuousMode, ContinuousOptions, ContinuousStats, Reply,
     TcpSession, tcp_connect, tcp_connect_err, tcp_request, tcp_request_from, udp_connected_request,
     udp_connected_request_from, udp_unconnected_request, udp_unconnected_request_from,
+};
+pub use ferry::{Ferry, FerryOptions, ferry_binary, json_mentions, json_mentions_frontend};
+pub use manifests::{
+    AddressType, Endpoint, EndpointSlice, Manifests, Node, Service, ServicePort, to_yaml,
+    to_yaml_docs,
 };
 pub use netns::Netns;
 pub use servers::{ServerSet, TcpServer, UdpServer};
@@ -68,7 +84,7 @@ impl Naming {
         dir_prefix: "ferry-test-",
     };
 
-    /// `ferry demo`'s names (`ferry-demo-<pid>-<n>` for everything).
+    /// `ferry-demo`'s names (`ferry-demo-<pid>-<n>` for everything).
     pub const DEMO: Naming = Naming {
         prefix: "ferry-demo-",
         dir_prefix: "ferry-demo-",

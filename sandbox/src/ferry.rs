@@ -1,4 +1,4 @@
-//! The `ferry` process under test.
+//! The `ferry` process, as the tests, the bench and the demo run it.
 //!
 //! [`Ferry::start`] runs
 //! `ferry standalone --manifests DIR --cgroup CGROUP --bpffs-dir DIR
@@ -13,6 +13,8 @@
 //! with it (and [`crate::sweep_stale`] removes its pins and cgroup later).
 //! PDEATHSIG fires when the *thread* that spawned it exits: start and
 //! restart Ferry from the test's own thread, not from a short-lived one.
+//! It runs in its own process group, so a Ctrl-C in the terminal reaches
+//! only its parent, which then stops it and cleans up in order.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write as _;
@@ -23,16 +25,16 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde_json::Value;
 
+use crate::Naming;
 use crate::bpffs::{BPFFS_ROOT, BpffsDir};
 use crate::cgroup::Cgroup;
 use crate::cgroup::cgroup2_root;
 use crate::manifests::Manifests;
 use crate::topology::{NODE_V4, NODE_V6, Topology};
-use crate::{DIR_PREFIX, PREFIX};
-use lb_userspace::sandbox::util::{command_output, describe};
+use crate::util::{Wait, command_output, describe, wait_until};
 
 /// Bound of `wait_for*`.
 pub const WAIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,6 +42,9 @@ pub const WAIT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const TERM_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound of `ferry services` / `ferry cleanup` runs.
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Pace of `wait_for*`'s polling.
+const POLL: Duration = Duration::from_millis(100);
 
 /// The workspace root (the parent of this crate).
 pub fn workspace_root() -> PathBuf {
@@ -49,14 +54,23 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The `ferry` binary: `$FERRY_BIN`; else `$CARGO_TARGET_DIR/{release,debug}/ferry`
-/// when that variable is set at run time; else
-/// `<workspace>/target/release/ferry`, else `<workspace>/target/debug/ferry`.
+/// The `ferry` binary: `$FERRY_BIN`; else `ferry` next to this executable
+/// (`ferry-demo`, `xtask` in the same target directory); else
+/// `$CARGO_TARGET_DIR/{release,debug}/ferry` when that variable is set at
+/// run time; else `<workspace>/target/release/ferry`, else
+/// `<workspace>/target/debug/ferry`.
 pub fn ferry_binary() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("FERRY_BIN") {
         let p = PathBuf::from(p);
         ensure!(p.is_file(), "FERRY_BIN={} is not a file", p.display());
         return Ok(p);
+    }
+    if let Some(sibling) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("ferry")))
+        .filter(|p| p.is_file())
+    {
+        return Ok(sibling);
     }
     let mut dirs = Vec::new();
     if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
@@ -105,6 +119,15 @@ pub struct FerryOptions {
     pub extra_args: Vec<String>,
     /// Environment for every ferry invocation (standalone, services, cleanup).
     pub env: Vec<(String, String)>,
+    /// Whose cgroup and bpffs dir these are: Ferry is only started on the
+    /// sandbox's own of this naming. Default [`Naming::TESTS`].
+    pub naming: Naming,
+    /// Print the log to stderr when the guard drops (default; libtest shows
+    /// it only for failing tests).
+    pub dump_log: bool,
+    /// Called on every poll of the waits; an error ends the wait (the
+    /// demo's Ctrl-C).
+    pub abort: Option<fn() -> Result<()>>,
 }
 
 impl FerryOptions {
@@ -120,6 +143,9 @@ impl FerryOptions {
             node_ips: Vec::new(),
             extra_args: Vec::new(),
             env: Vec::new(),
+            naming: Naming::TESTS,
+            dump_log: true,
+            abort: None,
         }
     }
 
@@ -171,10 +197,29 @@ impl FerryOptions {
         self.env.push((key.to_string(), value.to_string()));
         self
     }
+
+    pub fn naming(mut self, naming: Naming) -> Self {
+        self.naming = naming;
+        self
+    }
+
+    /// Keep the log to itself when the guard drops.
+    pub fn quiet(mut self) -> Self {
+        self.dump_log = false;
+        self
+    }
+
+    pub fn abort_when(mut self, check: fn() -> Result<()>) -> Self {
+        self.abort = Some(check);
+        self
+    }
 }
 
-/// Refuses anything but the harness' own cgroup and bpffs dirs.
+/// Refuses anything but the sandbox's own cgroup and bpffs dirs (of
+/// `opts.naming`): attaching to the cgroup2 root would capture every
+/// process of the host.
 fn check_targets(opts: &FerryOptions) -> Result<()> {
+    let (prefix, dir_prefix) = (opts.naming.prefix, opts.naming.dir_prefix);
     let root = cgroup2_root()?
         .canonicalize()
         .context("resolving the cgroup2 root")?;
@@ -197,8 +242,8 @@ fn check_targets(opts: &FerryOptions) -> Result<()> {
         cg.strip_prefix(&root)
             .ok()
             .and_then(|rel| rel.components().next())
-            .is_some_and(|c| c.as_os_str().to_string_lossy().starts_with(PREFIX)),
-        "cgroup {} is not one of the harness' own ({PREFIX}*) cgroups",
+            .is_some_and(|c| c.as_os_str().to_string_lossy().starts_with(prefix)),
+        "cgroup {} is not one of the sandbox's own ({prefix}*) cgroups",
         cg.display()
     );
     let bpf = &opts.bpffs_dir;
@@ -206,9 +251,9 @@ fn check_targets(opts: &FerryOptions) -> Result<()> {
         bpf.parent() == Some(Path::new(BPFFS_ROOT))
             && bpf
                 .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(DIR_PREFIX))
+                .is_some_and(|n| n.to_string_lossy().starts_with(dir_prefix))
             && bpf.is_dir(),
-        "bpffs dir {} is not a harness BpffsDir ({BPFFS_ROOT}/{DIR_PREFIX}*)",
+        "bpffs dir {} is not a sandbox BpffsDir ({BPFFS_ROOT}/{dir_prefix}*)",
         bpf.display()
     );
     Ok(())
@@ -224,6 +269,10 @@ pub struct Ferry {
     last_exit: Option<ExitStatus>,
     /// Runs started (successfully spawned) so far.
     starts: u32,
+    /// Whether [`Ferry::stop`] has run `ferry cleanup` since the last start.
+    cleaned_up: bool,
+    /// The last start's command line, for people.
+    command_line: String,
     log_path: PathBuf,
     // Last: the log dir outlives everything else in drop.
     _log_dir: tempfile::TempDir,
@@ -239,7 +288,7 @@ impl Ferry {
             None => ferry_binary()?,
         };
         let log_dir = tempfile::Builder::new()
-            .prefix(&format!("{DIR_PREFIX}{}-ferry-", std::process::id()))
+            .prefix(&format!("{}ferry-", opts.naming.temp_prefix()))
             .tempdir()
             .context("creating the log dir")?;
         let log_path = log_dir.path().join("ferry.log");
@@ -249,6 +298,8 @@ impl Ferry {
             child: None,
             last_exit: None,
             starts: 0,
+            cleaned_up: false,
+            command_line: String::new(),
             log_path,
             _log_dir: log_dir,
         };
@@ -291,15 +342,16 @@ impl Ferry {
             .append(true)
             .open(&self.log_path)
             .with_context(|| format!("opening {}", self.log_path.display()))?;
+        let command_line = describe(&cmd);
         writeln!(
             log,
-            "=== harness: start #{}: {}",
-            self.starts + 1,
-            describe(&cmd)
+            "=== harness: start #{}: {command_line}",
+            self.starts + 1
         )?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log));
+            .stderr(Stdio::from(log))
+            .process_group(0);
         // SAFETY: prctl is async-signal-safe.
         unsafe {
             cmd.pre_exec(|| {
@@ -311,11 +363,18 @@ impl Ferry {
         }
         let child = cmd
             .spawn()
-            .with_context(|| format!("spawning {}", describe(&cmd)))?;
+            .with_context(|| format!("spawning {command_line}"))?;
         self.starts += 1;
+        self.cleaned_up = false;
+        self.command_line = command_line;
         self.child = Some(child);
         self.last_exit = None;
         Ok(())
+    }
+
+    /// The last start's command line.
+    pub fn command_line(&self) -> &str {
+        &self.command_line
     }
 
     pub fn binary_path(&self) -> &Path {
@@ -384,6 +443,19 @@ impl Ferry {
         command_output(self.base_command().args(args), CLI_TIMEOUT)
     }
 
+    /// `ferry services --bpffs-dir DIR`: the table people read.
+    pub fn services_table(&self) -> Result<String> {
+        let dir = self.opts.bpffs_dir.to_string_lossy().into_owned();
+        let out = self.cli(&["services", "--bpffs-dir", &dir])?;
+        ensure!(
+            out.status.success(),
+            "ferry services failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// `ferry services --bpffs-dir DIR -o json`, parsed.
     pub fn services_json(&self) -> Result<Value> {
         self.services_json_with(&[])
@@ -428,33 +500,30 @@ impl Ferry {
         timeout: Duration,
         mut pred: impl FnMut(&Value) -> bool,
     ) -> Result<Value> {
-        let deadline = Instant::now() + timeout;
         let mut last = String::from("no answer yet");
-        loop {
+        let found = wait_until(what, timeout, POLL, || {
+            if let Some(abort) = self.opts.abort {
+                abort()?;
+            }
             if !self.is_running() {
                 bail!(
-                    "ferry is not running ({:?}) while waiting for {what}; last services output: {last}\nlog tail:\n{}",
+                    "ferry is not running ({:?}) while waiting for {what}; last services output: {last}",
                     self.last_exit,
-                    self.log_tail(40)
                 );
             }
-            match self.services_json() {
+            Ok(match self.services_json() {
+                Ok(v) if pred(&v) => Wait::Done(v),
                 Ok(v) => {
-                    if pred(&v) {
-                        return Ok(v);
-                    }
                     last = v.to_string();
+                    Wait::Pending(format!("services output {last}"))
                 }
-                Err(e) => last = format!("{e:#}"),
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "timed out after {timeout:?} waiting for {what}; last services output: {last}\nlog tail:\n{}",
-                    self.log_tail(40)
-                );
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
+                Err(e) => {
+                    last = format!("{e:#}");
+                    Wait::Pending(last.clone())
+                }
+            })
+        });
+        found.map_err(|e| anyhow!("{e:#}\nlog tail:\n{}", self.log_tail(40)))
     }
 
     /// Waits until `ferry services -o json` mentions the frontend (see
@@ -512,7 +581,7 @@ impl Ferry {
                 break st;
             }
             if Instant::now() >= deadline {
-                eprintln!("tests: ferry did not exit within {grace:?} of SIGTERM; killing it");
+                eprintln!("sandbox: ferry did not exit within {grace:?} of SIGTERM; killing it");
                 let _ = child.kill();
                 break child.wait()?;
             }
@@ -528,6 +597,18 @@ impl Ferry {
     pub fn restart(&mut self) -> Result<()> {
         self.terminate()?;
         self.spawn()
+    }
+
+    /// Stops Ferry ([`Ferry::terminate`]) and runs `ferry cleanup` (the
+    /// programs stay attached after the agent exits: that is how restarts
+    /// keep serving). What dropping the guard does, with the errors.
+    pub fn stop(&mut self) -> Result<()> {
+        self.terminate()?;
+        if self.starts > 0 && !self.cleaned_up {
+            self.cleanup()?;
+            self.cleaned_up = true;
+        }
+        Ok(())
     }
 
     /// `ferry cleanup --bpffs-dir DIR --cgroup CGROUP`; fails on a non-zero
@@ -553,15 +634,12 @@ impl Drop for Ferry {
     /// libtest shows captured output only for failing tests, so the log
     /// appears exactly when a test fails (by panic or by returning `Err`).
     fn drop(&mut self) {
-        if let Err(e) = self.terminate() {
-            eprintln!("tests: stopping ferry: {e:#}");
+        if let Err(e) = self.stop() {
+            eprintln!("sandbox: stopping ferry: {e:#}");
         }
-        if self.starts > 0
-            && let Err(e) = self.cleanup()
-        {
-            eprintln!("tests: {e:#}");
+        if self.opts.dump_log {
+            self.dump_log();
         }
-        self.dump_log();
     }
 }
 

@@ -15,15 +15,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use super::Naming;
-use super::util::mounts;
 
-/// The mount point of the cgroup v2 hierarchy, from /proc/mounts.
+/// The mount point of the cgroup v2 hierarchy, from /proc/mounts (the
+/// agent's own lookup).
 pub fn cgroup2_root() -> Result<PathBuf> {
-    mounts()?
-        .into_iter()
-        .find(|(_, fstype)| fstype == "cgroup2")
-        .map(|(mnt, _)| PathBuf::from(mnt))
-        .context("no cgroup2 mount in /proc/mounts")
+    Ok(lb_userspace::datapath::cgroup2_root()?)
 }
 
 /// This process' cgroup v2 path relative to the hierarchy root, from the

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, ensure};
 use serde_json::{Map, Value, json};
 
-use crate::DIR_PREFIX;
+use crate::Naming;
 
 /// A temp directory of manifest files, removed on drop.
 #[derive(Debug)]
@@ -23,7 +23,7 @@ pub struct Manifests {
 impl Manifests {
     pub fn new() -> Result<Manifests> {
         let dir = tempfile::Builder::new()
-            .prefix(&format!("{DIR_PREFIX}{}-manifests-", std::process::id()))
+            .prefix(&format!("{}manifests-", Naming::TESTS.temp_prefix()))
             .tempdir()
             .context("creating the manifests dir")?;
         Ok(Manifests { dir })

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::sandbox::Reply;
+use sandbox::Reply;
 
 /// One request's outcome: the reply, or why none came.
 pub type Answer = Result<Reply, String>;

@@ -1,8 +1,8 @@
-//! `cargo xtask bench`: Ferry against the direct path and kube-proxy's
+//! `cargo xtask bench` (the command line: `cli`): Ferry against the direct path and kube-proxy's
 //! iptables and nftables datapaths, at cluster scale, in one run.
 //!
 //! One sandbox topology (a node namespace, 10 backend pod namespaces
-//! behind its bridge, `lb_userspace::sandbox`), one set of generated
+//! behind its bridge, the `sandbox` crate), one set of generated
 //! Services (see `workload`), and four datapaths measured in turn, only
 //! one of them active at a time:
 //! - direct: the client connects to a backend pod's own address;
@@ -17,6 +17,8 @@
 //! (guards, then a sweep of anything named after this process). Traffic
 //! only goes to addresses inside those namespaces.
 
+pub mod agent_change;
+pub mod cli;
 mod ferry;
 mod kubeproxy;
 mod memlat;
@@ -35,10 +37,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use lb_userspace::sandbox::{self, BpffsDir, Cgroup, Naming, Netns, Topology};
 use lb_userspace::source::manifests::read_manifests;
+use sandbox::{BpffsDir, Cgroup, Naming, Netns, Topology};
 use serde::Serialize;
 
+pub use cli::{Task, run_task};
 use ferry::{Agent, Stages};
 pub use ferry::{AgentArgs, agent_main};
 use proc::{check_interrupted, run_timed_in, stdout_of};
