@@ -35,6 +35,20 @@ pub enum Task {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// An outside client's new connections through node1 of the north-
+    /// south namespace topology: direct to the pods, Ferry with XDP, Ferry
+    /// with tc alone, kube-proxy-shaped iptables and nftables rules, at N
+    /// load balancer Services; prints a Markdown table (needs root).
+    BenchNorthSouth {
+        /// Numbers of Services.
+        #[arg(long, value_delimiter = ',', default_value = "1,1000,10000")]
+        scales: Vec<usize>,
+        /// New connections timed per datapath and scale.
+        #[arg(long, default_value_t = 2000)]
+        connections: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// One endpoint change through `ferry agent` (the real binary, watching
     /// the API server fixture), from the write at the API to the map entry
     /// visible in the pinned map, at N Services: p50 and p99 of lone
@@ -225,6 +239,18 @@ pub fn run_task(task: Task) -> Result<()> {
             }
             let figures = crate::agent_change::run(services, changes)?;
             print!("{}", figures.markdown());
+            Ok(())
+        }
+        Task::BenchNorthSouth {
+            scales,
+            connections,
+            seed,
+        } => {
+            if cfg!(debug_assertions) {
+                return reexec_release();
+            }
+            let rows = crate::north_south::run(&scales, connections, seed)?;
+            print!("{}", crate::north_south::markdown(&rows));
             Ok(())
         }
         Task::BenchPackets {

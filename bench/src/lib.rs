@@ -23,6 +23,7 @@ mod ferry;
 mod kubeproxy;
 mod memlat;
 mod net;
+pub mod north_south;
 pub mod packets;
 mod proc;
 mod report;

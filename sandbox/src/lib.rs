@@ -38,6 +38,7 @@ pub mod client;
 pub mod ferry;
 pub mod manifests;
 pub mod netns;
+pub mod ns_topology;
 pub mod servers;
 pub mod sweep;
 pub mod topology;

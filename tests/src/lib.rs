@@ -92,13 +92,12 @@
 // this crate: the two-node topology, the shared fixture of the datapath
 // tests, `serial()`, `require_root()`.
 pub mod fixture;
-pub mod ns_topology;
 
 use std::sync::{Mutex, MutexGuard, Once, PoisonError};
 
 pub use sandbox::{
-    Naming, apiserver, bpffs, cgroup, client, ferry, is_root, manifests, netns, servers, sweep,
-    topology, unique_id, util,
+    Naming, apiserver, bpffs, cgroup, client, ferry, is_root, manifests, netns, ns_topology,
+    servers, sweep, topology, unique_id, util,
 };
 
 pub use bpffs::BpffsDir;

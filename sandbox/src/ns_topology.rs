@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
+use crate::Naming;
 use crate::bpffs::BpffsDir;
 use crate::cgroup::Cgroup;
 use crate::ferry::{Ferry, FerryOptions, ferry_binary};
@@ -49,7 +50,6 @@ use crate::manifests::Manifests;
 use crate::netns::Netns;
 use crate::servers::ServerSet;
 use crate::util::command_stdout;
-use crate::{Naming, unique_name};
 
 /// The client's loopback address: a source that is the same whichever
 /// node a packet goes through.
@@ -73,6 +73,8 @@ pub const PEER_IF: &str = "nn0";
 pub struct NsNode {
     /// "node1" / "node2" (also the `--node-name` and endpoints' nodeName).
     pub name: String,
+    /// The topology's naming, for what [`NodeFerry`] creates for it.
+    naming: Naming,
     pub ns: Netns,
     /// 1 or 2.
     pub index: u8,
@@ -169,6 +171,7 @@ pub struct NsTopology {
     nodes: Vec<NsNode>,
     client: Netns,
     id: String,
+    naming: Naming,
 }
 
 /// `sysctl -qw KEY=VALUE` inside `ns` (through nsenter, so /proc/sys/net
@@ -222,14 +225,20 @@ impl NsTopology {
     /// Builds the whole topology and waits (bounded) until every link is up
     /// and no address is tentative.
     pub fn new() -> Result<NsTopology> {
-        let id = unique_name();
-        let client = Netns::create(&format!("{id}-client"))?;
+        Self::new_with(Naming::TESTS)
+    }
+
+    /// [`NsTopology::new`], naming everything with `naming`.
+    pub fn new_with(naming: Naming) -> Result<NsTopology> {
+        let id = naming.unique_name();
+        let client = Netns::create_with(naming, &format!("{id}-client"))?;
         base_sysctls(&client)?;
         let mut topo = NsTopology {
             pods: Vec::new(),
             nodes: Vec::new(),
             client,
             id,
+            naming,
         };
         // From here on an error drops `topo`, which deletes what exists.
         topo.add_node(1)?;
@@ -249,11 +258,12 @@ impl NsTopology {
 
     fn add_node(&mut self, i: u8) -> Result<()> {
         let name = format!("node{i}");
-        let ns = Netns::create(&format!("{}-{name}", self.id))?;
+        let ns = Netns::create_with(self.naming, &format!("{}-{name}", self.id))?;
         base_sysctls(&ns)?;
         let client_side_if = format!("eth{i}");
         let node = NsNode {
             name,
+            naming: self.naming,
             ns,
             index: i,
             client_v4: Ipv4Addr::new(10, 71, i, 1),
@@ -348,6 +358,10 @@ impl NsTopology {
         for (me, other) in [(n1, n2), (n2, n1)] {
             let ns = &me.ns;
             ns.cmd(&["link", "set", PEER_IF, "up"])?;
+            // The other node's XDP redirects frames into this link; a veth
+            // takes them only with GRO (or an XDP program of its own, which
+            // a node without Ferry lacks).
+            offloads(ns, PEER_IF, &["gro", "on"])?;
             ns.cmd(&["addr", "add", &format!("{}/24", me.link_v4), "dev", PEER_IF])?;
             ns.cmd(&[
                 "addr",
@@ -378,7 +392,7 @@ impl NsTopology {
 
     fn add_pod(&mut self, name: &str, node_index: u8, v4: Ipv4Addr, v6: &str) -> Result<()> {
         let v6: Ipv6Addr = v6.parse().context("pod IPv6 address")?;
-        let ns = Netns::create(&format!("{}-{name}", self.id))?;
+        let ns = Netns::create_with(self.naming, &format!("{}-{name}", self.id))?;
         base_sysctls(&ns)?;
         let node = &self.nodes[usize::from(node_index - 1)];
         let host_if = format!("cali-{name}");
@@ -673,14 +687,15 @@ impl NodeFerry {
     /// Starts Ferry for `node` (not waited for; see [`Ferry::wait_for`]).
     /// `extra` is appended to the arguments.
     pub fn start(node: &NsNode, manifests: &Manifests, extra: &[&str]) -> Result<NodeFerry> {
-        let cgroup = Cgroup::new()?;
-        let bpffs = BpffsDir::new()?;
+        let cgroup = Cgroup::new_with(node.naming)?;
+        let bpffs = BpffsDir::new_with(node.naming)?;
         let wrapper_dir = tempfile::Builder::new()
-            .prefix(&format!("{}{}-", Naming::TESTS.temp_prefix(), node.name))
+            .prefix(&format!("{}{}-", node.naming.temp_prefix(), node.name))
             .tempdir()
             .context("creating the wrapper dir")?;
         let wrapper = write_wrapper(wrapper_dir.path(), &node.ns)?;
-        let mut opts = NodeFerry::options(node, manifests, &cgroup, &bpffs, &wrapper);
+        let mut opts =
+            NodeFerry::options(node, manifests, &cgroup, &bpffs, &wrapper).naming(node.naming);
         for a in extra {
             opts = opts.arg(a);
         }
