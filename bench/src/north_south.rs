@@ -24,9 +24,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use sandbox::manifests::{
-    AddressType, Endpoint, EndpointSlice, Manifests, Node, Service, ServicePort,
-};
+use sandbox::manifests::{AddressType, Endpoint, EndpointSlice, Manifests, Service, ServicePort};
 use sandbox::netns::Netns;
 use sandbox::ns_topology::{NodeFerry, NsTopology};
 use serde_json::Value;
@@ -110,18 +108,7 @@ fn service_ports(topo: &NsTopology, n: usize) -> Vec<workload::ServicePort> {
 
 /// The same Services as Kubernetes objects, for Ferry.
 fn objects(topo: &NsTopology, n: usize) -> Vec<Value> {
-    let mut out: Vec<Value> = topo
-        .nodes()
-        .iter()
-        .map(|node| {
-            node.ips()
-                .iter()
-                .fold(Node::new(&node.name), |o, ip| {
-                    o.address("InternalIP", &ip.to_string())
-                })
-                .to_value()
-        })
-        .collect();
+    let mut out = topo.node_objects();
     for i in 0..n {
         let name = format!("lb-{i}");
         let cluster_ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 1)) + i as u32);

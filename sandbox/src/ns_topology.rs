@@ -576,6 +576,21 @@ impl NsTopology {
         &self.client
     }
 
+    /// The Node objects, with the node addresses as InternalIPs.
+    pub fn node_objects(&self) -> Vec<Value> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                n.ips()
+                    .iter()
+                    .fold(crate::manifests::Node::new(&n.name), |o, ip| {
+                        o.address("InternalIP", &ip.to_string())
+                    })
+                    .to_value()
+            })
+            .collect()
+    }
+
     pub fn nodes(&self) -> &[NsNode] {
         &self.nodes
     }

@@ -364,21 +364,6 @@ fn objects(topo: &NsTopology, svc: Service, pods: &[&str]) -> Vec<Value> {
     v
 }
 
-/// The Node objects, with the node addresses as InternalIPs.
-fn node_objects(topo: &NsTopology) -> Vec<Value> {
-    topo.nodes()
-        .iter()
-        .map(|n| {
-            n.ips()
-                .iter()
-                .fold(Node::new(&n.name), |o, ip| {
-                    o.address("InternalIP", &ip.to_string())
-                })
-                .to_value()
-        })
-        .collect()
-}
-
 /// The entry of `ferry services -o json` for frontend `fe` ("ip:port/PROTO").
 fn frontend<'a>(services: &'a Value, fe: &str) -> Option<&'a Value> {
     services
@@ -421,7 +406,7 @@ impl Cluster {
     /// Replaces the manifest with the Nodes and `objects` (atomically;
     /// both Ferries read it).
     fn apply(&self, objects: &[Value]) -> Result<()> {
-        let mut all = node_objects(&self.topo);
+        let mut all = self.topo.node_objects();
         all.extend_from_slice(objects);
         self.manifests.write_objects(MANIFEST, &all).map(drop)
     }
