@@ -21,14 +21,14 @@
 //! [`Backend::gateway_v4`] / [`Backend::gateway_v6`].
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 
 use super::Naming;
 use super::netns::Netns;
 use super::servers::ServerSet;
+use super::util::{Wait, wait_until};
 
 /// The node's IPv4 address (on the bridge).
 pub const NODE_V4: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
@@ -289,24 +289,27 @@ impl Topology {
 
     /// Waits (bounded, 5 s) until every bridge port forwards.
     fn wait_ready(&self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(5);
         for b in &self.backends {
             let port = format!("v{}", b.name);
-            loop {
-                let out = self.node.cmd(&["-j", "-d", "link", "show", &port])?;
-                let v: serde_json::Value =
-                    serde_json::from_str(&out).context("parsing ip -j link output")?;
-                let state = v[0]["linkinfo"]["info_slave_data"]["state"]
-                    .as_str()
-                    .unwrap_or("");
-                if state == "forwarding" {
-                    break;
-                }
-                if Instant::now() >= deadline {
-                    bail!("bridge port {port} is {state:?}, not forwarding, after 5 s");
-                }
-                thread::sleep(Duration::from_millis(20));
-            }
+            let what = format!("bridge port {port} to forward");
+            wait_until(
+                &what,
+                Duration::from_secs(5),
+                Duration::from_millis(20),
+                || {
+                    let out = self.node.cmd(&["-j", "-d", "link", "show", &port])?;
+                    let v: serde_json::Value =
+                        serde_json::from_str(&out).context("parsing ip -j link output")?;
+                    let state = v[0]["linkinfo"]["info_slave_data"]["state"]
+                        .as_str()
+                        .unwrap_or("");
+                    Ok(if state == "forwarding" {
+                        Wait::Done(())
+                    } else {
+                        Wait::Pending(format!("state {state:?}"))
+                    })
+                },
+            )?;
         }
         Ok(())
     }
