@@ -67,14 +67,6 @@ impl Backend {
     pub fn ips(&self) -> [IpAddr; 2] {
         [self.v4.into(), self.v6.into()]
     }
-
-    /// The gateway (node bridge address) of the same family as `ip`.
-    pub fn gateway_for(&self, ip: IpAddr) -> IpAddr {
-        match ip {
-            IpAddr::V4(_) => self.gateway_v4.into(),
-            IpAddr::V6(_) => self.gateway_v6.into(),
-        }
-    }
 }
 
 fn v4_in(subnet: u8, host: u8) -> Ipv4Addr {
@@ -240,14 +232,6 @@ impl Topology {
         Ok(self.backends.last().expect("just pushed"))
     }
 
-    /// Adds `n` more local backends (named after the existing ones).
-    pub fn add_backends(&mut self, n: usize) -> Result<()> {
-        for _ in 0..n {
-            self.add_backend(false)?;
-        }
-        self.wait_ready()
-    }
-
     /// Adds `n` remote backends `r<i>` in 10.244.1.0/24 / fd00:244:1::/64
     /// (the bridge gets 10.244.1.1/24 and fd00:244:1::1/64 the first time).
     pub fn add_remote_backends(&mut self, n: usize) -> Result<()> {
@@ -346,11 +330,6 @@ impl Topology {
             .iter()
             .find(|b| b.name == name)
             .unwrap_or_else(|| panic!("no backend {name:?} in this topology"))
-    }
-
-    /// The backend that has address `ip`, if any.
-    pub fn backend_by_ip(&self, ip: IpAddr) -> Option<&Backend> {
-        self.backends.iter().find(|b| b.ips().contains(&ip))
     }
 
     /// Every namespace name of this topology (node first).
