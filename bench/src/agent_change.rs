@@ -22,6 +22,7 @@ use lb_common::{Frontend4Key, FrontendValue, PROTO_TCP};
 use sandbox::apiserver::ApiServer;
 use sandbox::util::free_local_port;
 use sandbox::{BpffsDir, Cgroup, Ferry, FerryOptions};
+use serde::Serialize;
 
 use super::NAMING;
 use super::proc::{check_interrupted, install_signal_handlers};
@@ -38,14 +39,14 @@ const POLL: Duration = Duration::from_micros(100);
 /// change is a lone one.
 const QUIET: Duration = Duration::from_millis(200);
 
-/// The figures of one run, µs.
-#[derive(Clone, Debug)]
+/// The figures of one run.
+#[derive(Clone, Debug, Serialize)]
 pub struct AgentChange {
     pub services: usize,
-    /// API write → map entry visible, one per change, sorted.
+    /// API write → map entry visible, µs, one per change, sorted.
     pub latencies_us: Vec<u64>,
-    /// Agent start → every Service's frontend in the map.
-    pub programmed_after: Duration,
+    /// Agent start → every Service's frontend in the map, s.
+    pub programmed_after_s: f64,
 }
 
 impl AgentChange {
@@ -69,7 +70,7 @@ impl AgentChange {
             self.latencies_us.len(),
             self.p50_ms(),
             self.p99_ms(),
-            self.programmed_after.as_secs_f64(),
+            self.programmed_after_s,
         )
     }
 }
@@ -108,6 +109,9 @@ fn wait_count(
         std::thread::sleep(POLL);
     }
 }
+
+/// The target: a lone change through the agent, p50.
+pub const TARGET_P50_MS: f64 = 10.0;
 
 /// Runs the measurement: `services` Services (10 endpoints each) at the
 /// API server, the agent started on them, `changes` lone changes.
@@ -197,6 +201,6 @@ pub fn run(services: usize, changes: usize) -> Result<AgentChange> {
     Ok(AgentChange {
         services,
         latencies_us,
-        programmed_after,
+        programmed_after_s: programmed_after.as_secs_f64(),
     })
 }

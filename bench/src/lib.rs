@@ -237,6 +237,8 @@ pub struct Results {
     pub meta: Meta,
     pub options: Options,
     pub results: Vec<DpResult>,
+    /// One change through `ferry agent` at `options.change_scale`.
+    pub agent_change: Option<agent_change::AgentChange>,
 }
 
 /// Runs the whole bench and writes the report; returns its path.
@@ -262,9 +264,21 @@ pub fn run(opts: Options) -> Result<PathBuf> {
         meta,
         options: opts.clone(),
         results: Vec::new(),
+        agent_change: None,
     };
     let started = Instant::now();
-    let outcome = run_in_sandbox(&opts, &mut results.results);
+    let mut outcome = run_in_sandbox(&opts, &mut results.results);
+    if outcome.is_ok() && opts.datapaths.contains(&Dp::Ferry) {
+        eprintln!(
+            "[bench] one change through ferry agent at {} Services",
+            opts.change_scale
+        );
+        let changes = if opts.quick { 20 } else { 100 };
+        match agent_change::run(opts.change_scale, changes) {
+            Ok(figures) => results.agent_change = Some(figures),
+            Err(e) => outcome = Err(e.context("one change through ferry agent")),
+        }
+    }
     let leftovers = sandbox::sweep::sweep_own(NAMING);
     if !leftovers.is_empty() {
         eprintln!("[bench] removed leftovers: {leftovers:?}");

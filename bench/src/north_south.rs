@@ -27,6 +27,7 @@ use anyhow::{Context, Result, ensure};
 use sandbox::manifests::{AddressType, Endpoint, EndpointSlice, Manifests, Service, ServicePort};
 use sandbox::netns::Netns;
 use sandbox::ns_topology::{NodeFerry, NsTopology};
+use sandbox::util::Wait;
 use serde_json::Value;
 
 use crate::NAMING;
@@ -202,8 +203,11 @@ fn measure(
     })
 }
 
-/// Starts Ferry in node1 with `xdp_mode` and waits until it serves the
-/// last Service's frontend.
+/// Starts Ferry in node1 with `xdp_mode` and waits until its north-south
+/// maps serve the last Service's frontend (the socket maps are written
+/// first in a sync pass: waiting on those would race the external ones,
+/// and node1 answers a connection to an unknown address with an ICMP
+/// error).
 fn start_ferry(
     topo: &NsTopology,
     manifests: &Manifests,
@@ -212,13 +216,26 @@ fn start_ferry(
 ) -> Result<NodeFerry> {
     let mut f = NodeFerry::start(topo.node("node1"), manifests, &["--xdp-mode", xdp_mode])?;
     let fe = format!("{}:{PORT}/TCP", lb_ip(n - 1));
-    f.ferry()
-        .wait_for_timeout(&format!("{fe} on node1"), READY_TIMEOUT, |v| {
-            v.as_array().is_some_and(|a| {
+    sandbox::util::wait_until(
+        &format!("{fe} in node1's north-south maps"),
+        READY_TIMEOUT,
+        Duration::from_millis(200),
+        || {
+            let v = f.ferry().north_south_json()?;
+            let served = v["frontends"].as_array().is_some_and(|a| {
                 a.iter()
                     .any(|e| e["frontend"].as_str() == Some(fe.as_str()))
+            });
+            Ok(if served {
+                Wait::Done(())
+            } else {
+                Wait::Pending(format!(
+                    "{} frontends",
+                    v["frontends"].as_array().map_or(0, Vec::len)
+                ))
             })
-        })?;
+        },
+    )?;
     Ok(f)
 }
 

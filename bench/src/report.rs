@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use super::agent_change::{AgentChange, TARGET_P50_MS};
 use super::proc::stdout_of;
 use super::stats::Spread;
 use super::svg::{Chart, Series};
@@ -223,7 +224,7 @@ fn verdict(met: Option<bool>) -> &'static str {
     }
 }
 
-fn targets(v: &View, opts: &Options) -> Vec<Target> {
+fn targets(v: &View, opts: &Options, agent: Option<&AgentChange>) -> Vec<Target> {
     let scales = v.scales();
     let mut out = Vec::new();
 
@@ -423,6 +424,24 @@ fn targets(v: &View, opts: &Options) -> Vec<Target> {
         }),
         met: rss.map(|(_, hwm)| hwm < 100 * 1024),
     });
+
+    // 9. A lone change through the agent in 10 ms (p50) at 10,000.
+    out.push(Target {
+        what: format!(
+            "A lone change through `ferry agent` at 10,000 Services: p50 ≤ {TARGET_P50_MS} ms (API write to map entry)"
+        ),
+        result: agent.map_or("–".into(), |a| {
+            format!(
+                "p50 {:.2} ms, p99 {:.2} ms at {} Services",
+                a.p50_ms(),
+                a.p99_ms(),
+                services_label(a.services)
+            )
+        }),
+        met: agent
+            .filter(|a| a.services == 10_000)
+            .map(|a| a.p50_ms() <= TARGET_P50_MS),
+    });
     out
 }
 
@@ -579,7 +598,7 @@ fn markdown(res: &Results, latency_svg: &str, programming_svg: &str) -> String {
     );
 
     s.push_str("## Targets\n\n| Target | Result | |\n|---|---|---|\n");
-    for t in targets(&v, o) {
+    for t in targets(&v, o, res.agent_change.as_ref()) {
         let _ = writeln!(s, "| {} | {} | {} |", t.what, t.result, verdict(t.met));
     }
     s.push('\n');
@@ -784,6 +803,16 @@ fn markdown(res: &Results, latency_svg: &str, programming_svg: &str) -> String {
                 st.first().map_or("–".into(), |s| s.changes.to_string()),
             );
         }
+    }
+
+    if let Some(a) = &res.agent_change {
+        let _ = writeln!(
+            s,
+            "\n## Control plane: one change through `ferry agent`\n\nThe real agent watching the API server fixture, on top of {} Services: the same EndpointSlice change written at the API, timed until the frontend's backend count shows it in the pinned `FRONTENDS4` map (polled every 100 µs); {} lone changes, 200 ms apart. ms.\n",
+            services_label(a.services),
+            a.latencies_us.len()
+        );
+        s.push_str(&a.markdown());
     }
 
     s.push_str(WHY);

@@ -253,10 +253,6 @@ impl ApiServer {
         self.addr
     }
 
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
     /// A kubeconfig file that points at this server.
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig

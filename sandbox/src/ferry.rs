@@ -377,10 +377,6 @@ impl Ferry {
         &self.command_line
     }
 
-    pub fn binary_path(&self) -> &Path {
-        &self.binary
-    }
-
     pub fn options(&self) -> &FerryOptions {
         &self.opts
     }

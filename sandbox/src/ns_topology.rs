@@ -36,8 +36,7 @@ use std::fs;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
@@ -49,7 +48,7 @@ use crate::ferry::{Ferry, FerryOptions, ferry_binary};
 use crate::manifests::Manifests;
 use crate::netns::Netns;
 use crate::servers::ServerSet;
-use crate::util::command_stdout;
+use crate::util::{Wait, command_stdout, wait_until};
 
 /// The client's loopback address: a source that is the same whichever
 /// node a packet goes through.
@@ -529,39 +528,46 @@ impl NsTopology {
     /// Waits (bounded, 5 s) until every interface of every namespace is up
     /// (lo aside) and no IPv6 address is tentative.
     fn wait_ready(&self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(5);
         for ns in self.namespaces() {
-            loop {
-                let links: Value = serde_json::from_str(&ns.cmd(&["-j", "link", "show"])?)
-                    .context("parsing ip -j link show")?;
-                let down: Vec<String> = links
-                    .as_array()
-                    .map(|a| a.as_slice())
-                    .unwrap_or_default()
-                    .iter()
-                    .filter(|l| l["ifname"] != "lo" && l["operstate"] != "UP")
-                    .map(|l| format!("{}={}", l["ifname"], l["operstate"]))
-                    .collect();
-                let tentative: Value =
-                    serde_json::from_str(&ns.cmd(&["-6", "-j", "addr", "show", "tentative"])?)
-                        .context("parsing ip -j addr show")?;
-                let tentative = tentative
-                    .as_array()
-                    .map(|a| a.as_slice())
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|l| l["addr_info"].as_array().is_some_and(|a| !a.is_empty()));
-                if down.is_empty() && !tentative {
-                    break;
-                }
-                if Instant::now() >= deadline {
-                    bail!(
-                        "{}: links not up {down:?} or tentative addresses ({tentative}) after 5 s",
-                        ns.name()
-                    );
-                }
-                thread::sleep(Duration::from_millis(20));
-            }
+            let what = format!("{}: every link up, no tentative address", ns.name());
+            wait_until(
+                &what,
+                Duration::from_secs(5),
+                Duration::from_millis(20),
+                || {
+                    let links: Value = serde_json::from_str(&ns.cmd(&["-j", "link", "show"])?)
+                        .context("parsing ip -j link show")?;
+                    let down: Vec<String> = links
+                        .as_array()
+                        .map(|a| a.as_slice())
+                        .unwrap_or_default()
+                        .iter()
+                        .filter(|l| l["ifname"] != "lo" && l["operstate"] != "UP")
+                        .map(|l| format!("{}={}", l["ifname"], l["operstate"]))
+                        .collect();
+                    let tentative: Value = serde_json::from_str(&ns.cmd(&[
+                        "-6",
+                        "-j",
+                        "addr",
+                        "show",
+                        "tentative",
+                    ])?)
+                    .context("parsing ip -j addr show")?;
+                    let tentative = tentative
+                        .as_array()
+                        .map(|a| a.as_slice())
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|l| l["addr_info"].as_array().is_some_and(|a| !a.is_empty()));
+                    Ok(if down.is_empty() && !tentative {
+                        Wait::Done(())
+                    } else {
+                        Wait::Pending(format!(
+                            "links not up {down:?}, tentative addresses: {tentative}"
+                        ))
+                    })
+                },
+            )?;
         }
         Ok(())
     }

@@ -328,14 +328,6 @@ impl ServerSet {
             .ok_or_else(|| anyhow!("no TCP server on {addr}"))
     }
 
-    /// The UDP server on `addr`.
-    pub fn udp_at(&self, addr: SocketAddr) -> Result<&UdpServer> {
-        self.udp
-            .iter()
-            .find(|s| s.addr() == addr)
-            .ok_or_else(|| anyhow!("no UDP server on {addr}"))
-    }
-
     /// Stops (and removes) every server on `addr` (TCP and UDP), e.g. to
     /// make one backend refuse connections.
     pub fn stop_at(&mut self, addr: SocketAddr) {

@@ -21,14 +21,14 @@
 //! [`Backend::gateway_v4`] / [`Backend::gateway_v6`].
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 
 use super::Naming;
 use super::netns::Netns;
 use super::servers::ServerSet;
+use super::util::{Wait, wait_until};
 
 /// The node's IPv4 address (on the bridge).
 pub const NODE_V4: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
@@ -66,14 +66,6 @@ impl Backend {
 
     pub fn ips(&self) -> [IpAddr; 2] {
         [self.v4.into(), self.v6.into()]
-    }
-
-    /// The gateway (node bridge address) of the same family as `ip`.
-    pub fn gateway_for(&self, ip: IpAddr) -> IpAddr {
-        match ip {
-            IpAddr::V4(_) => self.gateway_v4.into(),
-            IpAddr::V6(_) => self.gateway_v6.into(),
-        }
     }
 }
 
@@ -240,14 +232,6 @@ impl Topology {
         Ok(self.backends.last().expect("just pushed"))
     }
 
-    /// Adds `n` more local backends (named after the existing ones).
-    pub fn add_backends(&mut self, n: usize) -> Result<()> {
-        for _ in 0..n {
-            self.add_backend(false)?;
-        }
-        self.wait_ready()
-    }
-
     /// Adds `n` remote backends `r<i>` in 10.244.1.0/24 / fd00:244:1::/64
     /// (the bridge gets 10.244.1.1/24 and fd00:244:1::1/64 the first time).
     pub fn add_remote_backends(&mut self, n: usize) -> Result<()> {
@@ -289,24 +273,27 @@ impl Topology {
 
     /// Waits (bounded, 5 s) until every bridge port forwards.
     fn wait_ready(&self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(5);
         for b in &self.backends {
             let port = format!("v{}", b.name);
-            loop {
-                let out = self.node.cmd(&["-j", "-d", "link", "show", &port])?;
-                let v: serde_json::Value =
-                    serde_json::from_str(&out).context("parsing ip -j link output")?;
-                let state = v[0]["linkinfo"]["info_slave_data"]["state"]
-                    .as_str()
-                    .unwrap_or("");
-                if state == "forwarding" {
-                    break;
-                }
-                if Instant::now() >= deadline {
-                    bail!("bridge port {port} is {state:?}, not forwarding, after 5 s");
-                }
-                thread::sleep(Duration::from_millis(20));
-            }
+            let what = format!("bridge port {port} to forward");
+            wait_until(
+                &what,
+                Duration::from_secs(5),
+                Duration::from_millis(20),
+                || {
+                    let out = self.node.cmd(&["-j", "-d", "link", "show", &port])?;
+                    let v: serde_json::Value =
+                        serde_json::from_str(&out).context("parsing ip -j link output")?;
+                    let state = v[0]["linkinfo"]["info_slave_data"]["state"]
+                        .as_str()
+                        .unwrap_or("");
+                    Ok(if state == "forwarding" {
+                        Wait::Done(())
+                    } else {
+                        Wait::Pending(format!("state {state:?}"))
+                    })
+                },
+            )?;
         }
         Ok(())
     }
@@ -343,11 +330,6 @@ impl Topology {
             .iter()
             .find(|b| b.name == name)
             .unwrap_or_else(|| panic!("no backend {name:?} in this topology"))
-    }
-
-    /// The backend that has address `ip`, if any.
-    pub fn backend_by_ip(&self, ip: IpAddr) -> Option<&Backend> {
-        self.backends.iter().find(|b| b.ips().contains(&ip))
     }
 
     /// Every namespace name of this topology (node first).

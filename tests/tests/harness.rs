@@ -18,6 +18,8 @@ use tests::cgroup::{own_cgroup, place_command_in};
 use tests::*;
 
 const PORT: u16 = 8080;
+/// Pace of the waits below.
+const POLL: Duration = Duration::from_millis(10);
 
 fn netns_list() -> String {
     command_stdout(Command::new("ip").args(["netns", "list"])).expect("ip netns list")
@@ -292,12 +294,19 @@ fn continuous_client_counts_successes_and_failures() -> Result<()> {
             ..Default::default()
         },
     )?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !client.stats().finished && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(10));
-    }
+    let finished = wait_until(
+        "the client to finish",
+        Duration::from_secs(10),
+        POLL,
+        || {
+            Ok(match client.stats() {
+                s if s.finished => Wait::Done(()),
+                s => Wait::Pending(format!("{s:?}")),
+            })
+        },
+    );
     let s = client.stop();
-    assert!(s.finished);
+    assert!(finished.is_ok() && s.finished, "{finished:?}");
     assert_eq!((s.attempts, s.successes, s.failures), (20, 20, 0), "{s:?}");
     assert_eq!(s.per_server.get("b1"), Some(&20));
 
@@ -311,11 +320,14 @@ fn continuous_client_counts_successes_and_failures() -> Result<()> {
     let before = client.stats();
     assert_eq!(before.failures, 0, "{before:?}");
     servers.stop_at(target);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while client.stats().failures < 5 && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(10));
-    }
+    let failed = wait_until("5 failures", Duration::from_secs(10), POLL, || {
+        Ok(match client.stats() {
+            s if s.failures >= 5 => Wait::Done(()),
+            s => Wait::Pending(format!("{s:?}")),
+        })
+    });
     let s = client.stop();
+    assert!(failed.is_ok(), "{failed:?}");
     assert!(s.failures >= 5, "{s:?}");
     assert_eq!(s.successes + s.failures, s.attempts);
     // (The connection in flight when the server stopped may be reset.)
@@ -702,10 +714,13 @@ fn ferry_guard_with_a_stub_binary() -> Result<()> {
     assert!(events().contains(&format!("term {pid2}")), "{}", events());
     let pid3 = ferry.pid().expect("running");
     // Let it install its SIGTERM trap before stopping it.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !ferry.log().ends_with("stub: ready\n") && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(10));
-    }
+    wait_until("the stub's trap", Duration::from_secs(5), POLL, || {
+        Ok(if ferry.log().ends_with("stub: ready\n") {
+            Wait::Done(())
+        } else {
+            Wait::Pending(ferry.log_tail(3))
+        })
+    })?;
 
     // Drop: SIGTERM, then cleanup with the same dirs.
     drop(ferry);

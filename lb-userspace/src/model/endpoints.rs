@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::service::namespace_or_default;
+use super::meta::{namespace_or_default, valid_port};
 use super::slice_info::EndpointSliceInfo;
 use super::types::{InvalidObject, IpFamily, ObjectKind, Protocol, ServiceRef};
 
@@ -329,11 +329,6 @@ pub fn read_slice(
         ports,
         endpoints,
     })
-}
-
-/// A port number from the API (i32) if it is a usable port (1-65535).
-pub fn valid_port(n: i32) -> Option<u16> {
-    u16::try_from(n).ok().filter(|p| *p != 0)
 }
 
 #[cfg(test)]
@@ -853,23 +848,6 @@ mod tests {
                 .get(&svc_ref("ns", "svc"), IpFamily::V4)
                 .map_or(0, |s| s.local_ready_ips.len());
             assert_eq!(got, want, "{what}");
-        }
-    }
-
-    #[test]
-    fn valid_port_table() {
-        let cases = [
-            (0, None),
-            (1, Some(1)),
-            (80, Some(80)),
-            (65535, Some(65535)),
-            (65536, None),
-            (-1, None),
-            (i32::MIN, None),
-            (i32::MAX, None),
-        ];
-        for (n, want) in cases {
-            assert_eq!(valid_port(n), want, "{n}");
         }
     }
 }

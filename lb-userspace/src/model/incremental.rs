@@ -56,12 +56,12 @@ pub struct Incremental {
     reports: Reports,
     /// None until the first pass, and when the plans were dropped.
     merged: Option<Merged>,
-    last_pass: Pass,
+    last_recompute: Recompute,
 }
 
 /// The way a pass took (see the module documentation), shortest first.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Pass {
+pub enum Recompute {
     /// The plans of changed objects made again, the desired state patched.
     Patched,
     /// The plans of changed objects made again, every plan merged.
@@ -155,7 +155,7 @@ impl Incremental {
         let slice_changes = self.slices.update(&state.endpoint_slices, |object| {
             read_slice_object(object, &node.name)
         });
-        self.last_pass = Pass::Merged;
+        self.last_recompute = Recompute::Merged;
         let replanned = self
             .merged
             .is_some()
@@ -163,7 +163,7 @@ impl Incremental {
             .flatten()
             .unwrap_or_else(|| {
                 self.plan_all(node);
-                self.last_pass = Pass::Planned;
+                self.last_recompute = Recompute::Planned;
                 Replanned::Other
             });
 
@@ -174,7 +174,7 @@ impl Incremental {
                 for i in replanned {
                     patch(&mut merged.desired, &self.plans[i].plan);
                 }
-                self.last_pass = Pass::Patched;
+                self.last_recompute = Recompute::Patched;
                 merged
             }
             _ => self.merge_all(node),
@@ -191,8 +191,8 @@ impl Incremental {
     }
 
     /// The way the last `compute` took.
-    pub fn last_pass(&self) -> Pass {
-        self.last_pass
+    pub fn last_recompute(&self) -> Recompute {
+        self.last_recompute
     }
 
     /// Plans every Service from scratch but for the plans whose objects are

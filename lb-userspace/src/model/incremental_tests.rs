@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::Service;
 
 use super::testutil::*;
 use super::types::{ClusterState, Computed, FrontendAddr, NodeInfo, Protocol};
-use super::{Incremental, Pass, compute};
+use super::{Incremental, Recompute, compute};
 
 const NAMESPACES: &[&str] = &["a", "b"];
 const NAMES: &[&str] = &["s0", "s1", "s2", "s3"];
@@ -297,10 +297,10 @@ fn incremental_patches_object_updates_as_compute_computes() {
             let got = incremental.compute(&state, &node);
             assert_eq!(got.desired, want.desired, "seed {seed} step {step}");
             assert_eq!(got.invalid, want.invalid, "seed {seed} step {step}");
-            passes[match incremental.last_pass() {
-                Pass::Patched => 0,
-                Pass::Merged => 1,
-                Pass::Planned => 2,
+            passes[match incremental.last_recompute() {
+                Recompute::Patched => 0,
+                Recompute::Merged => 1,
+                Recompute::Planned => 2,
             }] += 1;
         }
     }
@@ -370,7 +370,7 @@ fn incremental_follows_what_external_clients_get() {
     type Step = (
         &'static str,
         Box<dyn Fn(&mut ClusterState)>,
-        Pass,
+        Recompute,
         External,
         External,
     );
@@ -378,28 +378,28 @@ fn incremental_follows_what_external_clients_get() {
         (
             "first pass",
             Box::new(|_| {}),
-            Pass::Planned,
+            Recompute::Planned,
             (false, 0, ips(&["10.0.0.1"])),
             (false, 0, ips(&["10.0.0.1"])),
         ),
         (
             "endpoints of a Local set only external clients use",
             Box::new(move |s| s.endpoint_slices[0] = endpoints("s", &["10.0.0.1", "10.0.0.2"])),
-            Pass::Patched,
+            Recompute::Patched,
             (false, 0, ips(&["10.0.0.1", "10.0.0.2"])),
             (false, 0, ips(&["10.0.0.1"])),
         ),
         (
             "endpoints of a Local set both datapaths use (iTP Local)",
             Box::new(move |s| s.endpoint_slices[1] = endpoints("n", &["10.0.0.3"])),
-            Pass::Patched,
+            Recompute::Patched,
             (false, 0, ips(&["10.0.0.1", "10.0.0.2"])),
             (false, 0, ips(&["10.0.0.3"])),
         ),
         (
             "source ranges added",
             Box::new(move |s| s.services[0] = lb("Cluster", "Local", &["10.0.0.0/8"])),
-            Pass::Merged,
+            Recompute::Merged,
             (false, 1, ips(&["10.0.0.1", "10.0.0.2"])),
             (false, 0, ips(&["10.0.0.3"])),
         ),
@@ -408,28 +408,28 @@ fn incremental_follows_what_external_clients_get() {
             Box::new(move |s| {
                 s.services[0] = lb("Cluster", "Local", &["10.0.0.0/16", "fd00::/8", "bad"])
             }),
-            Pass::Merged,
+            Recompute::Merged,
             (false, 1, ips(&["10.0.0.1", "10.0.0.2"])),
             (false, 0, ips(&["10.0.0.3"])),
         ),
         (
             "eTP Local to Cluster with iTP Local: the same sets either way",
             Box::new(move |s| s.services[1] = np("Cluster")),
-            Pass::Merged,
+            Recompute::Merged,
             (false, 1, ips(&["10.0.0.1", "10.0.0.2"])),
             (true, 0, ips(&["10.0.0.3", "10.0.0.9"])),
         ),
         (
             "and back to Local",
             Box::new(move |s| s.services[1] = np("Local")),
-            Pass::Merged,
+            Recompute::Merged,
             (false, 1, ips(&["10.0.0.1", "10.0.0.2"])),
             (false, 0, ips(&["10.0.0.3"])),
         ),
         (
             "eTP Local to Cluster on the LB",
             Box::new(move |s| s.services[0] = lb("Cluster", "Cluster", &["10.0.0.0/16"])),
-            Pass::Merged,
+            Recompute::Merged,
             (true, 1, ips(&["10.0.0.1", "10.0.0.2", "10.0.0.9"])),
             (false, 0, ips(&["10.0.0.3"])),
         ),
@@ -440,7 +440,7 @@ fn incremental_follows_what_external_clients_get() {
         let got = incremental.compute(&state, &node);
         assert_eq!(got.desired, want.desired, "{what}");
         assert_eq!(got.invalid, want.invalid, "{what}");
-        assert_eq!(incremental.last_pass(), pass, "{what}");
+        assert_eq!(incremental.last_recompute(), pass, "{what}");
         assert_eq!(external(&got, "192.0.2.1", 80), want_lb, "{what}: LB IP");
         assert_eq!(
             external(&got, "192.168.0.2", 30002),

@@ -40,6 +40,7 @@ mod incremental;
 pub mod ip;
 mod memo;
 mod merge;
+mod meta;
 mod node;
 mod patch;
 mod plan;
@@ -57,7 +58,7 @@ mod tests;
 mod testutil;
 
 pub use compute::compute;
-pub use incremental::{Incremental, Pass};
+pub use incremental::{Incremental, Recompute};
 pub use node::node_info;
 pub use slice_info::{EndpointAddress, EndpointInfo, EndpointSliceInfo, LABEL_SERVICE_NAME};
 pub use types::*;

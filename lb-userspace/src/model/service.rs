@@ -22,36 +22,14 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::endpoints::valid_port;
 use super::ip::{Cidr, parse_cidr_lenient, parse_ip_lenient};
+use super::meta::{has_skip_label, namespace_or_default, valid_port};
 use super::types::{InvalidObject, IpFamily, ObjectKind, Protocol, ServiceRef};
-
-/// Services (and EndpointSlices) with this label belong to another proxy.
-pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
-/// Set on the EndpointSlices of headless Services; kube-proxy skips objects
-/// carrying it.
-pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
 
 /// sessionAffinityConfig.clientIP.timeoutSeconds when unset (API default).
 pub const DEFAULT_AFFINITY_TIMEOUT_SECS: u32 = 10_800;
 /// The largest timeout the API server accepts.
 pub const MAX_AFFINITY_TIMEOUT_SECS: u32 = 86_400;
-
-/// kube-proxy lists Services and EndpointSlices with the selector
-/// `!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless`.
-pub fn has_skip_label(labels: Option<&BTreeMap<String, String>>) -> bool {
-    labels
-        .is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME) || l.contains_key(LABEL_HEADLESS))
-}
-
-/// An object without a namespace lives in "default" (what `kubectl apply`
-/// would do with such a file).
-pub fn namespace_or_default(ns: Option<&str>) -> String {
-    match ns {
-        Some(ns) if !ns.is_empty() => ns.to_owned(),
-        _ => "default".to_owned(),
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ServiceType {
@@ -472,6 +450,7 @@ fn read_service_port(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::meta::{LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME};
     use crate::model::testutil::*;
 
     fn read(svc: &Service) -> (Option<ServiceInfo>, Vec<String>) {

@@ -22,7 +22,7 @@ use k8s_openapi::api::discovery::v1::{
 };
 
 use super::ip::parse_ip_lenient;
-use super::service::has_skip_label;
+use super::meta::has_skip_label;
 
 /// Label joining an EndpointSlice to its Service (same namespace).
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
