@@ -31,7 +31,7 @@ use aya_ebpf::{
         bpf_csum_diff, bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_redirect,
         bpf_redirect_neigh,
     },
-    maps::{LruHashMap, lpm_trie::Key},
+    maps::lpm_trie::Key,
     programs::TcContext,
 };
 use lb_common::{
@@ -43,7 +43,7 @@ use lb_common::{
 
 use crate::maps::{
     EXT_CONFIG, EXT_COUNTERS, EXT_FRONTENDS4, EXT_FRONTENDS6, FIB_SCRATCH, FLOWS4, FLOWS6,
-    IFACE_ADDRS, MAGLEV, SOURCE_RANGES4, SOURCE_RANGES6,
+    FlowTable, IFACE_ADDRS, MAGLEV, SOURCE_RANGES4, SOURCE_RANGES6,
 };
 
 /// TCX_NEXT: let the next program (or the stack) have the packet.
@@ -216,7 +216,7 @@ trait Ip {
     const DADDR_OFF: usize;
     const L3_LEN: usize;
 
-    fn flows() -> &'static LruHashMap<Self::Flow, Self::Nat>;
+    fn flows() -> &'static FlowTable<Self::Flow, Self::Nat>;
     fn frontend(addr: Self::Addr, port: u16, proto: u8) -> Option<&'static ExternalFrontendValue>;
     fn source_allowed(daddr: Self::Addr, dport: u16, proto: u8, saddr: Self::Addr) -> bool;
     fn entry_addr(entry: &MaglevEntry) -> Self::Addr;
@@ -251,7 +251,7 @@ impl Ip for V4 {
     const L3_LEN: usize = 20;
 
     #[inline(always)]
-    fn flows() -> &'static LruHashMap<Flow4, Flow4Nat> {
+    fn flows() -> &'static FlowTable<Flow4, Flow4Nat> {
         &FLOWS4
     }
     #[inline(always)]
@@ -370,7 +370,7 @@ impl Ip for V6 {
     const L3_LEN: usize = 40;
 
     #[inline(always)]
-    fn flows() -> &'static LruHashMap<Flow6, Flow6Nat> {
+    fn flows() -> &'static FlowTable<Flow6, Flow6Nat> {
         &FLOWS6
     }
     #[inline(always)]

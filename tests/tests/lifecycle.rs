@@ -323,6 +323,21 @@ fn pinned_map_info(path: &std::path::Path) -> Result<serde_json::Value> {
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
+/// Pins at `pin` a FRONTENDS4 as versions before BTF maps created it:
+/// this version's key and value sizes and capacity, no BTF types.
+fn create_untyped_frontends4(pin: &std::path::Path, flags: u32) -> Result<()> {
+    let status = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(pin)
+        .args([
+            "type", "hash", "key", "8", "value", "16", "entries", "262144",
+        ])
+        .args(["name", "FRONTENDS4", "flags", &flags.to_string()])
+        .status()?;
+    ensure!(status.success(), "bpftool map create: {status}");
+    Ok(())
+}
+
 #[test]
 fn a_pinned_map_left_with_other_flags_is_recreated() -> Result<()> {
     require_root();
@@ -335,23 +350,7 @@ fn a_pinned_map_left_with_other_flags_is_recreated() -> Result<()> {
     let maps = env.bpffs.path().join("maps");
     std::fs::create_dir_all(&maps)?;
     let pin = maps.join("FRONTENDS4");
-    let status = std::process::Command::new("bpftool")
-        .args(["map", "create"])
-        .arg(&pin)
-        .args([
-            "type",
-            "hash",
-            "key",
-            "8",
-            "value",
-            "16",
-            "entries",
-            "262144",
-            "name",
-            "FRONTENDS4",
-        ])
-        .status()?;
-    ensure!(status.success(), "bpftool map create: {status}");
+    create_untyped_frontends4(&pin, 0)?;
     let old_id = pinned_map_info(&pin)?["id"].as_u64();
     assert_eq!(pinned_map_info(&pin)?["flags"].as_u64(), Some(0));
 
@@ -366,5 +365,70 @@ fn a_pinned_map_left_with_other_flags_is_recreated() -> Result<()> {
     let r = env.node().run(|| tcp_request(fe_addr()))?;
     assert_eq!(r.server, "b0");
     assert_eq!(r.peer, Some(fe_addr()));
+    Ok(())
+}
+
+/// Issue 13: a restart onto a map of another layout (here FRONTENDS4 as
+/// the versions before BTF maps left it: the same sizes and flags, no key
+/// or value types) replaces it without a gap. The running programs hold
+/// their map, not its pin, so swapping the pin under them changes nothing
+/// for them; the new generation must then fill a fresh map before the old
+/// links go, with a client connecting all along.
+#[test]
+fn a_layout_change_under_load_is_handed_over_without_a_gap() -> Result<()> {
+    require_root();
+    let _serial = serial();
+    let mut env = Env::new(3, &[TARGET])?;
+    let expected = write_web(&env, 2)?;
+    let ferry = env.start(&[FE])?;
+    wait_backends(ferry, FE, &expected)?;
+    let bpffs = env.bpffs.path().to_path_buf();
+    let pin = bpffs.join("maps").join("FRONTENDS4");
+    let typed_id = pinned_map_info(&pin)?["id"].as_u64();
+    assert!(
+        pinned_map_info(&pin)?["btf_id"]
+            .as_u64()
+            .is_some_and(|id| id > 0),
+        "FRONTENDS4 is not a BTF map: {}",
+        pinned_map_info(&pin)?
+    );
+
+    let client = ContinuousClient::start(env.node(), fe_addr(), ContinuousOptions::default())?;
+    run_for(&client, 30);
+    env.ferry().kill9()?;
+    std::fs::remove_file(&pin)?;
+    create_untyped_frontends4(&pin, lb_common::map_flags::LOOKUP)?;
+    let untyped_id = pinned_map_info(&pin)?["id"].as_u64();
+    // Still translating with the map the programs hold.
+    let (_, a) = run_for(&client, 30);
+    assert_eq!(a.failures, 0, "{a:?}");
+
+    env.ferry().restart()?;
+    wait_log(env.ferry(), "the second start to sync", |log| {
+        log.split("=== harness: start #2")
+            .nth(1)
+            .is_some_and(|second| second.contains("synced"))
+    })?;
+    let (_, a) = run_for(&client, 100);
+    assert_eq!(a.failures, 0, "{a:?}");
+    let info = pinned_map_info(&pin)?;
+    assert_ne!(
+        info["id"].as_u64(),
+        untyped_id,
+        "the untyped pin was reused"
+    );
+    assert_ne!(info["id"].as_u64(), typed_id, "{info}");
+    assert!(info["btf_id"].as_u64().is_some_and(|id| id > 0), "{info}");
+    // The handover is complete: one generation of links, no retired pin.
+    one_generation(&bpffs)?;
+    let retired: Vec<_> = std::fs::read_dir(bpffs.join("retired"))?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    assert!(retired.is_empty(), "retired pins left: {retired:?}");
+    let expected = write_web(&env, 3)?;
+    wait_backends(env.ferry(), FE, &expected)?;
+    let stats = client.stop();
+    assert_eq!(stats.failures, 0, "{:?}", stats.first_errors);
     Ok(())
 }
