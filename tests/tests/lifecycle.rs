@@ -432,3 +432,158 @@ fn a_layout_change_under_load_is_handed_over_without_a_gap() -> Result<()> {
     assert_eq!(stats.failures, 0, "{:?}", stats.first_errors);
     Ok(())
 }
+
+/// `bpftool btf dump map pinned PATH key|value format c`: the C
+/// declaration of a pinned map's key or value type.
+fn btf_dump(pin: &std::path::Path, which: &str) -> Result<String> {
+    let out = std::process::Command::new("bpftool")
+        .args(["btf", "dump", "map", "pinned"])
+        .arg(pin)
+        .args([which, "format", "c"])
+        .output()?;
+    ensure!(out.status.success(), "bpftool btf dump {which}: {out:?}");
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `bpftool -j map dump pinned PATH`: the entries with their formatted
+/// (BTF-typed) key and value.
+fn map_dump(pin: &std::path::Path) -> Result<Vec<serde_json::Value>> {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(pin)
+        .output()?;
+    ensure!(out.status.success(), "bpftool map dump: {out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(v.as_array().cloned().unwrap_or_default())
+}
+
+/// Issue 15: every pinned map carries its key and value types, so that
+/// bpftool names their fields. The field names of each map's key and value
+/// type (empty: a plain integer); the maps this test fills are dumped too
+/// and their formatted entries checked.
+#[test]
+fn every_pinned_map_dumps_with_named_fields() -> Result<()> {
+    use lb_common::maps as m;
+    require_root();
+    let _serial = serial();
+    let mut env = Env::new(2, &[TARGET])?;
+    let backends = env.first(2);
+    let mut objects = service_with("web", "10.96.0.10", &HTTP, &backends);
+    objects[0] = service("web", "10.96.0.10", &[])
+        .type_("NodePort")
+        .port(HTTP[0].service_port().node_port(30080))
+        .session_affinity_client_ip(60)
+        .to_value();
+    objects.extend(service_with("web6", "fd00:96::a", &HTTP, &backends));
+    env.write("web.yaml", &objects)?;
+    env.start(&[FE, "[fd00:96::a]:80/TCP"])?;
+    let r = env.node().run(|| tcp_request(fe_addr()))?;
+    assert_eq!(r.peer, Some(fe_addr()));
+
+    let frontend_key = ["addr", "port", "proto"].as_slice();
+    let backend = ["addr", "port", "proto", "flags"].as_slice();
+    let peers = ["peers", "next"].as_slice();
+    let fields: [(&str, &[&str], &[&str]); 24] = [
+        (
+            m::FRONTENDS4,
+            frontend_key,
+            &["service_id", "count", "flags", "affinity_timeout_secs"],
+        ),
+        (
+            m::FRONTENDS6,
+            frontend_key,
+            &["service_id", "count", "flags", "affinity_timeout_secs"],
+        ),
+        (m::SLOTS, &["service_id", "slot"], &[]),
+        (m::BACKENDS4, &[], backend),
+        (m::BACKENDS6, &[], backend),
+        (m::CLUSTER_IPS4, &[], &[]),
+        (m::CLUSTER_IPS6, &[], &[]),
+        (m::SOCK_PEERS4, &[], peers),
+        (m::SOCK_PEERS6, &[], peers),
+        (
+            m::AFFINITY,
+            &["netns_cookie", "service_id"],
+            &["backend_id", "slot", "last_used_ns"],
+        ),
+        (m::COUNTERS, &[], &["translated", "refused"]),
+        (m::SERVICE_NAMES, &[], &["len", "bytes"]),
+        (m::NODEPORT_BINDS, &["port", "proto"], &[]),
+        (m::CONFIG, &[], &["host_netns_cookie"]),
+        (
+            m::EXTERNAL_FRONTENDS4,
+            frontend_key,
+            &["table", "count", "flags"],
+        ),
+        (
+            m::EXTERNAL_FRONTENDS6,
+            frontend_key,
+            &["table", "count", "flags"],
+        ),
+        (m::MAGLEV, &[], &["addr", "port", "flags"]),
+        (
+            m::FLOWS4,
+            &["saddr", "daddr", "sport", "dport", "proto"],
+            &["saddr", "daddr", "last_seen_ns"],
+        ),
+        (
+            m::FLOWS6,
+            &["saddr", "daddr", "sport", "dport", "proto"],
+            &["saddr", "daddr", "last_seen_ns"],
+        ),
+        (
+            m::SOURCE_RANGES4,
+            &["frontend_addr", "port", "proto", "source"],
+            &[],
+        ),
+        (
+            m::SOURCE_RANGES6,
+            &["frontend_addr", "port", "proto", "source"],
+            &[],
+        ),
+        (m::INTERFACE_ADDRS, &[], &["addr4", "addr6"]),
+        (
+            m::EXTERNAL_CONFIG,
+            &[],
+            &["snat4", "snat6", "maglev_size", "snat_port_min"],
+        ),
+        (m::EXTERNAL_COUNTERS, &[], &[]),
+    ];
+    assert_eq!(
+        fields.iter().map(|f| f.0).collect::<Vec<_>>(),
+        m::ALL.to_vec(),
+        "every map is checked"
+    );
+    let maps = env.bpffs.path().join("maps");
+    for (name, key_fields, value_fields) in fields {
+        let pin = maps.join(name);
+        for (which, want) in [("key", key_fields), ("value", value_fields)] {
+            // SK_STORAGE keys are socket fds: their BTF key is an int.
+            let c = btf_dump(&pin, which)?;
+            for f in want {
+                assert!(
+                    c.contains(&format!(" {f};")) || c.contains(&format!(" {f}[")),
+                    "{name} {which} has no field {f}:\n{c}"
+                );
+            }
+        }
+    }
+    // What the maps hold, as bpftool shows it: named fields, addresses as
+    // their bytes where the type is a byte array.
+    for (name, want) in [
+        (m::FRONTENDS4, ["service_id", "count"].as_slice()),
+        (m::FRONTENDS6, &["service_id", "count"]),
+        (m::BACKENDS4, backend),
+        (m::BACKENDS6, backend),
+        (m::AFFINITY, &["backend_id", "last_used_ns"]),
+        (m::SERVICE_NAMES, &["len", "bytes"]),
+    ] {
+        let entries = map_dump(&maps.join(name))?;
+        let first = entries.first().unwrap_or_else(|| panic!("{name} is empty"));
+        let value = &first["formatted"]["value"];
+        for f in want {
+            assert!(value.get(f).is_some(), "{name}: no {f} in {first}");
+        }
+    }
+    Ok(())
+}
