@@ -40,6 +40,33 @@
 //! byte order too, so the same convention holds.
 #![no_std]
 
+/// The bytes of an IPv6 address held as four network-order words (as the
+/// socket hooks and packet headers give it).
+#[inline(always)]
+pub const fn addr6_bytes(w: [u32; 4]) -> [u8; 16] {
+    let (a, b, c, d) = (
+        w[0].to_ne_bytes(),
+        w[1].to_ne_bytes(),
+        w[2].to_ne_bytes(),
+        w[3].to_ne_bytes(),
+    );
+    [
+        a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2],
+        d[3],
+    ]
+}
+
+/// The inverse of [`addr6_bytes`].
+#[inline(always)]
+pub const fn addr6_words(b: [u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+        u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
+    ]
+}
+
 /// IANA protocol numbers, as `bpf_sock_addr.protocol` reports them.
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
@@ -172,8 +199,9 @@ pub mod capacity {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Frontend4Key {
-    /// IPv4 address, network byte order (as in `bpf_sock_addr.user_ip4`).
-    pub addr: u32,
+    /// IPv4 address: its four bytes (the bytes of `bpf_sock_addr.user_ip4`),
+    /// so that `bpftool` prints them as the address's four numbers.
+    pub addr: [u8; 4],
     /// Port, network byte order.
     pub port: u16,
     pub proto: u8,
@@ -184,8 +212,8 @@ pub struct Frontend4Key {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Frontend6Key {
-    /// IPv6 address as four network-order words (as in `user_ip6`).
-    pub addr: [u32; 4],
+    /// IPv6 address: its sixteen bytes (those of `user_ip6`).
+    pub addr: [u8; 16],
     pub port: u16,
     pub proto: u8,
     pub _pad: u8,
@@ -260,7 +288,7 @@ pub const BACKEND_F_LOCAL: u8 = 1 << 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Backend4 {
-    pub addr: u32,
+    pub addr: [u8; 4],
     pub port: u16,
     pub proto: u8,
     /// `BACKEND_F_*`.
@@ -271,7 +299,7 @@ pub struct Backend4 {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Backend6 {
-    pub addr: [u32; 4],
+    pub addr: [u8; 16],
     pub port: u16,
     pub proto: u8,
     pub flags: u8,

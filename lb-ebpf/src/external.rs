@@ -38,7 +38,7 @@ use lb_common::{
     EXTERNAL_F_SNAT, EXTERNAL_F_SOURCE_RANGES, ExternalConfig, ExternalFrontendValue,
     FLOW_F_CLOSING, FLOW_F_REPLY, FLOW_F_SNAT, Flow4, Flow4Nat, Flow6, Flow6Nat, Frontend4Key,
     Frontend6Key, MaglevEntry, PROTO_TCP, PROTO_UDP, SOURCE_RANGE4_FRONTEND_BITS,
-    SOURCE_RANGE6_FRONTEND_BITS, SourceRange4, SourceRange6, external_counter,
+    SOURCE_RANGE6_FRONTEND_BITS, SourceRange4, SourceRange6, addr6_bytes, external_counter,
 };
 
 use crate::maps::{
@@ -257,7 +257,7 @@ impl Ip for V4 {
     #[inline(always)]
     fn frontend(addr: u32, port: u16, proto: u8) -> Option<&'static ExternalFrontendValue> {
         let key = Frontend4Key {
-            addr,
+            addr: addr.to_ne_bytes(),
             port,
             proto,
             _pad: 0,
@@ -376,7 +376,7 @@ impl Ip for V6 {
     #[inline(always)]
     fn frontend(addr: [u32; 4], port: u16, proto: u8) -> Option<&'static ExternalFrontendValue> {
         let key = Frontend6Key {
-            addr,
+            addr: addr6_bytes(addr),
             port,
             proto,
             _pad: 0,

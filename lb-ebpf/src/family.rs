@@ -4,7 +4,7 @@
 use aya_ebpf::btf_maps::SkStorage;
 use lb_common::{
     Backend4, Backend6, Frontend4Key, Frontend6Key, FrontendValue, SockPeer4, SockPeer6,
-    SockPeers4, SockPeers6, capacity,
+    SockPeers4, SockPeers6, addr6_bytes, addr6_words, capacity,
 };
 
 use crate::maps::{
@@ -73,7 +73,7 @@ impl Family for V4 {
     #[inline(always)]
     fn frontend(addr: u32, port: u16, proto: u8) -> Option<&'static FrontendValue> {
         let key = Frontend4Key {
-            addr,
+            addr: addr.to_ne_bytes(),
             port,
             proto,
             _pad: 0,
@@ -86,7 +86,7 @@ impl Family for V4 {
     }
     #[inline(always)]
     fn cluster_ip(addr: u32) -> Option<u32> {
-        unsafe { CLUSTER_IPS4.get(addr).copied() }
+        unsafe { CLUSTER_IPS4.get(addr.to_ne_bytes()).copied() }
     }
     #[inline(always)]
     fn peers() -> &'static SkStorage<SockPeers4> {
@@ -94,7 +94,7 @@ impl Family for V4 {
     }
     #[inline(always)]
     fn backend_addr(backend: &Backend4) -> (u32, u16) {
-        (backend.addr, backend.port)
+        (u32::from_ne_bytes(backend.addr), backend.port)
     }
     #[inline(always)]
     unsafe fn peer(peers: *const SockPeers4, i: usize) -> Peer<u32> {
@@ -124,17 +124,6 @@ impl Family for V4 {
     }
 }
 
-/// Network-order words and bytes of an IPv6 address are the same 16 bytes.
-#[inline(always)]
-fn words_to_bytes(w: [u32; 4]) -> [u8; 16] {
-    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(w) }
-}
-
-#[inline(always)]
-fn bytes_to_words(b: [u8; 16]) -> [u32; 4] {
-    unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(b) }
-}
-
 impl Family for V6 {
     type Addr = [u32; 4];
     type Backend = Backend6;
@@ -143,7 +132,7 @@ impl Family for V6 {
     #[inline(always)]
     fn frontend(addr: [u32; 4], port: u16, proto: u8) -> Option<&'static FrontendValue> {
         let key = Frontend6Key {
-            addr,
+            addr: addr6_bytes(addr),
             port,
             proto,
             _pad: 0,
@@ -156,7 +145,7 @@ impl Family for V6 {
     }
     #[inline(always)]
     fn cluster_ip(addr: [u32; 4]) -> Option<u32> {
-        unsafe { CLUSTER_IPS6.get(addr).copied() }
+        unsafe { CLUSTER_IPS6.get(addr6_bytes(addr)).copied() }
     }
     #[inline(always)]
     fn peers() -> &'static SkStorage<SockPeers6> {
@@ -164,15 +153,15 @@ impl Family for V6 {
     }
     #[inline(always)]
     fn backend_addr(backend: &Backend6) -> ([u32; 4], u16) {
-        (backend.addr, backend.port)
+        (addr6_words(backend.addr), backend.port)
     }
     #[inline(always)]
     unsafe fn peer(peers: *const SockPeers6, i: usize) -> Peer<[u32; 4]> {
         let p: SockPeer6 = unsafe { core::ptr::addr_of!((*peers).peers[i]).read() };
         Peer {
-            frontend: bytes_to_words(p.frontend_addr),
+            frontend: addr6_words(p.frontend_addr),
             frontend_port: p.frontend_port,
-            backend: bytes_to_words(p.backend_addr),
+            backend: addr6_words(p.backend_addr),
             backend_port: p.backend_port,
             service_id: p.service_id,
         }
@@ -180,8 +169,8 @@ impl Family for V6 {
     #[inline(always)]
     unsafe fn set_peer(peers: *mut SockPeers6, i: usize, peer: Peer<[u32; 4]>) {
         let p = SockPeer6 {
-            frontend_addr: words_to_bytes(peer.frontend),
-            backend_addr: words_to_bytes(peer.backend),
+            frontend_addr: addr6_bytes(peer.frontend),
+            backend_addr: addr6_bytes(peer.backend),
             frontend_port: peer.frontend_port,
             backend_port: peer.backend_port,
             service_id: peer.service_id,

@@ -40,8 +40,8 @@ pub type Frontends4 = HashMap<Frontend4Key, FrontendValue, FRONTENDS, LOOKUP>;
 pub type Frontends6 = HashMap<Frontend6Key, FrontendValue, FRONTENDS, LOOKUP>;
 pub type Backends4 = HashMap<u32, Backend4, BACKENDS, LOOKUP>;
 pub type Backends6 = HashMap<u32, Backend6, BACKENDS, LOOKUP>;
-pub type ClusterIps4 = HashMap<u32, u32, FRONTENDS, LOOKUP>;
-pub type ClusterIps6 = HashMap<[u32; 4], u32, FRONTENDS, LOOKUP>;
+pub type ClusterIps4 = HashMap<[u8; 4], u32, FRONTENDS, LOOKUP>;
+pub type ClusterIps6 = HashMap<[u8; 16], u32, FRONTENDS, LOOKUP>;
 /// The north-south flow tables' type, for `external.rs`' family trait.
 pub type FlowTable<K, V> = LruHashMap<K, V, FLOWS, LRU>;
 

@@ -416,6 +416,22 @@ macro_rules! attach_as {
     }};
 }
 
+/// Loads the object (programs not loaded yet) with every map but the
+/// per-run scratch buffer pinned by name under `bpffs`: BTF map
+/// definitions carry no pinning attribute. Pins that exist are reused as
+/// they are; [`load_and_attach`] first retires those of another layout.
+pub fn load_pinned(bpffs: &BpffsDir) -> Result<Ebpf, LoadError> {
+    if OBJECT.is_empty() {
+        return Err(LoadError::NoObject);
+    }
+    let pins: Vec<(&str, PathBuf)> = names::ALL.iter().map(|n| (*n, bpffs.map(n))).collect();
+    let mut loader = EbpfLoader::new();
+    for (name, path) in &pins {
+        loader.map_pin_path(name, path.as_path());
+    }
+    Ok(loader.load(OBJECT)?)
+}
+
 /// Loads the object with its maps pinned under `bpffs`, attaches every
 /// cgroup program to `cgroup` and pins the new links. The previous
 /// generation stays attached: the returned [`Handover`] detaches it once
@@ -430,14 +446,7 @@ pub fn load_and_attach(bpffs: &BpffsDir, cgroup: &Path) -> Result<(Ebpf, Handove
     let retired_maps = retire_incompatible_pins(bpffs, generation)?;
     let old_links = previous_cgroup_links(bpffs);
 
-    // BTF map definitions carry no pinning attribute: every map but the
-    // per-run scratch buffer is pinned by name here.
-    let pins: Vec<(&str, PathBuf)> = names::ALL.iter().map(|n| (*n, bpffs.map(n))).collect();
-    let mut loader = EbpfLoader::new();
-    for (name, path) in &pins {
-        loader.map_pin_path(name, path.as_path());
-    }
-    let mut ebpf = loader.load(OBJECT)?;
+    let mut ebpf = load_pinned(bpffs)?;
 
     let cgroup_fd = fs::File::open(cgroup).map_err(|source| LoadError::Cgroup {
         path: cgroup.to_path_buf(),

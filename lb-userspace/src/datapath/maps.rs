@@ -29,8 +29,8 @@ pub struct Maps {
     pub slots: HashMap<MapData, SlotKey, u32>,
     pub backends4: HashMap<MapData, u32, Backend4>,
     pub backends6: HashMap<MapData, u32, Backend6>,
-    pub cluster_ips4: HashMap<MapData, u32, u32>,
-    pub cluster_ips6: HashMap<MapData, [u32; 4], u32>,
+    pub cluster_ips4: HashMap<MapData, [u8; 4], u32>,
+    pub cluster_ips6: HashMap<MapData, [u8; 16], u32>,
     pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     /// Socket-local storage: read only through sock_diag, which reports
     /// each socket's value of the maps whose fds it is given (see

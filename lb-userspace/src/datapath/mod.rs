@@ -24,7 +24,7 @@ mod sync_tests;
 mod sync_timing;
 pub mod tc;
 
-pub use loader::{LoadError, cleanup, load_and_attach};
+pub use loader::{LoadError, cleanup, load_and_attach, load_pinned};
 pub use maps::Maps;
 pub use paths::{BpffsDir, cgroup2_root};
 pub use sync::{Installed, SyncError, SyncReport};
