@@ -149,13 +149,13 @@ pub fn run(services: usize, changes: usize) -> Result<AgentChange> {
             .quiet(),
     )?;
     let key = Frontend4Key {
-        addr: u32::from(Workload::cluster_ip(changed)).to_be(),
+        addr: Workload::cluster_ip(changed).octets(),
         port: SERVICE_PORT.to_be(),
         proto: PROTO_TCP,
         _pad: 0,
     };
     let last = Frontend4Key {
-        addr: u32::from(Workload::cluster_ip(services - 1)).to_be(),
+        addr: Workload::cluster_ip(services - 1).octets(),
         ..key
     };
     let pods = u16::try_from(PODS).expect("a few pods");

@@ -20,7 +20,7 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result};
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
 use etherparse::PacketBuilder;
@@ -28,7 +28,7 @@ use lb_common::{
     EXTERNAL_F_SNAT, ExternalConfig, ExternalFrontendValue, Frontend4Key, FrontendKind,
     MaglevEntry, PROTO_TCP, programs,
 };
-use lb_userspace::datapath::{self, external::ExternalMaps, object::OBJECT};
+use lb_userspace::datapath::{self, external::ExternalMaps};
 use sandbox::{BpffsDir, Netns};
 
 use super::NAMING;
@@ -76,10 +76,7 @@ impl Bench {
         let bpffs = BpffsDir::new_with(NAMING)?;
         let dir = datapath::BpffsDir::new(bpffs.path());
         dir.prepare()?;
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(dir.maps())
-            .load(OBJECT)
-            .context("loading the eBPF object")?;
+        let mut ebpf = datapath::load_pinned(&dir).context("loading the eBPF object")?;
         let prog: &mut SchedClassifier = ebpf
             .program_mut(programs::EXTERNAL)
             .context("ferry_external missing")?
@@ -124,7 +121,7 @@ impl Bench {
     fn frontends(&mut self, from: u32, n: u32) -> Result<()> {
         for i in from..n {
             let key = Frontend4Key {
-                addr: u32::from_ne_bytes(frontend_ip(i).octets()),
+                addr: frontend_ip(i).octets(),
                 port: 30000u16.to_be(),
                 proto: PROTO_TCP,
                 _pad: 0,

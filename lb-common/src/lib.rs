@@ -15,8 +15,10 @@
 //! - `BACKENDS4/6`: backend id → address, port, state.
 //! - `CLUSTER_IPS4/6`: every ClusterIP → service id, so that a connect to a
 //!   known ClusterIP on a port the Service does not define is refused.
-//! - `SOCK_REVNAT4/6`: LRU keyed by (socket cookie, backend address, port) →
-//!   the frontend the socket asked for (recvmsg, getpeername).
+//! - `SOCK_PEERS4/6`: socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`):
+//!   per translated socket, the frontends it asked for and the backends it
+//!   was sent to ([`SockPeers4`], [`SockPeers6`]), for recvmsg and
+//!   getpeername. It lives and dies with the socket.
 //! - `AFFINITY`: LRU keyed by (client netns cookie, service id) → backend id
 //!   and last use, for sessionAffinity ClientIP.
 //! - `COUNTERS`: per-CPU array indexed by service id.
@@ -38,6 +40,33 @@
 //! byte order too, so the same convention holds.
 #![no_std]
 
+/// The bytes of an IPv6 address held as four network-order words (as the
+/// socket hooks and packet headers give it).
+#[inline(always)]
+pub const fn addr6_bytes(w: [u32; 4]) -> [u8; 16] {
+    let (a, b, c, d) = (
+        w[0].to_ne_bytes(),
+        w[1].to_ne_bytes(),
+        w[2].to_ne_bytes(),
+        w[3].to_ne_bytes(),
+    );
+    [
+        a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2],
+        d[3],
+    ]
+}
+
+/// The inverse of [`addr6_bytes`].
+#[inline(always)]
+pub const fn addr6_words(b: [u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+        u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
+    ]
+}
+
 /// IANA protocol numbers, as `bpf_sock_addr.protocol` reports them.
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
@@ -51,8 +80,8 @@ pub mod maps {
     pub const BACKENDS6: &str = "BACKENDS6";
     pub const CLUSTER_IPS4: &str = "CLUSTER_IPS4";
     pub const CLUSTER_IPS6: &str = "CLUSTER_IPS6";
-    pub const SOCK_REVNAT4: &str = "SOCK_REVNAT4";
-    pub const SOCK_REVNAT6: &str = "SOCK_REVNAT6";
+    pub const SOCK_PEERS4: &str = "SOCK_PEERS4";
+    pub const SOCK_PEERS6: &str = "SOCK_PEERS6";
     pub const AFFINITY: &str = "AFFINITY";
     pub const COUNTERS: &str = "COUNTERS";
     pub const SERVICE_NAMES: &str = "SERVICE_NAMES";
@@ -78,8 +107,8 @@ pub mod maps {
         BACKENDS6,
         CLUSTER_IPS4,
         CLUSTER_IPS6,
-        SOCK_REVNAT4,
-        SOCK_REVNAT6,
+        SOCK_PEERS4,
+        SOCK_PEERS6,
         AFFINITY,
         COUNTERS,
         SERVICE_NAMES,
@@ -143,8 +172,9 @@ pub mod capacity {
     pub const SLOTS: u32 = 1_048_576;
     /// Distinct backends (address, port, protocol) per family.
     pub const BACKENDS: u32 = 524_288;
-    /// Translated sockets remembered for reverse translation, per family.
-    pub const SOCK_REVNAT: u32 = 262_144;
+    /// Frontends one socket remembers for reverse translation, per
+    /// family (see [`super::SockPeers4`]).
+    pub const SOCK_PEERS: usize = 4;
     /// Client/service pairs remembered for session affinity.
     pub const AFFINITY: u32 = 131_072;
     /// NodePort (port, protocol) pairs protected against host binds.
@@ -173,8 +203,9 @@ pub mod capacity {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Frontend4Key {
-    /// IPv4 address, network byte order (as in `bpf_sock_addr.user_ip4`).
-    pub addr: u32,
+    /// IPv4 address: its four bytes (the bytes of `bpf_sock_addr.user_ip4`),
+    /// so that `bpftool` prints them as the address's four numbers.
+    pub addr: [u8; 4],
     /// Port, network byte order.
     pub port: u16,
     pub proto: u8,
@@ -185,8 +216,8 @@ pub struct Frontend4Key {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Frontend6Key {
-    /// IPv6 address as four network-order words (as in `user_ip6`).
-    pub addr: [u32; 4],
+    /// IPv6 address: its sixteen bytes (those of `user_ip6`).
+    pub addr: [u8; 16],
     pub port: u16,
     pub proto: u8,
     pub _pad: u8,
@@ -261,7 +292,7 @@ pub const BACKEND_F_LOCAL: u8 = 1 << 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Backend4 {
-    pub addr: u32,
+    pub addr: [u8; 4],
     pub port: u16,
     pub proto: u8,
     /// `BACKEND_F_*`.
@@ -272,52 +303,60 @@ pub struct Backend4 {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Backend6 {
-    pub addr: [u32; 4],
+    pub addr: [u8; 16],
     pub port: u16,
     pub proto: u8,
     pub flags: u8,
 }
 
-/// Key of `SOCK_REVNAT4`: which backend a socket was sent to.
+/// One translation a socket went through: the frontend it asked for and
+/// the backend it was sent to, network byte order. Addresses are byte
+/// arrays so that `bpftool map dump` prints them as their four numbers.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct SockRevNat4Key {
-    pub cookie: u64,
-    pub addr: u32,
-    pub port: u16,
-    pub _pad: u16,
-}
-
-/// Value of `SOCK_REVNAT4`: the frontend the socket asked for.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct SockRevNat4Value {
-    pub addr: u32,
-    pub port: u16,
-    pub _pad: u16,
-    /// Checked against the frontend's current entry before use, so that a
-    /// stale entry never rewrites an address.
+pub struct SockPeer4 {
+    pub frontend_addr: [u8; 4],
+    pub backend_addr: [u8; 4],
+    pub frontend_port: u16,
+    pub backend_port: u16,
+    /// The backend set it was translated through. Checked against the
+    /// frontend's current entry before use, so that a stale entry never
+    /// rewrites an address; 0: the entry is unused.
     pub service_id: u32,
 }
 
-/// Key of `SOCK_REVNAT6`.
+/// Value of `SOCK_PEERS4` (socket-local storage). A connected socket uses
+/// entry 0. An unconnected UDP socket that sends to several frontends
+/// fills up to `capacity::SOCK_PEERS` entries; past that each new
+/// frontend replaces the entry written longest ago (`next` goes round), and
+/// replies from that entry's backend then show the backend's address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct SockRevNat6Key {
-    pub cookie: u64,
-    pub addr: [u32; 4],
-    pub port: u16,
-    pub _pad: [u16; 3],
+pub struct SockPeers4 {
+    pub peers: [SockPeer4; capacity::SOCK_PEERS],
+    /// Entry the next new frontend is written to.
+    pub next: u32,
+    pub _pad: u32,
 }
 
-/// Value of `SOCK_REVNAT6`.
+/// [`SockPeer4`] for IPv6.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct SockRevNat6Value {
-    pub addr: [u32; 4],
-    pub port: u16,
-    pub _pad: u16,
+pub struct SockPeer6 {
+    pub frontend_addr: [u8; 16],
+    pub backend_addr: [u8; 16],
+    pub frontend_port: u16,
+    pub backend_port: u16,
     pub service_id: u32,
+}
+
+/// Value of `SOCK_PEERS6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockPeers6 {
+    pub peers: [SockPeer6; capacity::SOCK_PEERS],
+    pub next: u32,
+    pub _pad: u32,
 }
 
 /// Key of `AFFINITY`.
@@ -599,10 +638,10 @@ const _: () = {
     assert!(size_of::<SlotKey>() == 8);
     assert!(size_of::<Backend4>() == 8);
     assert!(size_of::<Backend6>() == 20);
-    assert!(size_of::<SockRevNat4Key>() == 16);
-    assert!(size_of::<SockRevNat4Value>() == 12);
-    assert!(size_of::<SockRevNat6Key>() == 32);
-    assert!(size_of::<SockRevNat6Value>() == 24);
+    assert!(size_of::<SockPeer4>() == 16);
+    assert!(size_of::<SockPeers4>() == 16 * capacity::SOCK_PEERS + 8);
+    assert!(size_of::<SockPeer6>() == 40);
+    assert!(size_of::<SockPeers6>() == 40 * capacity::SOCK_PEERS + 8);
     assert!(size_of::<AffinityKey>() == 16);
     assert!(size_of::<AffinityValue>() == 16);
     assert!(size_of::<ServiceCounters>() == 16);
@@ -622,10 +661,10 @@ mod pod {
     unsafe impl aya::Pod for SlotKey {}
     unsafe impl aya::Pod for Backend4 {}
     unsafe impl aya::Pod for Backend6 {}
-    unsafe impl aya::Pod for SockRevNat4Key {}
-    unsafe impl aya::Pod for SockRevNat4Value {}
-    unsafe impl aya::Pod for SockRevNat6Key {}
-    unsafe impl aya::Pod for SockRevNat6Value {}
+    unsafe impl aya::Pod for SockPeer4 {}
+    unsafe impl aya::Pod for SockPeers4 {}
+    unsafe impl aya::Pod for SockPeer6 {}
+    unsafe impl aya::Pod for SockPeers6 {}
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityValue {}
     unsafe impl aya::Pod for ServiceCounters {}

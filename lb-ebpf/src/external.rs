@@ -34,20 +34,20 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, bpf_redir_neigh,
     },
     helpers::generated::{bpf_csum_diff, bpf_ktime_get_ns},
-    maps::{LruHashMap, lpm_trie::Key},
+    maps::lpm_trie::Key,
     programs::{TcContext, XdpContext},
 };
 use lb_common::{
     EXTERNAL_F_SNAT, EXTERNAL_F_SOURCE_RANGES, ExternalConfig, ExternalFrontendValue,
     FLOW_F_CLOSING, FLOW_F_REPLY, FLOW_F_SNAT, Flow4, Flow4Nat, Flow6, Flow6Nat, Frontend4Key,
     Frontend6Key, MaglevEntry, PROTO_TCP, PROTO_UDP, SOURCE_RANGE4_FRONTEND_BITS,
-    SOURCE_RANGE6_FRONTEND_BITS, SourceRange4, SourceRange6, external_counter,
+    SOURCE_RANGE6_FRONTEND_BITS, SourceRange4, SourceRange6, addr6_bytes, external_counter,
 };
 
 use crate::frame::{Frame, ROUTE_RESOLVED, Tc, Xdp};
 use crate::maps::{
     EXT_CONFIG, EXT_COUNTERS, EXT_FRONTENDS4, EXT_FRONTENDS6, FIB_SCRATCH, FLOWS4, FLOWS6,
-    IFACE_ADDRS, MAGLEV, SOURCE_RANGES4, SOURCE_RANGES6,
+    FlowTable, IFACE_ADDRS, MAGLEV, SOURCE_RANGES4, SOURCE_RANGES6,
 };
 
 const ETH_HLEN: usize = 14;
@@ -221,7 +221,7 @@ trait Ip {
     /// The family's ICMP protocol number.
     const PROTO_ICMP: u8;
 
-    fn flows() -> &'static LruHashMap<Self::Flow, Self::Nat>;
+    fn flows() -> &'static FlowTable<Self::Flow, Self::Nat>;
     fn frontend(addr: Self::Addr, port: u16, proto: u8) -> Option<&'static ExternalFrontendValue>;
     fn source_allowed(daddr: Self::Addr, dport: u16, proto: u8, saddr: Self::Addr) -> bool;
     fn entry_addr(entry: &MaglevEntry) -> Self::Addr;
@@ -291,13 +291,13 @@ impl Ip for V4 {
     const PROTO_ICMP: u8 = 1;
 
     #[inline(always)]
-    fn flows() -> &'static LruHashMap<Flow4, Flow4Nat> {
+    fn flows() -> &'static FlowTable<Flow4, Flow4Nat> {
         &FLOWS4
     }
     #[inline(always)]
     fn frontend(addr: u32, port: u16, proto: u8) -> Option<&'static ExternalFrontendValue> {
         let key = Frontend4Key {
-            addr,
+            addr: addr.to_ne_bytes(),
             port,
             proto,
             _pad: 0,
@@ -463,13 +463,13 @@ impl Ip for V6 {
     const PROTO_ICMP: u8 = 58;
 
     #[inline(always)]
-    fn flows() -> &'static LruHashMap<Flow6, Flow6Nat> {
+    fn flows() -> &'static FlowTable<Flow6, Flow6Nat> {
         &FLOWS6
     }
     #[inline(always)]
     fn frontend(addr: [u32; 4], port: u16, proto: u8) -> Option<&'static ExternalFrontendValue> {
         let key = Frontend6Key {
-            addr,
+            addr: addr6_bytes(addr),
             port,
             proto,
             _pad: 0,

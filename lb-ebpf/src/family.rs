@@ -1,158 +1,184 @@
 //! The two address families behind one interface, so that the forward and
 //! reverse paths are written once.
 
-use aya_ebpf::maps::{HashMap, LruHashMap};
+use aya_ebpf::btf_maps::SkStorage;
 use lb_common::{
-    Backend4, Backend6, Frontend4Key, Frontend6Key, FrontendValue, SockRevNat4Key,
-    SockRevNat4Value, SockRevNat6Key, SockRevNat6Value,
+    Backend4, Backend6, Frontend4Key, Frontend6Key, FrontendValue, SockPeer4, SockPeer6,
+    SockPeers4, SockPeers6, addr6_bytes, addr6_words, capacity,
 };
 
 use crate::maps::{
-    BACKENDS4, BACKENDS6, CLUSTER_IPS4, CLUSTER_IPS6, FRONTENDS4, FRONTENDS6, SOCK_REVNAT4,
-    SOCK_REVNAT6,
+    BACKENDS4, BACKENDS6, CLUSTER_IPS4, CLUSTER_IPS6, FRONTENDS4, FRONTENDS6, SOCK_PEERS4,
+    SOCK_PEERS6,
 };
+
+/// One remembered translation, in the family's hot-path address form.
+#[derive(Clone, Copy)]
+pub struct Peer<A> {
+    pub frontend: A,
+    pub frontend_port: u16,
+    pub backend: A,
+    pub backend_port: u16,
+    /// 0: unused entry.
+    pub service_id: u32,
+}
 
 pub trait Family {
     /// An address in network byte order, as the socket hooks present it.
     type Addr: Copy + PartialEq + 'static;
-    type FrontendKey: 'static;
     type Backend: 'static;
-    type RevKey: 'static;
-    type RevValue: 'static;
+    /// The socket-local storage value.
+    type Peers: 'static;
 
-    fn frontends() -> &'static HashMap<Self::FrontendKey, FrontendValue>;
-    fn backends() -> &'static HashMap<u32, Self::Backend>;
-    fn cluster_ips() -> &'static HashMap<Self::Addr, u32>;
-    fn revnat() -> &'static LruHashMap<Self::RevKey, Self::RevValue>;
+    /// The frontend entry of (address, port, protocol).
+    fn frontend(addr: Self::Addr, port: u16, proto: u8) -> Option<&'static FrontendValue>;
+    fn backend(id: u32) -> Option<&'static Self::Backend>;
+    fn cluster_ip(addr: Self::Addr) -> Option<u32>;
+    fn peers() -> &'static SkStorage<Self::Peers>;
 
-    fn frontend_key(addr: Self::Addr, port: u16, proto: u8) -> Self::FrontendKey;
     /// Address and port (network order) of a backend.
     fn backend_addr(backend: &Self::Backend) -> (Self::Addr, u16);
-    fn rev_key(cookie: u64, addr: Self::Addr, port: u16) -> Self::RevKey;
-    fn rev_value(addr: Self::Addr, port: u16, service_id: u32) -> Self::RevValue;
-    /// (frontend address, frontend port, service id) of a reverse entry.
-    fn rev_frontend(value: &Self::RevValue) -> (Self::Addr, u16, u32);
+
+    /// Entry `i` (< `capacity::SOCK_PEERS`) of a socket's storage.
+    ///
+    /// # Safety
+    /// `peers` points to a live storage value. Another CPU may write the
+    /// same socket's storage (two threads sending on one socket), so it is
+    /// only ever read and written through copies, never referenced.
+    unsafe fn peer(peers: *const Self::Peers, i: usize) -> Peer<Self::Addr>;
+    /// # Safety
+    /// As [`Family::peer`].
+    unsafe fn set_peer(peers: *mut Self::Peers, i: usize, peer: Peer<Self::Addr>);
+    /// # Safety
+    /// As [`Family::peer`].
+    unsafe fn next_ptr(peers: *mut Self::Peers) -> *mut u32;
 }
 
 pub struct V4;
 pub struct V6;
 
+/// Slot index of a ring position: `SOCK_PEERS` is a power of two, so the
+/// mask both wraps and proves the bound to the verifier.
+#[inline(always)]
+pub fn ring(i: u32) -> usize {
+    const _: () = assert!(capacity::SOCK_PEERS.is_power_of_two());
+    (i as usize) & (capacity::SOCK_PEERS - 1)
+}
+
 impl Family for V4 {
     type Addr = u32;
-    type FrontendKey = Frontend4Key;
     type Backend = Backend4;
-    type RevKey = SockRevNat4Key;
-    type RevValue = SockRevNat4Value;
+    type Peers = SockPeers4;
 
     #[inline(always)]
-    fn frontends() -> &'static HashMap<Frontend4Key, FrontendValue> {
-        &FRONTENDS4
-    }
-    #[inline(always)]
-    fn backends() -> &'static HashMap<u32, Backend4> {
-        &BACKENDS4
-    }
-    #[inline(always)]
-    fn cluster_ips() -> &'static HashMap<u32, u32> {
-        &CLUSTER_IPS4
-    }
-    #[inline(always)]
-    fn revnat() -> &'static LruHashMap<SockRevNat4Key, SockRevNat4Value> {
-        &SOCK_REVNAT4
-    }
-    #[inline(always)]
-    fn frontend_key(addr: u32, port: u16, proto: u8) -> Frontend4Key {
-        Frontend4Key {
-            addr,
+    fn frontend(addr: u32, port: u16, proto: u8) -> Option<&'static FrontendValue> {
+        let key = Frontend4Key {
+            addr: addr.to_ne_bytes(),
             port,
             proto,
             _pad: 0,
-        }
+        };
+        unsafe { FRONTENDS4.get(key) }
+    }
+    #[inline(always)]
+    fn backend(id: u32) -> Option<&'static Backend4> {
+        unsafe { BACKENDS4.get(id) }
+    }
+    #[inline(always)]
+    fn cluster_ip(addr: u32) -> Option<u32> {
+        unsafe { CLUSTER_IPS4.get(addr.to_ne_bytes()).copied() }
+    }
+    #[inline(always)]
+    fn peers() -> &'static SkStorage<SockPeers4> {
+        &SOCK_PEERS4
     }
     #[inline(always)]
     fn backend_addr(backend: &Backend4) -> (u32, u16) {
-        (backend.addr, backend.port)
+        (u32::from_ne_bytes(backend.addr), backend.port)
     }
     #[inline(always)]
-    fn rev_key(cookie: u64, addr: u32, port: u16) -> SockRevNat4Key {
-        SockRevNat4Key {
-            cookie,
-            addr,
-            port,
-            _pad: 0,
+    unsafe fn peer(peers: *const SockPeers4, i: usize) -> Peer<u32> {
+        let p: SockPeer4 = unsafe { core::ptr::addr_of!((*peers).peers[i]).read() };
+        Peer {
+            frontend: u32::from_ne_bytes(p.frontend_addr),
+            frontend_port: p.frontend_port,
+            backend: u32::from_ne_bytes(p.backend_addr),
+            backend_port: p.backend_port,
+            service_id: p.service_id,
         }
     }
     #[inline(always)]
-    fn rev_value(addr: u32, port: u16, service_id: u32) -> SockRevNat4Value {
-        SockRevNat4Value {
-            addr,
-            port,
-            _pad: 0,
-            service_id,
-        }
+    unsafe fn set_peer(peers: *mut SockPeers4, i: usize, peer: Peer<u32>) {
+        let p = SockPeer4 {
+            frontend_addr: peer.frontend.to_ne_bytes(),
+            backend_addr: peer.backend.to_ne_bytes(),
+            frontend_port: peer.frontend_port,
+            backend_port: peer.backend_port,
+            service_id: peer.service_id,
+        };
+        unsafe { core::ptr::addr_of_mut!((*peers).peers[i]).write(p) }
     }
     #[inline(always)]
-    fn rev_frontend(value: &SockRevNat4Value) -> (u32, u16, u32) {
-        (value.addr, value.port, value.service_id)
+    unsafe fn next_ptr(peers: *mut SockPeers4) -> *mut u32 {
+        unsafe { core::ptr::addr_of_mut!((*peers).next) }
     }
 }
 
 impl Family for V6 {
     type Addr = [u32; 4];
-    type FrontendKey = Frontend6Key;
     type Backend = Backend6;
-    type RevKey = SockRevNat6Key;
-    type RevValue = SockRevNat6Value;
+    type Peers = SockPeers6;
 
     #[inline(always)]
-    fn frontends() -> &'static HashMap<Frontend6Key, FrontendValue> {
-        &FRONTENDS6
-    }
-    #[inline(always)]
-    fn backends() -> &'static HashMap<u32, Backend6> {
-        &BACKENDS6
-    }
-    #[inline(always)]
-    fn cluster_ips() -> &'static HashMap<[u32; 4], u32> {
-        &CLUSTER_IPS6
-    }
-    #[inline(always)]
-    fn revnat() -> &'static LruHashMap<SockRevNat6Key, SockRevNat6Value> {
-        &SOCK_REVNAT6
-    }
-    #[inline(always)]
-    fn frontend_key(addr: [u32; 4], port: u16, proto: u8) -> Frontend6Key {
-        Frontend6Key {
-            addr,
+    fn frontend(addr: [u32; 4], port: u16, proto: u8) -> Option<&'static FrontendValue> {
+        let key = Frontend6Key {
+            addr: addr6_bytes(addr),
             port,
             proto,
             _pad: 0,
-        }
+        };
+        unsafe { FRONTENDS6.get(key) }
+    }
+    #[inline(always)]
+    fn backend(id: u32) -> Option<&'static Backend6> {
+        unsafe { BACKENDS6.get(id) }
+    }
+    #[inline(always)]
+    fn cluster_ip(addr: [u32; 4]) -> Option<u32> {
+        unsafe { CLUSTER_IPS6.get(addr6_bytes(addr)).copied() }
+    }
+    #[inline(always)]
+    fn peers() -> &'static SkStorage<SockPeers6> {
+        &SOCK_PEERS6
     }
     #[inline(always)]
     fn backend_addr(backend: &Backend6) -> ([u32; 4], u16) {
-        (backend.addr, backend.port)
+        (addr6_words(backend.addr), backend.port)
     }
     #[inline(always)]
-    fn rev_key(cookie: u64, addr: [u32; 4], port: u16) -> SockRevNat6Key {
-        SockRevNat6Key {
-            cookie,
-            addr,
-            port,
-            _pad: [0; 3],
+    unsafe fn peer(peers: *const SockPeers6, i: usize) -> Peer<[u32; 4]> {
+        let p: SockPeer6 = unsafe { core::ptr::addr_of!((*peers).peers[i]).read() };
+        Peer {
+            frontend: addr6_words(p.frontend_addr),
+            frontend_port: p.frontend_port,
+            backend: addr6_words(p.backend_addr),
+            backend_port: p.backend_port,
+            service_id: p.service_id,
         }
     }
     #[inline(always)]
-    fn rev_value(addr: [u32; 4], port: u16, service_id: u32) -> SockRevNat6Value {
-        SockRevNat6Value {
-            addr,
-            port,
-            _pad: 0,
-            service_id,
-        }
+    unsafe fn set_peer(peers: *mut SockPeers6, i: usize, peer: Peer<[u32; 4]>) {
+        let p = SockPeer6 {
+            frontend_addr: addr6_bytes(peer.frontend),
+            backend_addr: addr6_bytes(peer.backend),
+            frontend_port: peer.frontend_port,
+            backend_port: peer.backend_port,
+            service_id: peer.service_id,
+        };
+        unsafe { core::ptr::addr_of_mut!((*peers).peers[i]).write(p) }
     }
     #[inline(always)]
-    fn rev_frontend(value: &SockRevNat6Value) -> ([u32; 4], u16, u32) {
-        (value.addr, value.port, value.service_id)
+    unsafe fn next_ptr(peers: *mut SockPeers6) -> *mut u32 {
+        unsafe { core::ptr::addr_of_mut!((*peers).next) }
     }
 }

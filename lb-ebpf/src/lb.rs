@@ -4,15 +4,19 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::generated::{
-    bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
+use aya_ebpf::{
+    helpers::generated::{
+        bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
+    },
+    programs::SockAddrContext,
 };
 use lb_common::{
     AffinityKey, AffinityValue, FRONTEND_F_AFFINITY, FRONTEND_F_DROP, FrontendValue, SlotKey,
+    capacity,
 };
 
 use crate::{
-    family::Family,
+    family::{Family, Peer, ring},
     maps::{AFFINITY, COUNTERS, SLOTS},
 };
 
@@ -90,14 +94,20 @@ fn pick_with_affinity(ctx: *mut c_void, fe: &FrontendValue, pick: Pick) -> Optio
     let now = unsafe { bpf_ktime_get_ns() };
     let timeout_ns = fe.affinity_timeout_secs as u64 * NSEC_PER_SEC;
     if let Some(prev) = AFFINITY.get_ptr_mut(key) {
-        let prev = unsafe { &mut *prev };
-        let fresh = now.wrapping_sub(prev.last_used_ns) <= timeout_ns;
-        let still_member = prev.slot >= 1
-            && prev.slot <= fe.count as u32
-            && backend_at(fe.service_id, prev.slot) == Some(prev.backend_id);
+        // Another CPU may update this entry at the same time (the same
+        // client connecting on two CPUs), so it is never borrowed: the
+        // value is copied out, and only `last_used_ns` is written back, as
+        // one aligned 8-byte store that cannot tear.
+        let entry = unsafe { core::ptr::read_volatile(prev) };
+        let fresh = now.wrapping_sub(entry.last_used_ns) <= timeout_ns;
+        let still_member = entry.slot >= 1
+            && entry.slot <= fe.count as u32
+            && backend_at(fe.service_id, entry.slot) == Some(entry.backend_id);
         if fresh && still_member {
-            prev.last_used_ns = now;
-            return Some(prev.backend_id);
+            unsafe {
+                core::ptr::write_volatile(core::ptr::addr_of_mut!((*prev).last_used_ns), now)
+            };
+            return Some(entry.backend_id);
         }
     }
     let (slot, backend_id) = pick_slot(ctx, fe, pick)?;
@@ -120,13 +130,12 @@ pub fn forward<F: Family>(
     proto: u8,
     pick: Pick,
 ) -> Verdict<F::Addr> {
-    let key = F::frontend_key(addr, port, proto);
-    let Some(fe) = (unsafe { F::frontends().get(&key) }) else {
+    let Some(fe) = F::frontend(addr, port, proto) else {
         // A known ClusterIP on a port (or protocol) the Service does not
         // define: kube-proxy REJECTs. Any other address is not ours.
-        return match unsafe { F::cluster_ips().get(addr) } {
+        return match F::cluster_ip(addr) {
             Some(service_id) => {
-                count(*service_id, true);
+                count(service_id, true);
                 Verdict::Refuse(ECONNREFUSED)
             }
             None => Verdict::Pass,
@@ -150,46 +159,77 @@ pub fn forward<F: Family>(
     // The agent writes backends before slots and slots before the count,
     // so a miss here means the maps were changed behind its back: refuse
     // rather than send the packet to a virtual address.
-    let Some(backend) = backend_id.and_then(|id| unsafe { F::backends().get(id) }) else {
+    let Some(backend) = backend_id.and_then(F::backend) else {
         count(fe.service_id, true);
         return Verdict::Refuse(ECONNREFUSED);
     };
     let (baddr, bport) = F::backend_addr(backend);
-    remember::<F>(ctx, baddr, bport, addr, port, fe.service_id, pick);
+    remember::<F>(ctx, baddr, bport, addr, port, fe.service_id);
     count(fe.service_id, false);
     Verdict::Translate(baddr, bport)
 }
 
-/// Records backend → frontend for this socket, for recvmsg and getpeername.
-/// From sendmsg it is written only when it changes: a UDP socket sending
-/// many datagrams to one frontend costs one lookup per datagram, not one
-/// LRU update. A connect is (nearly always) the socket's first, so there
-/// the lookup would only add a second walk of a cold hash bucket: on this
-/// path every map access is a likely cache miss (see bench/).
+/// Records backend → frontend in this socket's storage, for recvmsg and
+/// getpeername. The storage is created on the socket's first translation
+/// and freed by the kernel with the socket. An entry for the same backend
+/// is overwritten (a reconnect, or a sendmsg to a frontend whose backend
+/// the socket already talks to); otherwise a free entry is taken, and when
+/// all `capacity::SOCK_PEERS` are used the one written longest ago is
+/// replaced. From sendmsg nothing is written when the entry is already
+/// there: a UDP socket sending many datagrams to one frontend only reads.
 #[inline(always)]
 fn remember<F: Family>(
     ctx: *mut c_void,
-    backend_addr: F::Addr,
+    backend: F::Addr,
     backend_port: u16,
-    frontend_addr: F::Addr,
+    frontend: F::Addr,
     frontend_port: u16,
     service_id: u32,
-    pick: Pick,
 ) {
-    let cookie = unsafe { bpf_get_socket_cookie(ctx) };
-    let key = F::rev_key(cookie, backend_addr, backend_port);
-    if let Pick::SocketCookie = pick
-        && let Some(existing) = unsafe { F::revnat().get(&key) }
-    {
-        let (a, p, s) = F::rev_frontend(existing);
-        if a == frontend_addr && p == frontend_port && s == service_id {
+    let sa = SockAddrContext::new(ctx.cast());
+    // SAFETY: the context's socket is live for the whole program run.
+    let peers = unsafe { F::peers().get_or_insert_ptr_mut(&sa, None) };
+    if peers.is_null() {
+        // Out of memory: the peer simply shows as the backend.
+        return;
+    }
+    let entry = Peer {
+        frontend,
+        frontend_port,
+        backend,
+        backend_port,
+        service_id,
+    };
+    let mut free = None;
+    for i in 0..capacity::SOCK_PEERS {
+        // SAFETY: `peers` is this socket's live storage; i is in bounds.
+        let p = unsafe { F::peer(peers, i) };
+        if p.service_id == 0 {
+            if free.is_none() {
+                free = Some(i);
+            }
+            continue;
+        }
+        if p.backend == backend && p.backend_port == backend_port {
+            if p.frontend != frontend
+                || p.frontend_port != frontend_port
+                || p.service_id != service_id
+            {
+                unsafe { F::set_peer(peers, i, entry) };
+            }
             return;
         }
     }
-    let value = F::rev_value(frontend_addr, frontend_port, service_id);
-    // On failure (never expected for an LRU map) the peer simply shows as
-    // the backend.
-    let _ = F::revnat().insert(&key, &value, 0);
+    let i = match free {
+        Some(i) => i,
+        None => unsafe {
+            let next = F::next_ptr(peers);
+            let n = next.read_volatile();
+            next.write_volatile(n.wrapping_add(1));
+            ring(n)
+        },
+    };
+    unsafe { F::set_peer(peers, i, entry) };
 }
 
 /// The reverse path: if this socket was translated to (addr, port), returns
@@ -202,15 +242,21 @@ pub fn reverse<F: Family>(
     port: u16,
     proto: u8,
 ) -> Option<(F::Addr, u16)> {
-    let cookie = unsafe { bpf_get_socket_cookie(ctx) };
-    let key = F::rev_key(cookie, addr, port);
-    let (faddr, fport, service_id) = F::rev_frontend(unsafe { F::revnat().get(&key)? });
-    let fkey = F::frontend_key(faddr, fport, proto);
-    match unsafe { F::frontends().get(&fkey) } {
-        Some(fe) if fe.service_id == service_id => Some((faddr, fport)),
-        _ => {
-            let _ = F::revnat().remove(&key);
-            None
+    let sa = SockAddrContext::new(ctx.cast());
+    // SAFETY: the context's socket is live for the whole program run.
+    let peers = unsafe { F::peers().get_ptr_mut(&sa) };
+    if peers.is_null() {
+        return None;
+    }
+    for i in 0..capacity::SOCK_PEERS {
+        // SAFETY: as in `remember`.
+        let p = unsafe { F::peer(peers, i) };
+        if p.service_id != 0 && p.backend == addr && p.backend_port == port {
+            return match F::frontend(p.frontend, p.frontend_port, proto) {
+                Some(fe) if fe.service_id == p.service_id => Some((p.frontend, p.frontend_port)),
+                _ => None,
+            };
         }
     }
+    None
 }

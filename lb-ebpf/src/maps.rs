@@ -1,104 +1,113 @@
 //! The datapath's maps. Layouts and meanings are documented in `lb-common`.
-//! All but a scratch buffer are pinned by name: the agent points aya at its
-//! bpffs directory, so a restarted agent reuses them and translation never
-//! stops.
+//!
+//! Every map is a BTF map (`.maps` section), so it carries its key and value
+//! types and `bpftool map dump` shows named fields. BTF map definitions have
+//! no pinning attribute in aya-ebpf 0.2.1: the agent pins each map by name
+//! at load time (`EbpfLoader::map_pin_path`), which also lets it create a
+//! map whose pinned predecessor has another layout next to it and retire
+//! the old one only once the new one is filled (see the agent's loader).
 
 use aya_ebpf::{
     bindings::bpf_fib_lookup,
-    macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SkStorage},
+    macros::btf_map,
 };
 use lb_common::{
     AffinityKey, AffinityValue, Backend4, Backend6, Config, ExternalConfig, ExternalFrontendValue,
     Flow4, Flow4Nat, Flow6, Flow6Nat, Frontend4Key, Frontend6Key, FrontendValue, InterfaceAddrs,
-    MaglevEntry, NodePortKey, ServiceCounters, ServiceName, SlotKey, SockRevNat4Key,
-    SockRevNat4Value, SockRevNat6Key, SockRevNat6Value, SourceRange4, SourceRange6, capacity,
-    external_counter, map_flags,
+    MaglevEntry, NodePortKey, ServiceCounters, ServiceName, SlotKey, SockPeers4, SockPeers6,
+    SourceRange4, SourceRange6, capacity, external_counter, map_flags,
 };
 
-#[map]
-pub static FRONTENDS4: HashMap<Frontend4Key, FrontendValue> =
-    HashMap::pinned(capacity::FRONTENDS, map_flags::LOOKUP);
-#[map]
-pub static FRONTENDS6: HashMap<Frontend6Key, FrontendValue> =
-    HashMap::pinned(capacity::FRONTENDS, map_flags::LOOKUP);
-#[map]
-pub static SLOTS: HashMap<SlotKey, u32> = HashMap::pinned(capacity::SLOTS, map_flags::LOOKUP);
-#[map]
-pub static BACKENDS4: HashMap<u32, Backend4> =
-    HashMap::pinned(capacity::BACKENDS, map_flags::LOOKUP);
-#[map]
-pub static BACKENDS6: HashMap<u32, Backend6> =
-    HashMap::pinned(capacity::BACKENDS, map_flags::LOOKUP);
-#[map]
-pub static CLUSTER_IPS4: HashMap<u32, u32> =
-    HashMap::pinned(capacity::FRONTENDS, map_flags::LOOKUP);
-#[map]
-pub static CLUSTER_IPS6: HashMap<[u32; 4], u32> =
-    HashMap::pinned(capacity::FRONTENDS, map_flags::LOOKUP);
-#[map]
-pub static SOCK_REVNAT4: LruHashMap<SockRevNat4Key, SockRevNat4Value> =
-    LruHashMap::pinned(capacity::SOCK_REVNAT, map_flags::LRU);
-#[map]
-pub static SOCK_REVNAT6: LruHashMap<SockRevNat6Key, SockRevNat6Value> =
-    LruHashMap::pinned(capacity::SOCK_REVNAT, map_flags::LRU);
-#[map]
-pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
-    LruHashMap::pinned(capacity::AFFINITY, map_flags::LRU);
-#[map]
-pub static COUNTERS: PerCpuArray<ServiceCounters> =
-    PerCpuArray::pinned(capacity::SERVICES, map_flags::ARRAY);
+// Capacities and flags as the const generics of the BTF definitions take
+// them.
+const FRONTENDS: usize = capacity::FRONTENDS as usize;
+const SERVICES: usize = capacity::SERVICES as usize;
+const SLOTS_MAX: usize = capacity::SLOTS as usize;
+const BACKENDS: usize = capacity::BACKENDS as usize;
+const AFFINITY_MAX: usize = capacity::AFFINITY as usize;
+const NODEPORTS: usize = capacity::NODEPORT_BINDS as usize;
+const EXT_FRONTENDS: usize = capacity::EXTERNAL_FRONTENDS as usize;
+const MAGLEV_ENTRIES: usize = (capacity::MAGLEV_TABLE_SIZE * capacity::MAGLEV_TABLES) as usize;
+const FLOWS: usize = capacity::FLOWS as usize;
+const RANGES: usize = capacity::SOURCE_RANGES as usize;
+const INTERFACES: usize = capacity::INTERFACES as usize;
+const EXT_COUNTERS_LEN: usize = external_counter::COUNT as usize;
+const LOOKUP: usize = map_flags::LOOKUP as usize;
+const LRU: usize = map_flags::LRU as usize;
+
+pub type Frontends4 = HashMap<Frontend4Key, FrontendValue, FRONTENDS, LOOKUP>;
+pub type Frontends6 = HashMap<Frontend6Key, FrontendValue, FRONTENDS, LOOKUP>;
+pub type Backends4 = HashMap<u32, Backend4, BACKENDS, LOOKUP>;
+pub type Backends6 = HashMap<u32, Backend6, BACKENDS, LOOKUP>;
+pub type ClusterIps4 = HashMap<[u8; 4], u32, FRONTENDS, LOOKUP>;
+pub type ClusterIps6 = HashMap<[u8; 16], u32, FRONTENDS, LOOKUP>;
+/// The north-south flow tables' type, for `external.rs`' family trait.
+pub type FlowTable<K, V> = LruHashMap<K, V, FLOWS, LRU>;
+
+#[btf_map]
+pub static FRONTENDS4: Frontends4 = Frontends4::new();
+#[btf_map]
+pub static FRONTENDS6: Frontends6 = Frontends6::new();
+#[btf_map]
+pub static SLOTS: HashMap<SlotKey, u32, SLOTS_MAX, LOOKUP> = HashMap::new();
+#[btf_map]
+pub static BACKENDS4: Backends4 = Backends4::new();
+#[btf_map]
+pub static BACKENDS6: Backends6 = Backends6::new();
+#[btf_map]
+pub static CLUSTER_IPS4: ClusterIps4 = ClusterIps4::new();
+#[btf_map]
+pub static CLUSTER_IPS6: ClusterIps6 = ClusterIps6::new();
+/// Per socket: what its peer should look like (recvmsg, getpeername).
+#[btf_map]
+pub static SOCK_PEERS4: SkStorage<SockPeers4> = SkStorage::new();
+#[btf_map]
+pub static SOCK_PEERS6: SkStorage<SockPeers6> = SkStorage::new();
+#[btf_map]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue, AFFINITY_MAX, LRU> = LruHashMap::new();
+#[btf_map]
+pub static COUNTERS: PerCpuArray<ServiceCounters, SERVICES> = PerCpuArray::new();
 /// Read only by `ferry services`; the programs never touch it.
-#[map]
-pub static SERVICE_NAMES: HashMap<u32, ServiceName> =
-    HashMap::pinned(capacity::SERVICES, map_flags::LOOKUP);
-#[map]
-pub static NODEPORT_BINDS: HashMap<NodePortKey, u8> =
-    HashMap::pinned(capacity::NODEPORT_BINDS, map_flags::LOOKUP);
-#[map]
-pub static CONFIG: Array<Config> = Array::pinned(1, map_flags::ARRAY);
+#[btf_map]
+pub static SERVICE_NAMES: HashMap<u32, ServiceName, SERVICES, LOOKUP> = HashMap::new();
+#[btf_map]
+pub static NODEPORT_BINDS: HashMap<NodePortKey, u8, NODEPORTS, LOOKUP> = HashMap::new();
+#[btf_map]
+pub static CONFIG: Array<Config, 1> = Array::new();
 
 // North-south (tc): external frontends, their Maglev tables and the flow
 // table. See `external.rs`.
 
-#[map]
-pub static EXT_FRONTENDS4: HashMap<Frontend4Key, ExternalFrontendValue> =
-    HashMap::pinned(capacity::EXTERNAL_FRONTENDS, map_flags::LOOKUP);
-#[map]
-pub static EXT_FRONTENDS6: HashMap<Frontend6Key, ExternalFrontendValue> =
-    HashMap::pinned(capacity::EXTERNAL_FRONTENDS, map_flags::LOOKUP);
+#[btf_map]
+pub static EXT_FRONTENDS4: HashMap<Frontend4Key, ExternalFrontendValue, EXT_FRONTENDS, LOOKUP> =
+    HashMap::new();
+#[btf_map]
+pub static EXT_FRONTENDS6: HashMap<Frontend6Key, ExternalFrontendValue, EXT_FRONTENDS, LOOKUP> =
+    HashMap::new();
 /// Flat: table t is entries `t * size .. (t + 1) * size`, so a new flow
 /// costs one array access after the frontend lookup.
-#[map]
-pub static MAGLEV: Array<MaglevEntry> = Array::pinned(
-    capacity::MAGLEV_TABLE_SIZE * capacity::MAGLEV_TABLES,
-    map_flags::ARRAY,
-);
-#[map]
-pub static FLOWS4: LruHashMap<Flow4, Flow4Nat> =
-    LruHashMap::pinned(capacity::FLOWS, map_flags::LRU);
-#[map]
-pub static FLOWS6: LruHashMap<Flow6, Flow6Nat> =
-    LruHashMap::pinned(capacity::FLOWS, map_flags::LRU);
+#[btf_map]
+pub static MAGLEV: Array<MaglevEntry, MAGLEV_ENTRIES> = Array::new();
+#[btf_map]
+pub static FLOWS4: FlowTable<Flow4, Flow4Nat> = FlowTable::new();
+#[btf_map]
+pub static FLOWS6: FlowTable<Flow6, Flow6Nat> = FlowTable::new();
 /// LPM tries must be created with BPF_F_NO_PREALLOC (the kernel refuses
 /// them otherwise), which is `map_flags::LOOKUP`.
-#[map]
-pub static SOURCE_RANGES4: LpmTrie<SourceRange4, u8> =
-    LpmTrie::pinned(capacity::SOURCE_RANGES, map_flags::LOOKUP);
-#[map]
-pub static SOURCE_RANGES6: LpmTrie<SourceRange6, u8> =
-    LpmTrie::pinned(capacity::SOURCE_RANGES, map_flags::LOOKUP);
-#[map]
-pub static IFACE_ADDRS: HashMap<u32, InterfaceAddrs> =
-    HashMap::pinned(capacity::INTERFACES, map_flags::LOOKUP);
-#[map]
-pub static EXT_CONFIG: Array<ExternalConfig> = Array::pinned(1, map_flags::ARRAY);
-#[map]
-pub static EXT_COUNTERS: PerCpuArray<u64> =
-    PerCpuArray::pinned(external_counter::COUNT, map_flags::ARRAY);
+#[btf_map]
+pub static SOURCE_RANGES4: LpmTrie<SourceRange4, u8, RANGES, LOOKUP> = LpmTrie::new();
+#[btf_map]
+pub static SOURCE_RANGES6: LpmTrie<SourceRange6, u8, RANGES, LOOKUP> = LpmTrie::new();
+#[btf_map]
+pub static IFACE_ADDRS: HashMap<u32, InterfaceAddrs, INTERFACES, LOOKUP> = HashMap::new();
+#[btf_map]
+pub static EXT_CONFIG: Array<ExternalConfig, 1> = Array::new();
+#[btf_map]
+pub static EXT_COUNTERS: PerCpuArray<u64, EXT_COUNTERS_LEN> = PerCpuArray::new();
 /// The parameters of `bpf_fib_lookup` (64 bytes), kept off the stack: the
 /// verifier allows 512 bytes for a whole chain of calls. Per CPU, and a
 /// program run never yields its CPU, so no two runs share it. Not pinned:
 /// it holds nothing between runs.
-#[map]
-pub static FIB_SCRATCH: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
+#[btf_map]
+pub static FIB_SCRATCH: PerCpuArray<bpf_fib_lookup, 1> = PerCpuArray::new();

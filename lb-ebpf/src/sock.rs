@@ -3,16 +3,16 @@
 
 use aya_ebpf::{
     bindings::{bpf_sock, bpf_sock_addr},
-    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
+    helpers::generated::{bpf_get_netns_cookie, bpf_set_retval},
     macros::{cgroup_sock, cgroup_sock_addr},
     programs::{SockAddrContext, SockContext},
 };
 use lb_common::{NodePortKey, PROTO_TCP, PROTO_UDP};
 
 use crate::{
-    family::{Family as _, V4, V6},
+    family::{V4, V6},
     lb::{self, Pick, Verdict},
-    maps::{CONFIG, NODEPORT_BINDS, SOCK_REVNAT4, SOCK_REVNAT6},
+    maps::{CONFIG, NODEPORT_BINDS},
 };
 
 /// cgroup sock_addr programs return 1 to let the syscall go on, 0 to fail
@@ -20,8 +20,6 @@ use crate::{
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
 const EADDRINUSE: i32 = 98;
-const AF_INET: u32 = 2;
-const AF_INET6: u32 = 10;
 
 #[inline(always)]
 fn deny(errno: i32) -> i32 {
@@ -239,36 +237,6 @@ fn post_bind(ctx: &SockContext) -> i32 {
         return ALLOW;
     }
     deny(EADDRINUSE)
-}
-
-/// A connected socket that closes takes its reverse-translation entry with
-/// it. Without this, every translated socket would leave an entry behind
-/// until the LRU map is full, and from then on every connect would pay for
-/// an eviction. (Unconnected UDP sockets may hold entries for several
-/// frontends; those age out of the LRU.) Kernel ≥ 5.9 (sock_release).
-#[cgroup_sock(sock_release)]
-pub fn ferry_sock_release(ctx: SockContext) -> i32 {
-    let sk: *const bpf_sock = ctx.sock;
-    let (family, proto, port) = unsafe { ((*sk).family, (*sk).protocol as u8, (*sk).dst_port) };
-    if proto != PROTO_TCP && proto != PROTO_UDP {
-        return ALLOW;
-    }
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
-    if family == AF_INET {
-        let addr = unsafe { (*sk).dst_ip4 };
-        let _ = SOCK_REVNAT4.remove(V4::rev_key(cookie, addr, port));
-    } else if family == AF_INET6 {
-        let addr = unsafe { (*sk).dst_ip6 };
-        match v4_mapped(&addr) {
-            Some(addr4) => {
-                let _ = SOCK_REVNAT4.remove(V4::rev_key(cookie, addr4, port));
-            }
-            None => {
-                let _ = SOCK_REVNAT6.remove(V6::rev_key(cookie, addr, port));
-            }
-        }
-    }
-    ALLOW
 }
 
 #[cgroup_sock(post_bind4)]

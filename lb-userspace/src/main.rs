@@ -195,7 +195,7 @@ fn services(bpffs_dir: PathBuf, north_south: bool, output: OutputFormat) -> Resu
         return Ok(());
     }
     let maps = datapath::Maps::open(&bpffs)?;
-    let views = datapath::inspect::frontends(&maps);
+    let views = datapath::inspect::frontends(&maps)?;
     match output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&views)?),
         OutputFormat::Table => {

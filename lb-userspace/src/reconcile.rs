@@ -194,9 +194,17 @@ pub struct PassContext<'a> {
 /// Compares the maps with the mirror. When they differ (an entry written
 /// or deleted behind the agent's back, a write that was lost), the mirror
 /// is replaced by what the maps hold, so that the next sync repairs every
-/// difference. Returns whether they differed.
+/// difference. Returns whether they differed. A map that cannot be read
+/// to the end proves nothing: the mirror stays, and the next check tries
+/// again.
 pub fn adopt_drift(datapath: &mut Datapath) -> bool {
-    let actual = crate::datapath::adopt::read_installed(&datapath.maps);
+    let actual = match crate::datapath::adopt::read_installed(&datapath.maps) {
+        Ok(actual) => actual,
+        Err(e) => {
+            tracing::warn!(error = %e, "drift check: reading the maps back failed");
+            return false;
+        }
+    };
     if actual == datapath.installed {
         return false;
     }

@@ -40,9 +40,9 @@ const POLL: Duration = Duration::from_millis(50);
 /// Bound of the waits in this module.
 pub const WAIT: Duration = Duration::from_secs(15);
 
-/// The eleven programs Ferry attaches, by their short attach type name;
+/// The ten programs Ferry attaches, by their short attach type name;
 /// the program is `ferry_<type>`.
-pub const ATTACH_TYPES: [&str; 11] = [
+pub const ATTACH_TYPES: [&str; 10] = [
     "connect4",
     "connect6",
     "getpeername4",
@@ -53,7 +53,6 @@ pub const ATTACH_TYPES: [&str; 11] = [
     "recvmsg6",
     "sendmsg4",
     "sendmsg6",
-    "sock_release",
 ];
 
 /// Everything one test holds. Fields drop in declaration order: Ferry
@@ -595,7 +594,6 @@ pub fn short_attach_type(t: &str) -> String {
         ("cgroup_inet6_getpeername", "getpeername6"),
         ("cgroup_inet4_post_bind", "post_bind4"),
         ("cgroup_inet6_post_bind", "post_bind6"),
-        ("cgroup_inet_sock_release", "sock_release"),
     ];
     long.iter()
         .find(|(l, _)| *l == t)

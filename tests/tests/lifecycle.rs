@@ -321,6 +321,21 @@ fn pinned_map_info(path: &std::path::Path) -> Result<serde_json::Value> {
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
+/// Pins at `pin` a FRONTENDS4 as versions before BTF maps created it:
+/// this version's key and value sizes and capacity, no BTF types.
+fn create_untyped_frontends4(pin: &std::path::Path, flags: u32) -> Result<()> {
+    let status = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(pin)
+        .args([
+            "type", "hash", "key", "8", "value", "16", "entries", "262144",
+        ])
+        .args(["name", "FRONTENDS4", "flags", &flags.to_string()])
+        .status()?;
+    ensure!(status.success(), "bpftool map create: {status}");
+    Ok(())
+}
+
 #[test]
 fn a_pinned_map_left_with_other_flags_is_recreated() -> Result<()> {
     require_root();
@@ -333,23 +348,7 @@ fn a_pinned_map_left_with_other_flags_is_recreated() -> Result<()> {
     let maps = env.bpffs.path().join("maps");
     std::fs::create_dir_all(&maps)?;
     let pin = maps.join("FRONTENDS4");
-    let status = std::process::Command::new("bpftool")
-        .args(["map", "create"])
-        .arg(&pin)
-        .args([
-            "type",
-            "hash",
-            "key",
-            "8",
-            "value",
-            "16",
-            "entries",
-            "262144",
-            "name",
-            "FRONTENDS4",
-        ])
-        .status()?;
-    ensure!(status.success(), "bpftool map create: {status}");
+    create_untyped_frontends4(&pin, 0)?;
     let old_id = pinned_map_info(&pin)?["id"].as_u64();
     assert_eq!(pinned_map_info(&pin)?["flags"].as_u64(), Some(0));
 
@@ -364,5 +363,225 @@ fn a_pinned_map_left_with_other_flags_is_recreated() -> Result<()> {
     let r = env.node().run(|| tcp_request(fe_addr()))?;
     assert_eq!(r.server, "b0");
     assert_eq!(r.peer, Some(fe_addr()));
+    Ok(())
+}
+
+/// Issue 13: a restart onto a map of another layout (here FRONTENDS4 as
+/// the versions before BTF maps left it: the same sizes and flags, no key
+/// or value types) replaces it without a gap. The running programs hold
+/// their map, not its pin, so swapping the pin under them changes nothing
+/// for them; the new generation must then fill a fresh map before the old
+/// links go, with a client connecting all along.
+#[test]
+fn a_layout_change_under_load_is_handed_over_without_a_gap() -> Result<()> {
+    require_root();
+    let _serial = serial();
+    let mut env = Env::new(3, &[PORT])?;
+    let expected = write_web(&env, 2)?;
+    let ferry = env.start(&[FE])?;
+    wait_backends(ferry, FE, &expected)?;
+    let bpffs = env.bpffs.path().to_path_buf();
+    let pin = bpffs.join("maps").join("FRONTENDS4");
+    let typed_id = pinned_map_info(&pin)?["id"].as_u64();
+    assert!(
+        pinned_map_info(&pin)?["btf_id"]
+            .as_u64()
+            .is_some_and(|id| id > 0),
+        "FRONTENDS4 is not a BTF map: {}",
+        pinned_map_info(&pin)?
+    );
+
+    let client = ContinuousClient::start(env.node(), fe_addr(), ContinuousOptions::default())?;
+    run_for(&client, 30);
+    env.ferry().kill9()?;
+    std::fs::remove_file(&pin)?;
+    create_untyped_frontends4(&pin, lb_common::map_flags::LOOKUP)?;
+    let untyped_id = pinned_map_info(&pin)?["id"].as_u64();
+    // Still translating with the map the programs hold.
+    let (_, a) = run_for(&client, 30);
+    assert_eq!(a.failures, 0, "{a:?}");
+
+    env.ferry().restart()?;
+    wait_log(env.ferry(), "the second start to sync", |log| {
+        log.split("=== harness: start #2")
+            .nth(1)
+            .is_some_and(|second| second.contains("synced"))
+    })?;
+    let (_, a) = run_for(&client, 100);
+    assert_eq!(a.failures, 0, "{a:?}");
+    let info = pinned_map_info(&pin)?;
+    assert_ne!(
+        info["id"].as_u64(),
+        untyped_id,
+        "the untyped pin was reused"
+    );
+    assert_ne!(info["id"].as_u64(), typed_id, "{info}");
+    assert!(info["btf_id"].as_u64().is_some_and(|id| id > 0), "{info}");
+    // The handover is complete: one generation of links, no retired pin.
+    one_generation(&bpffs)?;
+    let retired: Vec<_> = std::fs::read_dir(bpffs.join("retired"))?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    assert!(retired.is_empty(), "retired pins left: {retired:?}");
+    let expected = write_web(&env, 3)?;
+    wait_backends(env.ferry(), FE, &expected)?;
+    let stats = client.stop();
+    assert_eq!(stats.failures, 0, "{:?}", stats.first_errors);
+    Ok(())
+}
+
+/// `bpftool btf dump map pinned PATH key|value format c`: the C
+/// declaration of a pinned map's key or value type.
+fn btf_dump(pin: &std::path::Path, which: &str) -> Result<String> {
+    let out = std::process::Command::new("bpftool")
+        .args(["btf", "dump", "map", "pinned"])
+        .arg(pin)
+        .args([which, "format", "c"])
+        .output()?;
+    ensure!(out.status.success(), "bpftool btf dump {which}: {out:?}");
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `bpftool -j map dump pinned PATH`: the entries with their formatted
+/// (BTF-typed) key and value.
+fn map_dump(pin: &std::path::Path) -> Result<Vec<serde_json::Value>> {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(pin)
+        .output()?;
+    ensure!(out.status.success(), "bpftool map dump: {out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(v.as_array().cloned().unwrap_or_default())
+}
+
+/// Issue 15: every pinned map carries its key and value types, so that
+/// bpftool names their fields. The field names of each map's key and value
+/// type (empty: a plain integer); the maps this test fills are dumped too
+/// and their formatted entries checked.
+#[test]
+fn every_pinned_map_dumps_with_named_fields() -> Result<()> {
+    use lb_common::maps as m;
+    require_root();
+    let _serial = serial();
+    let mut env = Env::new(2, &[PORT])?;
+    let backends = env.first(2);
+    let mut objects = service_with("web", "10.96.0.10", &HTTP, &backends);
+    objects[0] = service("web", "10.96.0.10", &[])
+        .type_("NodePort")
+        .port(HTTP[0].service_port().node_port(30080))
+        .session_affinity_client_ip(60)
+        .to_value();
+    objects.extend(service_with("web6", "fd00:96::a", &HTTP, &backends));
+    env.write("web.yaml", &objects)?;
+    env.start(&[FE, "[fd00:96::a]:80/TCP"])?;
+    let r = env.node().run(|| tcp_request(fe_addr()))?;
+    assert_eq!(r.peer, Some(fe_addr()));
+
+    let frontend_key = ["addr", "port", "proto"].as_slice();
+    let backend = ["addr", "port", "proto", "flags"].as_slice();
+    let peers = ["peers", "next"].as_slice();
+    let fields: [(&str, &[&str], &[&str]); 24] = [
+        (
+            m::FRONTENDS4,
+            frontend_key,
+            &["service_id", "count", "flags", "affinity_timeout_secs"],
+        ),
+        (
+            m::FRONTENDS6,
+            frontend_key,
+            &["service_id", "count", "flags", "affinity_timeout_secs"],
+        ),
+        (m::SLOTS, &["service_id", "slot"], &[]),
+        (m::BACKENDS4, &[], backend),
+        (m::BACKENDS6, &[], backend),
+        (m::CLUSTER_IPS4, &[], &[]),
+        (m::CLUSTER_IPS6, &[], &[]),
+        (m::SOCK_PEERS4, &[], peers),
+        (m::SOCK_PEERS6, &[], peers),
+        (
+            m::AFFINITY,
+            &["netns_cookie", "service_id"],
+            &["backend_id", "slot", "last_used_ns"],
+        ),
+        (m::COUNTERS, &[], &["translated", "refused"]),
+        (m::SERVICE_NAMES, &[], &["len", "bytes"]),
+        (m::NODEPORT_BINDS, &["port", "proto"], &[]),
+        (m::CONFIG, &[], &["host_netns_cookie"]),
+        (
+            m::EXTERNAL_FRONTENDS4,
+            frontend_key,
+            &["table", "count", "flags"],
+        ),
+        (
+            m::EXTERNAL_FRONTENDS6,
+            frontend_key,
+            &["table", "count", "flags"],
+        ),
+        (m::MAGLEV, &[], &["addr", "port", "flags"]),
+        (
+            m::FLOWS4,
+            &["saddr", "daddr", "sport", "dport", "proto"],
+            &["saddr", "daddr", "last_seen_ns"],
+        ),
+        (
+            m::FLOWS6,
+            &["saddr", "daddr", "sport", "dport", "proto"],
+            &["saddr", "daddr", "last_seen_ns"],
+        ),
+        (
+            m::SOURCE_RANGES4,
+            &["frontend_addr", "port", "proto", "source"],
+            &[],
+        ),
+        (
+            m::SOURCE_RANGES6,
+            &["frontend_addr", "port", "proto", "source"],
+            &[],
+        ),
+        (m::INTERFACE_ADDRS, &[], &["addr4", "addr6"]),
+        (
+            m::EXTERNAL_CONFIG,
+            &[],
+            &["snat4", "snat6", "maglev_size", "snat_port_min"],
+        ),
+        (m::EXTERNAL_COUNTERS, &[], &[]),
+    ];
+    assert_eq!(
+        fields.iter().map(|f| f.0).collect::<Vec<_>>(),
+        m::ALL.to_vec(),
+        "every map is checked"
+    );
+    let maps = env.bpffs.path().join("maps");
+    for (name, key_fields, value_fields) in fields {
+        let pin = maps.join(name);
+        for (which, want) in [("key", key_fields), ("value", value_fields)] {
+            // SK_STORAGE keys are socket fds: their BTF key is an int.
+            let c = btf_dump(&pin, which)?;
+            for f in want {
+                assert!(
+                    c.contains(&format!(" {f};")) || c.contains(&format!(" {f}[")),
+                    "{name} {which} has no field {f}:\n{c}"
+                );
+            }
+        }
+    }
+    // What the maps hold, as bpftool shows it: named fields, addresses as
+    // their bytes where the type is a byte array.
+    for (name, want) in [
+        (m::FRONTENDS4, ["service_id", "count"].as_slice()),
+        (m::FRONTENDS6, &["service_id", "count"]),
+        (m::BACKENDS4, backend),
+        (m::BACKENDS6, backend),
+        (m::AFFINITY, &["backend_id", "last_used_ns"]),
+        (m::SERVICE_NAMES, &["len", "bytes"]),
+    ] {
+        let entries = map_dump(&maps.join(name))?;
+        let first = entries.first().unwrap_or_else(|| panic!("{name} is empty"));
+        let value = &first["formatted"]["value"];
+        for f in want {
+            assert!(value.get(f).is_some(), "{name}: no {f} in {first}");
+        }
+    }
     Ok(())
 }

@@ -17,7 +17,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context, Result, ensure};
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::lpm_trie::Key,
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
@@ -28,7 +28,7 @@ use lb_common::{
     MaglevEntry, PROTO_TCP, PROTO_UDP, SOURCE_RANGE4_FRONTEND_BITS, SOURCE_RANGE6_FRONTEND_BITS,
     SourceRange4, SourceRange6, external_counter, programs,
 };
-use lb_userspace::datapath::{self, external::ExternalMaps, object::OBJECT};
+use lb_userspace::datapath::{self, external::ExternalMaps};
 use tests::*;
 
 const TC_ACT_OK: u32 = 0;
@@ -269,9 +269,7 @@ impl Datapath {
         let bpffs = BpffsDir::new()?;
         let dir = datapath::BpffsDir::new(bpffs.path());
         dir.prepare()?;
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(dir.maps())
-            .load(OBJECT)
+        let mut ebpf = datapath::load_pinned(&dir)
             .context("loading the object (was ferry built with AYA_BUILD_SKIP?)")?;
         for name in [programs::EXTERNAL, programs::REPLY] {
             let prog: &mut SchedClassifier = ebpf
@@ -378,7 +376,7 @@ impl Datapath {
         match ip {
             IpAddr::V4(_) => {
                 let key = Frontend4Key {
-                    addr: words(ip)[0],
+                    addr: words(ip)[0].to_ne_bytes(),
                     port,
                     proto: p,
                     _pad: 0,
@@ -387,7 +385,7 @@ impl Datapath {
             }
             IpAddr::V6(_) => {
                 let key = Frontend6Key {
-                    addr: words(ip),
+                    addr: lb_common::addr6_bytes(words(ip)),
                     port,
                     proto: p,
                     _pad: 0,

@@ -779,34 +779,72 @@ fn counters_count_translations_and_refusals() -> Result<()> {
     Ok(())
 }
 
-/// Entries of a pinned hash map, by `bpftool -j map dump pinned`.
-fn map_entries(bpffs: &BpffsDir, map: &str) -> Result<usize> {
-    let out = std::process::Command::new("bpftool")
-        .args(["-j", "map", "dump", "pinned"])
-        .arg(bpffs.path().join("maps").join(map))
-        .output()?;
-    anyhow::ensure!(out.status.success(), "bpftool: {out:?}");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    Ok(v.as_array().map(Vec::len).unwrap_or(0))
-}
-
+/// One unconnected UDP socket talking to more frontends than its storage
+/// remembers (`capacity::SOCK_PEERS`): each new frontend past the bound
+/// replaces the one written longest ago, so a reply that arrives from that
+/// frontend's backend afterwards shows the backend's address, and every
+/// other reply the frontend's.
 #[test]
-fn closed_sockets_leave_no_reverse_translation_behind() -> Result<()> {
+fn an_unconnected_udp_socket_remembers_its_latest_frontends() -> Result<()> {
     require_root();
     let _serial = serial();
-    let env = web_env()?;
-    let fe = sa("10.96.0.10:80");
-    // Open sockets hold their entries (getpeername needs them)...
-    let open: Vec<TcpStream> = env.node().run(|| {
-        (0..20)
-            .map(|_| tcp_connect(fe))
-            .collect::<io::Result<Vec<_>>>()
+    let bound = lb_common::capacity::SOCK_PEERS;
+    let n = bound + 1;
+    let mut env = Env::new(n, &[PORT])?;
+    let backends = env.first(n);
+    let mut objects = Vec::new();
+    let mut frontends = Vec::new();
+    for (i, b) in backends.iter().enumerate() {
+        let ip = format!("10.96.0.{}", 80 + i);
+        objects.extend(service_with(
+            &format!("u{i}"),
+            &ip,
+            &[udp("udp", 80, PORT)],
+            &[b],
+        ));
+        frontends.push(sa(&format!("{ip}:80")));
+    }
+    env.write("udp.yaml", &objects)?;
+    let wanted: Vec<String> = frontends.iter().map(|f| format!("{f}/UDP")).collect();
+    env.start(&wanted.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let backend_addrs: Vec<SocketAddr> = env
+        .first(n)
+        .iter()
+        .map(|b| SocketAddr::new(IpAddr::V4(b.v4), PORT))
+        .collect();
+
+    // All datagrams go out before any reply is read: the reverse path runs
+    // at recvmsg time, when the socket has already met all n frontends.
+    let replies = env.node().run(|| {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        for fe in &frontends {
+            s.send_to(b"who\n", fe)?;
+        }
+        let mut out = Vec::new();
+        let mut buf = [0u8; 2048];
+        for _ in 0..frontends.len() {
+            let (len, from) = s.recv_from(&mut buf)?;
+            let (server, _) = parse_reply(&String::from_utf8_lossy(&buf[..len]))?;
+            out.push((server, from));
+        }
+        io::Result::Ok(out)
     })?;
-    assert_eq!(map_entries(&env.bpffs, "SOCK_REVNAT4")?, 20);
-    // ... and closing them removes the entries (sock_release), so the LRU
-    // never fills with dead sockets and connects never pay for evictions.
-    drop(open);
-    requests(env.node(), 30, "TCP to the ClusterIP", || tcp_request(fe))?;
-    assert_eq!(map_entries(&env.bpffs, "SOCK_REVNAT4")?, 0);
+    assert_eq!(replies.len(), n, "{replies:?}");
+    for (server, from) in &replies {
+        let i: usize = server
+            .trim_start_matches('b')
+            .split(':')
+            .next()
+            .and_then(|d| d.parse().ok())
+            .unwrap_or_else(|| panic!("server name {server}"));
+        // Frontend 0 was written first and replaced by frontend n-1.
+        let expected = if i == 0 {
+            backend_addrs[0]
+        } else {
+            frontends[i]
+        };
+        assert_eq!(*from, expected, "reply of {server}: {replies:?}");
+    }
     Ok(())
 }

@@ -3,6 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use aya::maps::MapError;
+use lb_common::maps as names;
+
 use super::{
     convert::{ip_from_map4, ip_from_map6, name_from_map, port_from_map},
     maps::Maps,
@@ -11,15 +14,34 @@ use super::{
 };
 use crate::model::{FrontendAddr, Protocol};
 
+/// A map could not be read to the end. The caller must not take a partial
+/// read for the maps' content: entries it missed would look absent, be
+/// rewritten as drift, or never be swept.
+#[derive(Debug, thiserror::Error)]
+#[error("reading map {map}: {source}")]
+pub struct ReadError {
+    pub map: &'static str,
+    pub source: MapError,
+}
+
+/// Every entry of a map, or the first error.
+fn all<T>(
+    map: &'static str,
+    iter: impl Iterator<Item = Result<T, MapError>>,
+) -> Result<Vec<T>, ReadError> {
+    iter.collect::<Result<Vec<_>, _>>()
+        .map_err(|source| ReadError { map, source })
+}
+
 /// The whole content of the maps the agent writes, as its mirror.
 /// Entries that cannot be interpreted (a protocol the agent never writes)
 /// are skipped here and therefore never deleted; that is deliberate: they
 /// are not Ferry's to judge.
-pub fn read_installed(maps: &Maps) -> Installed {
+pub fn read_installed(maps: &Maps) -> Result<Installed, ReadError> {
     let mut installed = Installed::default();
 
     let mut slots: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-    for (key, backend_id) in maps.slots.iter().filter_map(Result::ok) {
+    for (key, backend_id) in all(names::SLOTS, maps.slots.iter())? {
         if key.slot == 0 {
             continue;
         }
@@ -30,7 +52,7 @@ pub fn read_installed(maps: &Maps) -> Installed {
         }
         v[i] = backend_id;
     }
-    for (id, name) in maps.names.iter().filter_map(Result::ok) {
+    for (id, name) in all(names::SERVICE_NAMES, maps.names.iter())? {
         let set_slots = slots.remove(&id).unwrap_or_default();
         installed.sets.insert(
             name_from_map(&name),
@@ -60,12 +82,12 @@ pub fn read_installed(maps: &Maps) -> Installed {
             flags,
         })
     };
-    for (id, b) in maps.backends4.iter().filter_map(Result::ok) {
+    for (id, b) in all(names::BACKENDS4, maps.backends4.iter())? {
         if let Some(addr) = backend(ip_from_map4(b.addr), b.port, b.proto, b.flags) {
             installed.backends.insert(addr, InstalledBackend { id });
         }
     }
-    for (id, b) in maps.backends6.iter().filter_map(Result::ok) {
+    for (id, b) in all(names::BACKENDS6, maps.backends6.iter())? {
         if let Some(addr) = backend(ip_from_map6(b.addr), b.port, b.proto, b.flags) {
             installed.backends.insert(addr, InstalledBackend { id });
         }
@@ -78,26 +100,26 @@ pub fn read_installed(maps: &Maps) -> Installed {
             protocol,
         })
     };
-    for (k, v) in maps.frontends4.iter().filter_map(Result::ok) {
+    for (k, v) in all(names::FRONTENDS4, maps.frontends4.iter())? {
         if let Some(addr) = frontend(ip_from_map4(k.addr), k.port, k.proto) {
             installed.frontends.insert(addr, v);
         }
     }
-    for (k, v) in maps.frontends6.iter().filter_map(Result::ok) {
+    for (k, v) in all(names::FRONTENDS6, maps.frontends6.iter())? {
         if let Some(addr) = frontend(ip_from_map6(k.addr), k.port, k.proto) {
             installed.frontends.insert(addr, v);
         }
     }
-    for (ip, id) in maps.cluster_ips4.iter().filter_map(Result::ok) {
+    for (ip, id) in all(names::CLUSTER_IPS4, maps.cluster_ips4.iter())? {
         installed.cluster_ips.insert(ip_from_map4(ip), id);
     }
-    for (ip, id) in maps.cluster_ips6.iter().filter_map(Result::ok) {
+    for (ip, id) in all(names::CLUSTER_IPS6, maps.cluster_ips6.iter())? {
         installed.cluster_ips.insert(ip_from_map6(ip), id);
     }
-    for (k, _) in maps.nodeport_binds.iter().filter_map(Result::ok) {
+    for (k, _) in all(names::NODEPORT_BINDS, maps.nodeport_binds.iter())? {
         if let Some(protocol) = Protocol::from_number(k.proto) {
             installed.node_ports.insert((k.port, protocol));
         }
     }
-    installed
+    Ok(installed)
 }

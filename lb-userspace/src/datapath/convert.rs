@@ -5,29 +5,24 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use lb_common::{SERVICE_NAME_LEN, ServiceName};
 
-/// An IPv4 address as the kernel stores `user_ip4`.
-pub fn ip4_to_map(ip: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(ip.octets())
+/// An IPv4 address as the socket maps store it: its bytes, the bytes of
+/// `user_ip4`.
+pub fn ip4_to_map(ip: Ipv4Addr) -> [u8; 4] {
+    ip.octets()
 }
 
-pub fn ip4_from_map(v: u32) -> Ipv4Addr {
-    Ipv4Addr::from(v.to_ne_bytes())
+pub fn ip4_from_map(v: [u8; 4]) -> Ipv4Addr {
+    Ipv4Addr::from(v)
 }
 
-/// An IPv6 address as the kernel stores `user_ip6`.
-pub fn ip6_to_map(ip: Ipv6Addr) -> [u32; 4] {
-    let o = ip.octets();
-    std::array::from_fn(|i| {
-        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
-    })
+/// An IPv6 address as the socket maps store it: its bytes, those of
+/// `user_ip6`.
+pub fn ip6_to_map(ip: Ipv6Addr) -> [u8; 16] {
+    ip.octets()
 }
 
-pub fn ip6_from_map(v: [u32; 4]) -> Ipv6Addr {
-    let mut o = [0u8; 16];
-    for (i, w) in v.iter().enumerate() {
-        o[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
-    }
-    Ipv6Addr::from(o)
+pub fn ip6_from_map(v: [u8; 16]) -> Ipv6Addr {
+    Ipv6Addr::from(v)
 }
 
 pub fn port_to_map(port: u16) -> u16 {
@@ -38,11 +33,11 @@ pub fn port_from_map(port: u16) -> u16 {
     u16::from_be(port)
 }
 
-pub fn ip_from_map4(v: u32) -> IpAddr {
+pub fn ip_from_map4(v: [u8; 4]) -> IpAddr {
     IpAddr::V4(ip4_from_map(v))
 }
 
-pub fn ip_from_map6(v: [u32; 4]) -> IpAddr {
+pub fn ip_from_map6(v: [u8; 16]) -> IpAddr {
     IpAddr::V6(ip6_from_map(v))
 }
 
@@ -70,7 +65,8 @@ mod tests {
     #[test]
     fn ipv4_is_stored_in_network_order() {
         let v = ip4_to_map(Ipv4Addr::new(10, 96, 0, 1));
-        assert_eq!(v.to_ne_bytes(), [10, 96, 0, 1]);
+        // user_ip4 holds 10.96.0.1 as the big-endian value 0x0a600001.
+        assert_eq!(u32::from_ne_bytes(v), 0x0a60_0001_u32.to_be());
         assert_eq!(ip4_from_map(v), Ipv4Addr::new(10, 96, 0, 1));
     }
 
@@ -78,7 +74,7 @@ mod tests {
     fn ipv6_round_trips_word_by_word() {
         let ip: Ipv6Addr = "fd00:96::1".parse().unwrap();
         let v = ip6_to_map(ip);
-        assert_eq!(v[0].to_ne_bytes(), [0xfd, 0x00, 0x00, 0x96]);
+        assert_eq!(v[..4], [0xfd, 0x00, 0x00, 0x96]);
         assert_eq!(ip6_from_map(v), ip);
     }
 

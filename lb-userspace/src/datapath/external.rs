@@ -225,7 +225,7 @@ pub struct ExternalReport {
 fn frontend_key4(f: &FrontendAddr) -> Option<Frontend4Key> {
     match f.ip {
         IpAddr::V4(v4) => Some(Frontend4Key {
-            addr: u32::from_ne_bytes(v4.octets()),
+            addr: v4.octets(),
             port: f.port.to_be(),
             proto: f.protocol.number(),
             _pad: 0,
@@ -237,7 +237,7 @@ fn frontend_key4(f: &FrontendAddr) -> Option<Frontend4Key> {
 fn frontend_key6(f: &FrontendAddr) -> Option<Frontend6Key> {
     match f.ip {
         IpAddr::V6(v6) => Some(Frontend6Key {
-            addr: words(&v6.octets()),
+            addr: v6.octets(),
             port: f.port.to_be(),
             proto: f.protocol.number(),
             _pad: 0,
@@ -382,7 +382,7 @@ impl External {
             if let Some(p) = Protocol::from_number(k.proto) {
                 frontends.insert(
                     FrontendAddr {
-                        ip: ip_of4(k.addr),
+                        ip: IpAddr::from(k.addr),
                         port: u16::from_be(k.port),
                         protocol: p,
                     },
@@ -394,7 +394,7 @@ impl External {
             if let Some(p) = Protocol::from_number(k.proto) {
                 frontends.insert(
                     FrontendAddr {
-                        ip: ip_of6(k.addr),
+                        ip: IpAddr::from(k.addr),
                         port: u16::from_be(k.port),
                         protocol: p,
                     },
@@ -750,7 +750,7 @@ pub fn views(maps: &ExternalMaps) -> Vec<ExternalView> {
     for (k, v) in maps.frontends4.iter().filter_map(Result::ok) {
         let f = format!(
             "{}:{}/{}",
-            ip_of4(k.addr),
+            IpAddr::from(k.addr),
             u16::from_be(k.port),
             Protocol::from_number(k.proto).map_or("?".into(), |p| p.to_string())
         );
@@ -759,7 +759,7 @@ pub fn views(maps: &ExternalMaps) -> Vec<ExternalView> {
     for (k, v) in maps.frontends6.iter().filter_map(Result::ok) {
         let f = format!(
             "[{}]:{}/{}",
-            ip_of6(k.addr),
+            IpAddr::from(k.addr),
             u16::from_be(k.port),
             Protocol::from_number(k.proto).map_or("?".into(), |p| p.to_string())
         );

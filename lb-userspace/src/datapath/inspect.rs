@@ -7,7 +7,11 @@ use lb_common::{
 };
 use serde::Serialize;
 
-use super::{adopt::read_installed, maps::Maps, store::BackendAddr};
+use super::{
+    adopt::{ReadError, read_installed},
+    maps::Maps,
+    store::BackendAddr,
+};
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct BackendView {
@@ -50,8 +54,8 @@ fn addr_string(ip: std::net::IpAddr, port: u16) -> String {
 
 /// Every frontend with its live backends (slots 1..=count) and counters,
 /// sorted by service then frontend.
-pub fn frontends(maps: &Maps) -> Vec<FrontendView> {
-    let installed = read_installed(maps);
+pub fn frontends(maps: &Maps) -> Result<Vec<FrontendView>, ReadError> {
+    let installed = read_installed(maps)?;
     let by_id: HashMap<u32, (&String, &Vec<u32>)> = installed
         .sets
         .iter()
@@ -103,7 +107,7 @@ pub fn frontends(maps: &Maps) -> Vec<FrontendView> {
         })
         .collect();
     out.sort_by(|a, b| (&a.service, &a.frontend).cmp(&(&b.service, &b.frontend)));
-    out
+    Ok(out)
 }
 
 /// A plain table, one line per frontend.

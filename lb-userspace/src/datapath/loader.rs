@@ -4,7 +4,14 @@
 //! A restart never leaves a gap: the new programs are attached next to the
 //! old ones (cgroup bpf_links always run every attached program in order,
 //! and a destination the first one translated is no frontend for the
-//! second), and only then are the old links unpinned, which detaches them.
+//! second), and the old links are unpinned, which detaches them, only when
+//! the new generation's maps hold the desired state ([`Handover`], after
+//! the agent's first sync). Pinned maps of this version's layout are
+//! simply reused, so then the overlap changes nothing. A pinned map of
+//! another layout (left by another Ferry version) cannot be reused: its pin
+//! is moved to `retired/`, the new generation gets a fresh map, and the old
+//! programs go on translating with the old map (they hold it, not its pin)
+//! until the handover; then the retired pins are removed.
 
 use std::{
     fs,
@@ -14,13 +21,13 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::MapInfo,
+    maps::{MapData, MapInfo, MapType},
     programs::{
         CgroupAttachMode, CgroupSock, CgroupSockAddr,
         links::{FdLink, PinnedLink},
     },
 };
-use lb_common::maps as names;
+use lb_common::{maps as names, programs as tc_programs};
 use thiserror::Error;
 
 use super::{
@@ -66,17 +73,21 @@ pub enum LoadError {
 }
 
 /// A pinned map's shape: what must match for a pin to be reused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 struct Layout {
+    map_type: Option<MapType>,
     key_size: u32,
     value_size: u32,
     max_entries: u32,
     flags: u32,
+    /// Whether the map carries BTF key/value types (every map since they
+    /// became BTF maps; earlier versions' maps had none).
+    typed: bool,
 }
 
 /// The layout each pinned map has in this version. A pin whose layout
 /// differs was left by another version of Ferry: aya would reuse it
-/// blindly, so it is removed and recreated instead.
+/// blindly, so it is retired and a new map created instead.
 fn expected_layout(name: &str) -> Option<Layout> {
     use core::mem::size_of;
     use lb_common::*;
@@ -84,6 +95,9 @@ fn expected_layout(name: &str) -> Option<Layout> {
         size_of::<T>() as u32
     }
     let (key_size, value_size, max_entries, flags) = match name {
+        // Socket-local storage: keyed by a socket fd, no capacity.
+        names::SOCK_PEERS4 => (4, sz::<SockPeers4>(), 0, map_flags::LOOKUP),
+        names::SOCK_PEERS6 => (4, sz::<SockPeers6>(), 0, map_flags::LOOKUP),
         names::FRONTENDS4 => (
             sz::<Frontend4Key>(),
             sz::<FrontendValue>(),
@@ -101,18 +115,6 @@ fn expected_layout(name: &str) -> Option<Layout> {
         names::BACKENDS6 => (4, sz::<Backend6>(), capacity::BACKENDS, map_flags::LOOKUP),
         names::CLUSTER_IPS4 => (4, 4, capacity::FRONTENDS, map_flags::LOOKUP),
         names::CLUSTER_IPS6 => (16, 4, capacity::FRONTENDS, map_flags::LOOKUP),
-        names::SOCK_REVNAT4 => (
-            sz::<SockRevNat4Key>(),
-            sz::<SockRevNat4Value>(),
-            capacity::SOCK_REVNAT,
-            map_flags::LRU,
-        ),
-        names::SOCK_REVNAT6 => (
-            sz::<SockRevNat6Key>(),
-            sz::<SockRevNat6Value>(),
-            capacity::SOCK_REVNAT,
-            map_flags::LRU,
-        ),
         names::AFFINITY => (
             sz::<AffinityKey>(),
             sz::<AffinityValue>(),
@@ -191,39 +193,163 @@ fn expected_layout(name: &str) -> Option<Layout> {
         names::EXTERNAL_COUNTERS => (4, 8, external_counter::COUNT, map_flags::ARRAY),
         _ => return None,
     };
+    let map_type = match name {
+        names::SOCK_PEERS4 | names::SOCK_PEERS6 => MapType::SkStorage,
+        names::AFFINITY | names::FLOWS4 | names::FLOWS6 => MapType::LruHash,
+        names::COUNTERS | names::EXTERNAL_COUNTERS => MapType::PerCpuArray,
+        names::CONFIG | names::MAGLEV | names::EXTERNAL_CONFIG => MapType::Array,
+        names::SOURCE_RANGES4 | names::SOURCE_RANGES6 => MapType::LpmTrie,
+        _ => MapType::Hash,
+    };
     Some(Layout {
+        map_type: Some(map_type),
         key_size,
         value_size,
         max_entries,
         flags,
+        typed: true,
     })
 }
 
-fn drop_incompatible_pins(bpffs: &BpffsDir) {
-    for name in names::ALL {
-        let path = bpffs.map(name);
-        if !path.exists() {
+/// The layout of a pinned map, or None when it cannot be read.
+fn pinned_layout(path: &Path) -> Option<Layout> {
+    let info = MapInfo::from_pin(path).ok()?;
+    Some(Layout {
+        map_type: info.map_type().ok(),
+        key_size: info.key_size(),
+        value_size: info.value_size(),
+        max_entries: info.max_entries(),
+        flags: info.map_flags(),
+        typed: has_btf_types(path).unwrap_or(false),
+    })
+}
+
+/// The start of the kernel's `struct bpf_map_info` (uapi/linux/bpf.h), up
+/// to the BTF type ids; the kernel fills what fits in the length given.
+#[repr(C)]
+#[derive(Default)]
+struct MapInfoPrefix {
+    map_type: u32,
+    id: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    name: [u8; 16],
+    ifindex: u32,
+    btf_vmlinux_value_type_id: u32,
+    netns_dev: u64,
+    netns_ino: u64,
+    btf_id: u32,
+    btf_key_type_id: u32,
+    btf_value_type_id: u32,
+    btf_vmlinux_id: u32,
+}
+
+/// The bpf(2) system call with attribute `attr`.
+///
+/// # Safety
+/// `attr` must be the attribute `cmd` takes, and every buffer it points to
+/// must be valid for what `cmd` does with it.
+pub(crate) unsafe fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> std::io::Result<()> {
+    // SAFETY: as the caller guarantees.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size_of::<A>()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether a pinned map has a BTF value type. aya 0.14's `MapInfo` does
+/// not expose the BTF ids, hence BPF_OBJ_GET_INFO_BY_FD by hand.
+fn has_btf_types(path: &Path) -> std::io::Result<bool> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let map = MapData::from_pin(path).map_err(std::io::Error::other)?;
+    let mut info = MapInfoPrefix::default();
+    let mut attr = InfoAttr {
+        bpf_fd: map.fd().as_fd().as_raw_fd() as u32,
+        info_len: size_of::<MapInfoPrefix>() as u32,
+        info: std::ptr::from_mut(&mut info) as u64,
+    };
+    // SAFETY: the attribute and the buffer it points to outlive the call,
+    // and info_len is the buffer's size.
+    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)? };
+    Ok(info.btf_value_type_id != 0)
+}
+
+/// Moves out of `maps/` every pin this version cannot reuse: maps of
+/// another layout, and maps this version no longer defines. Returns the
+/// retired pins' new paths.
+fn retire_incompatible_pins(bpffs: &BpffsDir, generation: u128) -> Result<Vec<PathBuf>, LoadError> {
+    let mut retired = Vec::new();
+    let Ok(entries) = fs::read_dir(bpffs.maps()) else {
+        return Ok(retired);
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        let expected = expected_layout(&name);
+        let found = pinned_layout(&path);
+        if expected.is_some() && found == expected {
             continue;
         }
-        let Some(expected) = expected_layout(name) else {
-            continue;
-        };
-        let found = MapInfo::from_pin(&path)
-            .map(|i| Layout {
-                key_size: i.key_size(),
-                value_size: i.value_size(),
-                max_entries: i.max_entries(),
-                flags: i.map_flags(),
-            })
-            .ok();
-        if found != Some(expected) {
-            tracing::warn!(
-                map = name,
-                ?found,
-                ?expected,
-                "pinned map has another layout (left by another Ferry version); recreating it"
+        tracing::warn!(
+            map = name,
+            ?found,
+            ?expected,
+            "pinned map has another layout or is no longer used (left by another Ferry \
+             version); a new map replaces it once it is filled"
+        );
+        let to = bpffs.retired().join(format!("{name}@{generation}"));
+        fs::rename(&path, &to).map_err(|source| LoadError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        retired.push(to);
+    }
+    Ok(retired)
+}
+
+/// The previous generation, still attached, and the pins only it uses:
+/// detached and removed by [`Handover::complete`] once the new generation's
+/// maps hold the desired state.
+#[derive(Debug, Default)]
+#[must_use = "the previous generation stays attached until the handover completes"]
+pub struct Handover {
+    old_links: Vec<PathBuf>,
+    retired_maps: Vec<PathBuf>,
+}
+
+impl Handover {
+    /// Whether the new generation replaced any map (a layout change).
+    pub fn replaced_maps(&self) -> usize {
+        self.retired_maps.len()
+    }
+
+    /// Detaches the previous generation and removes the pins of the maps
+    /// it alone used.
+    pub fn complete(self) {
+        for path in &self.old_links {
+            unpin_link(path);
+        }
+        for path in &self.retired_maps {
+            if let Err(e) = fs::remove_file(path) {
+                tracing::warn!(path = %path.display(), error = %e, "removing a retired map pin");
+            }
+        }
+        if !self.old_links.is_empty() || !self.retired_maps.is_empty() {
+            tracing::info!(
+                links = self.old_links.len(),
+                maps = self.retired_maps.len(),
+                "previous datapath generation detached"
             );
-            let _ = fs::remove_file(&path);
         }
     }
 }
@@ -235,15 +361,20 @@ pub(crate) fn now_nanos() -> u128 {
         .unwrap_or_default()
 }
 
-/// Pinned link files of one program: `links/<program>@<generation>`.
-fn pinned_links_of(bpffs: &BpffsDir, program: &str) -> Vec<PathBuf> {
-    let prefix = format!("{program}@");
+/// Pinned cgroup link files of earlier generations: every
+/// `links/<program>@<generation>` but the tc programs' (which `tc` hands
+/// over itself), including programs this version no longer has.
+fn previous_cgroup_links(bpffs: &BpffsDir) -> Vec<PathBuf> {
     let Ok(entries) = fs::read_dir(bpffs.links()) else {
         return Vec::new();
     };
     entries
         .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let program = name.split('@').next().unwrap_or_default();
+            program != tc_programs::EXTERNAL && program != tc_programs::REPLY
+        })
         .map(|e| e.path())
         .collect()
 }
@@ -285,28 +416,42 @@ macro_rules! attach_as {
     }};
 }
 
+/// Loads the object (programs not loaded yet) with every map but the
+/// per-run scratch buffer pinned by name under `bpffs`: BTF map
+/// definitions carry no pinning attribute. Pins that exist are reused as
+/// they are; [`load_and_attach`] first retires those of another layout.
+pub fn load_pinned(bpffs: &BpffsDir) -> Result<Ebpf, LoadError> {
+    if OBJECT.is_empty() {
+        return Err(LoadError::NoObject);
+    }
+    let pins: Vec<(&str, PathBuf)> = names::ALL.iter().map(|n| (*n, bpffs.map(n))).collect();
+    let mut loader = EbpfLoader::new();
+    for (name, path) in &pins {
+        loader.map_pin_path(name, path.as_path());
+    }
+    Ok(loader.load(OBJECT)?)
+}
+
 /// Loads the object with its maps pinned under `bpffs`, attaches every
-/// cgroup program to `cgroup`, pins the new links and then detaches the
-/// links of any previous generation. Returns the loaded object, whose tc
-/// programs `tc::TcPrograms` attaches.
-pub fn load_and_attach(bpffs: &BpffsDir, cgroup: &Path) -> Result<Ebpf, LoadError> {
+/// cgroup program to `cgroup` and pins the new links. The previous
+/// generation stays attached: the returned [`Handover`] detaches it once
+/// the maps are filled. Returns the loaded object too, whose tc programs
+/// `tc::TcPrograms` attaches.
+pub fn load_and_attach(bpffs: &BpffsDir, cgroup: &Path) -> Result<(Ebpf, Handover), LoadError> {
     if OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
     bpffs.prepare()?;
-    drop_incompatible_pins(bpffs);
+    let generation = now_nanos();
+    let retired_maps = retire_incompatible_pins(bpffs, generation)?;
+    let old_links = previous_cgroup_links(bpffs);
 
-    let mut ebpf = EbpfLoader::new()
-        .default_map_pin_directory(bpffs.maps())
-        .load(OBJECT)?;
+    let mut ebpf = load_pinned(bpffs)?;
 
     let cgroup_fd = fs::File::open(cgroup).map_err(|source| LoadError::Cgroup {
         path: cgroup.to_path_buf(),
         source,
     })?;
-    let generation = now_nanos();
-    let mut old_links = Vec::new();
-
     let programs = SOCK_ADDR_PROGRAMS
         .iter()
         .map(|n| (*n, true))
@@ -317,15 +462,16 @@ pub fn load_and_attach(bpffs: &BpffsDir, cgroup: &Path) -> Result<Ebpf, LoadErro
         } else {
             attach_as!(ebpf, name, CgroupSock, &cgroup_fd)
         };
-        old_links.extend(pinned_links_of(bpffs, name));
         link.pin(bpffs.link(&format!("{name}@{generation}")))
             .map_err(|source| LoadError::Pin { name, source })?;
     }
-    // The new generation is attached and pinned: retire the old one.
-    for path in old_links {
-        unpin_link(&path);
-    }
-    Ok(ebpf)
+    Ok((
+        ebpf,
+        Handover {
+            old_links,
+            retired_maps,
+        },
+    ))
 }
 
 /// Detaches every program (by unpinning its links) and removes every pinned
@@ -342,13 +488,20 @@ pub fn cleanup(bpffs: &BpffsDir) -> Result<(), LoadError> {
             unpin_link(&entry.path());
         }
     }
-    if let Ok(entries) = fs::read_dir(bpffs.maps()) {
-        for entry in entries.filter_map(Result::ok) {
-            let path = entry.path();
-            fs::remove_file(&path).map_err(|source| LoadError::Io { path, source })?;
+    for dir in [bpffs.maps(), bpffs.retired()] {
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for entry in entries.filter_map(Result::ok) {
+                let path = entry.path();
+                fs::remove_file(&path).map_err(|source| LoadError::Io { path, source })?;
+            }
         }
     }
-    for dir in [bpffs.links(), bpffs.maps(), bpffs.root.clone()] {
+    for dir in [
+        bpffs.links(),
+        bpffs.maps(),
+        bpffs.retired(),
+        bpffs.root.clone(),
+    ] {
         match fs::remove_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

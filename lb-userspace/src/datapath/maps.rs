@@ -5,8 +5,7 @@
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use lb_common::{
     AffinityKey, AffinityValue, Backend4, Backend6, Config, Frontend4Key, Frontend6Key,
-    FrontendValue, NodePortKey, ServiceCounters, ServiceName, SlotKey, SockRevNat4Key,
-    SockRevNat4Value, SockRevNat6Key, SockRevNat6Value, maps as names,
+    FrontendValue, NodePortKey, ServiceCounters, ServiceName, SlotKey, maps as names,
 };
 use thiserror::Error;
 
@@ -30,11 +29,14 @@ pub struct Maps {
     pub slots: HashMap<MapData, SlotKey, u32>,
     pub backends4: HashMap<MapData, u32, Backend4>,
     pub backends6: HashMap<MapData, u32, Backend6>,
-    pub cluster_ips4: HashMap<MapData, u32, u32>,
-    pub cluster_ips6: HashMap<MapData, [u32; 4], u32>,
+    pub cluster_ips4: HashMap<MapData, [u8; 4], u32>,
+    pub cluster_ips6: HashMap<MapData, [u8; 16], u32>,
     pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
-    pub sock_revnat4: HashMap<MapData, SockRevNat4Key, SockRevNat4Value>,
-    pub sock_revnat6: HashMap<MapData, SockRevNat6Key, SockRevNat6Value>,
+    /// Socket-local storage: read only through sock_diag, which reports
+    /// each socket's value of the maps whose fds it is given (see
+    /// `sockets`), so only the fds are needed.
+    pub sock_peers4: MapData,
+    pub sock_peers6: MapData,
     pub counters: PerCpuArray<MapData, ServiceCounters>,
     pub names: HashMap<MapData, u32, ServiceName>,
     pub nodeport_binds: HashMap<MapData, NodePortKey, u8>,
@@ -44,17 +46,20 @@ pub struct Maps {
 /// The kind of map each pinned name holds, so that aya checks key and value
 /// sizes when the typed handle is made.
 fn open_map(bpffs: &BpffsDir, name: &'static str) -> Result<Map, MapsError> {
-    let err = |source| MapsError::Open {
-        name,
-        dir: bpffs.maps().display().to_string(),
-        source,
-    };
-    let data = MapData::from_pin(bpffs.map(name)).map_err(err)?;
+    let data = open_data(bpffs, name)?;
     Ok(match name {
-        names::AFFINITY | names::SOCK_REVNAT4 | names::SOCK_REVNAT6 => Map::LruHashMap(data),
+        names::AFFINITY => Map::LruHashMap(data),
         names::COUNTERS => Map::PerCpuArray(data),
         names::CONFIG => Map::Array(data),
         _ => Map::HashMap(data),
+    })
+}
+
+fn open_data(bpffs: &BpffsDir, name: &'static str) -> Result<MapData, MapsError> {
+    MapData::from_pin(bpffs.map(name)).map_err(|source| MapsError::Open {
+        name,
+        dir: bpffs.maps().display().to_string(),
+        source,
     })
 }
 
@@ -82,8 +87,8 @@ impl Maps {
             cluster_ips4: typed!(bpffs, names::CLUSTER_IPS4),
             cluster_ips6: typed!(bpffs, names::CLUSTER_IPS6),
             affinity: typed!(bpffs, names::AFFINITY),
-            sock_revnat4: typed!(bpffs, names::SOCK_REVNAT4),
-            sock_revnat6: typed!(bpffs, names::SOCK_REVNAT6),
+            sock_peers4: open_data(bpffs, names::SOCK_PEERS4)?,
+            sock_peers6: open_data(bpffs, names::SOCK_PEERS6)?,
             counters: typed!(bpffs, names::COUNTERS),
             names: typed!(bpffs, names::SERVICE_NAMES),
             nodeport_binds: typed!(bpffs, names::NODEPORT_BINDS),

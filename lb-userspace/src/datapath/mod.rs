@@ -25,7 +25,7 @@ mod sync_timing;
 pub mod tc;
 pub mod xdp;
 
-pub use loader::{LoadError, cleanup, load_and_attach};
+pub use loader::{LoadError, cleanup, load_and_attach, load_pinned};
 pub use maps::Maps;
 pub use paths::{BpffsDir, cgroup2_root};
 pub use sync::{Installed, SyncError, SyncReport};
@@ -74,6 +74,10 @@ pub struct Datapath {
     /// appear.
     ebpf: aya::Ebpf,
     north_south: Option<NorthSouth>,
+    /// The previous generation, detached after the first sync: only then
+    /// do this generation's maps hold the desired state (they are fresh
+    /// and empty after a layout change).
+    handover: Option<loader::Handover>,
     /// Held for as long as this agent writes the maps.
     _lock: std::fs::File,
 }
@@ -89,12 +93,12 @@ impl Datapath {
     ) -> Result<Self, StartError> {
         bpffs.prepare().map_err(LoadError::from)?;
         let lock = bpffs.lock().map_err(LoadError::from)?;
-        let mut ebpf = load_and_attach(bpffs, cgroup)?;
+        let (mut ebpf, handover) = load_and_attach(bpffs, cgroup)?;
         let mut maps = Maps::open(bpffs)?;
         maps.config
             .set(0, Config { host_netns_cookie }, 0)
             .map_err(StartError::Config)?;
-        let installed = adopt::read_installed(&maps);
+        let installed = adopt::read_installed(&maps)?;
         let north_south = match north_south {
             Some(config) => Some(start_north_south(&mut ebpf, bpffs, config)?),
             None => {
@@ -112,6 +116,7 @@ impl Datapath {
             bpffs: bpffs.clone(),
             ebpf,
             north_south,
+            handover: Some(handover),
             _lock: lock,
         })
     }
@@ -122,6 +127,9 @@ impl Datapath {
     /// the tc programs onto interfaces that appeared.
     pub fn sync(&mut self, desired: &DesiredState) -> SyncReport {
         let (mut report, gone) = self.installed.sync_with_departures(&mut self.maps, desired);
+        if let Some(handover) = self.handover.take() {
+            handover.complete();
+        }
         if !gone.is_empty() {
             report.udp_sockets_destroyed =
                 sockets::destroy_udp_sockets(&self.maps, &self.cgroup, &gone);
@@ -216,6 +224,8 @@ pub enum StartError {
     Load(#[from] LoadError),
     #[error(transparent)]
     Maps(#[from] maps::MapsError),
+    #[error("adopting the pinned state: {0}")]
+    Adopt(#[from] adopt::ReadError),
     #[error("writing the datapath configuration: {0}")]
     Config(aya::maps::MapError),
     #[error("north-south: {0}")]

@@ -96,6 +96,14 @@ impl BpffsDir {
         self.maps().join(name)
     }
 
+    /// Pins of maps a new generation does not reuse (another layout, or
+    /// no longer defined): moved here out of the way while the previous
+    /// generation's programs still run on them, removed once the new
+    /// generation's maps are filled.
+    pub fn retired(&self) -> PathBuf {
+        self.root.join("retired")
+    }
+
     pub fn link(&self, program: &str) -> PathBuf {
         self.links().join(program)
     }
@@ -112,7 +120,7 @@ impl BpffsDir {
             fs::create_dir_all(&mount_point).map_err(io_err(&mount_point))?;
             mount_bpffs(&mount_point)?;
         }
-        for dir in [self.maps(), self.links()] {
+        for dir in [self.maps(), self.links(), self.retired()] {
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
         Ok(())

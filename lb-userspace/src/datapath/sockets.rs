@@ -12,6 +12,17 @@
 //! on a live backend. TCP is left to the application, as kube-proxy leaves
 //! it.
 //!
+//! Which set a socket was translated through is in its socket-local
+//! storage (`SOCK_PEERS4/6`). sock_diag can report storage values, but not
+//! for UDP (kernel 6.18 `inet_sk_diag_fill` skips them for sockets without
+//! a connection sock), so the sweep goes in two steps: sock_diag lists the
+//! connected UDP sockets whose peer is a departed backend, then each one's
+//! storage is read through a duplicate of its file descriptor
+//! (pidfd_getfd(2), kernel ≥ 5.6, CAP_SYS_PTRACE), found by its inode in
+//! /proc/PID/fd of the processes under the cgroup. A socket whose storage
+//! cannot be read is left alone: only sockets Ferry provably translated
+//! through the departed set are destroyed.
+//!
 //! A serving-but-terminating backend that leaves its set because ready
 //! ones exist counts as leaving too: kube-proxy would keep such flows, but a
 //! terminating pod is going away, and a resolver is better off moving now.
@@ -25,9 +36,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use lb_common::{SockRevNat4Key, SockRevNat6Key};
+use std::collections::HashMap;
+use std::os::fd::{AsFd as _, BorrowedFd};
 
-use super::convert::{ip4_to_map, ip6_to_map, port_to_map};
+use aya::maps::MapData;
+use lb_common::{SockPeers4, SockPeers6};
+
+use super::convert::port_from_map;
 use super::maps::Maps;
 use crate::netutil::in_netns;
 
@@ -71,7 +86,7 @@ struct InetDiagReqV2 {
     id: InetDiagSockId,
 }
 
-/// The head of struct inet_diag_msg.
+/// struct inet_diag_msg.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 struct InetDiagMsg {
@@ -80,6 +95,11 @@ struct InetDiagMsg {
     timer: u8,
     retrans: u8,
     id: InetDiagSockId,
+    expires: u32,
+    rqueue: u32,
+    wqueue: u32,
+    uid: u32,
+    inode: u32,
 }
 
 #[repr(C)]
@@ -208,48 +228,73 @@ fn sockid_addr(family: u8, words: [u32; 4], port: u16) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
-/// The backend set (service id) through which Ferry translated this socket
-/// to this backend, if it did.
-fn translated_through(maps: &Maps, cookie: u64, backend: SocketAddr) -> Option<u32> {
-    match backend.ip() {
-        IpAddr::V4(ip) => maps
-            .sock_revnat4
-            .get(
-                &SockRevNat4Key {
-                    cookie,
-                    addr: ip4_to_map(ip),
-                    port: port_to_map(backend.port()),
-                    _pad: 0,
-                },
-                0,
-            )
-            .ok()
-            .map(|v| v.service_id),
-        IpAddr::V6(ip) => maps
-            .sock_revnat6
-            .get(
-                &SockRevNat6Key {
-                    cookie,
-                    addr: ip6_to_map(ip),
-                    port: port_to_map(backend.port()),
-                    _pad: [0; 3],
-                },
-                0,
-            )
-            .ok()
-            .map(|v| v.service_id),
+/// BPF_MAP_LOOKUP_ELEM of `key` in `map`; false when absent.
+fn map_lookup<V>(map: &MapData, key: &i32, value: &mut V) -> bool {
+    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+    #[repr(C)]
+    struct Attr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
     }
+    let mut attr = Attr {
+        map_fd: map.fd().as_fd().as_raw_fd() as u32,
+        _pad: 0,
+        key: std::ptr::from_ref(key) as u64,
+        value: std::ptr::from_mut(value) as u64,
+        flags: 0,
+    };
+    // SAFETY: key and value outlive the call, and value has the map's
+    // value size (the callers' types, whose sizes lb-common asserts).
+    unsafe { super::loader::bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) }.is_ok()
+}
+
+/// The (backend set, backend) pairs a socket's storage says it was
+/// translated through. Socket-local storage is keyed by a socket fd of the
+/// caller.
+fn translations(maps: &Maps, socket: BorrowedFd<'_>) -> Vec<Departed> {
+    let key = socket.as_raw_fd();
+    let mut out = Vec::new();
+    let mut v4 = SockPeers4::default();
+    if map_lookup(&maps.sock_peers4, &key, &mut v4) {
+        out.extend(v4.peers.iter().filter(|p| p.service_id != 0).map(|p| {
+            let ip = IpAddr::V4(Ipv4Addr::from(p.backend_addr));
+            (
+                p.service_id,
+                SocketAddr::new(ip, port_from_map(p.backend_port)),
+            )
+        }));
+    }
+    let mut v6 = SockPeers6::default();
+    if map_lookup(&maps.sock_peers6, &key, &mut v6) {
+        out.extend(v6.peers.iter().filter(|p| p.service_id != 0).map(|p| {
+            let ip = IpAddr::V6(Ipv6Addr::from(p.backend_addr));
+            (
+                p.service_id,
+                SocketAddr::new(ip, port_from_map(p.backend_port)),
+            )
+        }));
+    }
+    out
+}
+
+/// A connected UDP socket whose peer is a departed backend: its socket
+/// inode, its peer, and the request that destroys it.
+struct Candidate {
+    inode: u32,
+    peer: SocketAddr,
+    destroy: InetDiagReqV2,
 }
 
 /// A backend that left a backend set: (service id of the set, backend).
 pub type Departed = (u32, SocketAddr);
 
-/// Destroys, in the current network namespace, the connected UDP sockets
-/// Ferry translated to a backend through a set it left (`gone`). Returns
-/// how many.
-fn destroy_here(maps: &Maps, gone: &HashSet<Departed>) -> io::Result<usize> {
-    let backends: HashSet<SocketAddr> = gone.iter().map(|(_, b)| *b).collect();
-    let mut victims = Vec::new();
+/// Lists, in the current network namespace, the connected UDP sockets
+/// whose peer is one of `backends`.
+fn candidates_here(backends: &HashSet<SocketAddr>) -> io::Result<Vec<Candidate>> {
+    let mut out = Vec::new();
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
         let fd = netlink_socket()?;
         let req = InetDiagReqV2 {
@@ -273,24 +318,29 @@ fn destroy_here(maps: &Maps, gone: &HashSet<Departed>) -> io::Result<usize> {
             if msg.state != TCP_ESTABLISHED {
                 return;
             }
-            let Some(dst) = sockid_addr(msg.family, msg.id.dst, msg.id.dport) else {
+            let Some(peer) = sockid_addr(msg.family, msg.id.dst, msg.id.dport) else {
                 return;
             };
-            let cookie = msg.id.cookie[0] as u64 | ((msg.id.cookie[1] as u64) << 32);
-            if backends.contains(&dst)
-                && translated_through(maps, cookie, dst)
-                    .is_some_and(|set| gone.contains(&(set, dst)))
-            {
-                victims.push(InetDiagReqV2 {
-                    family: msg.family,
-                    protocol: libc::IPPROTO_UDP as u8,
-                    states: u32::MAX,
-                    id: msg.id,
-                    ..Default::default()
+            if backends.contains(&peer) {
+                out.push(Candidate {
+                    inode: msg.inode,
+                    peer,
+                    destroy: InetDiagReqV2 {
+                        family: msg.family,
+                        protocol: libc::IPPROTO_UDP as u8,
+                        states: u32::MAX,
+                        id: msg.id,
+                        ..Default::default()
+                    },
                 });
             }
         })?;
     }
+    Ok(out)
+}
+
+/// Destroys sockets in the current network namespace; returns how many.
+fn destroy_here(victims: &[InetDiagReqV2]) -> io::Result<usize> {
     let mut destroyed = 0;
     for req in victims {
         let fd = netlink_socket()?;
@@ -298,7 +348,7 @@ fn destroy_here(maps: &Maps, gone: &HashSet<Departed>) -> io::Result<usize> {
             &fd,
             SOCK_DESTROY,
             (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
-            req,
+            *req,
         )?;
         match receive(&fd, |_| {}) {
             Ok(()) => destroyed += 1,
@@ -308,6 +358,68 @@ fn destroy_here(maps: &Maps, gone: &HashSet<Departed>) -> io::Result<usize> {
         }
     }
     Ok(destroyed)
+}
+
+/// The inode of a `/proc/PID/fd/N` link target `socket:[INODE]`.
+fn socket_inode(target: &Path) -> Option<u32> {
+    target
+        .to_str()?
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// Duplicates of the sockets with these inodes, found in /proc/PID/fd of
+/// `pids` (pidfd_getfd). Sockets that cannot be reached are missing.
+fn socket_fds(pids: &[String], inodes: &HashSet<u32>) -> HashMap<u32, OwnedFd> {
+    let mut out = HashMap::new();
+    for pid in pids {
+        if out.len() == inodes.len() {
+            break;
+        }
+        let (Ok(entries), Ok(pid_number)) = (fs::read_dir(format!("/proc/{pid}/fd")), pid.parse())
+        else {
+            continue;
+        };
+        let mut pidfd: Option<OwnedFd> = None;
+        for entry in entries.filter_map(Result::ok) {
+            let Some(inode) = fs::read_link(entry.path())
+                .ok()
+                .and_then(|t| socket_inode(&t))
+            else {
+                continue;
+            };
+            let Some(target_fd) = entry
+                .file_name()
+                .to_str()
+                .and_then(|f| f.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if !inodes.contains(&inode) || out.contains_key(&inode) {
+                continue;
+            }
+            if pidfd.is_none() {
+                pidfd = pidfd_open(pid_number);
+            }
+            let Some(pfd) = &pidfd else { break };
+            // SAFETY: pidfd_getfd(2) with no flags.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pfd.as_raw_fd(), target_fd, 0) };
+            if fd >= 0 {
+                // SAFETY: a fresh descriptor nobody else owns.
+                out.insert(inode, unsafe { OwnedFd::from_raw_fd(fd as i32) });
+            }
+        }
+    }
+    out
+}
+
+fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open(2) with no flags.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: a fresh descriptor nobody else owns.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// The network namespace files of every thread of process `pid`:
@@ -325,10 +437,8 @@ fn thread_namespaces(pid: &str) -> Vec<PathBuf> {
     out
 }
 
-/// One /proc/PID[/task/TID]/ns/net path per distinct network namespace of
-/// the processes (and their threads) in `cgroup` and below.
-pub fn namespaces_under(cgroup: &Path) -> Vec<PathBuf> {
-    let mut seen = HashSet::new();
+/// The processes in `cgroup` and below.
+fn processes_under(cgroup: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut dirs = vec![cgroup.to_path_buf()];
     // Bounded walk: cgroup trees are finite, but never trust a file system
@@ -340,15 +450,7 @@ pub fn namespaces_under(cgroup: &Path) -> Vec<PathBuf> {
             break;
         }
         if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
-            for pid in procs.lines() {
-                for ns in thread_namespaces(pid.trim()) {
-                    if let Ok(id) = fs::read_link(&ns)
-                        && seen.insert(id)
-                    {
-                        out.push(ns);
-                    }
-                }
-            }
+            out.extend(procs.lines().map(|p| p.trim().to_string()));
         }
         if let Ok(entries) = fs::read_dir(&dir) {
             dirs.extend(
@@ -362,6 +464,29 @@ pub fn namespaces_under(cgroup: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// One /proc/PID[/task/TID]/ns/net path per distinct network namespace of
+/// these processes (and their threads).
+fn namespaces_of(pids: &[String]) -> Vec<PathBuf> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for pid in pids {
+        for ns in thread_namespaces(pid) {
+            if let Ok(id) = fs::read_link(&ns)
+                && seen.insert(id)
+            {
+                out.push(ns);
+            }
+        }
+    }
+    out
+}
+
+/// One /proc/PID[/task/TID]/ns/net path per distinct network namespace of
+/// the processes (and their threads) in `cgroup` and below.
+pub fn namespaces_under(cgroup: &Path) -> Vec<PathBuf> {
+    namespaces_of(&processes_under(cgroup))
+}
+
 /// Destroys the connected UDP sockets translated to a backend through a set
 /// it left (`gone`), in every network namespace under `cgroup`. Errors in
 /// one namespace (a process that exited meanwhile) do not stop the others.
@@ -370,9 +495,41 @@ pub fn destroy_udp_sockets(maps: &Maps, cgroup: &Path, gone: &[Departed]) -> usi
         return 0;
     }
     let gone: HashSet<Departed> = gone.iter().copied().collect();
+    let backends: HashSet<SocketAddr> = gone.iter().map(|(_, b)| *b).collect();
+    let pids = processes_under(cgroup);
+    let mut per_ns = Vec::new();
+    for ns in namespaces_of(&pids) {
+        match in_netns(Some(&ns), || candidates_here(&backends)) {
+            Ok(c) if !c.is_empty() => per_ns.push((ns, c)),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(netns = %ns.display(), error = %e, "UDP socket sweep"),
+        }
+    }
+    if per_ns.is_empty() {
+        return 0;
+    }
+    let inodes: HashSet<u32> = per_ns
+        .iter()
+        .flat_map(|(_, c)| c.iter().map(|c| c.inode))
+        .collect();
+    let fds = socket_fds(&pids, &inodes);
     let mut total = 0;
-    for ns in namespaces_under(cgroup) {
-        match in_netns(Some(&ns), || destroy_here(maps, &gone)) {
+    for (ns, candidates) in per_ns {
+        let victims: Vec<InetDiagReqV2> = candidates
+            .iter()
+            .filter(|c| {
+                fds.get(&c.inode).is_some_and(|fd| {
+                    translations(maps, fd.as_fd())
+                        .iter()
+                        .any(|t| t.1 == c.peer && gone.contains(t))
+                })
+            })
+            .map(|c| c.destroy)
+            .collect();
+        if victims.is_empty() {
+            continue;
+        }
+        match in_netns(Some(&ns), || destroy_here(&victims)) {
             Ok(n) => total += n,
             Err(e) => tracing::debug!(netns = %ns.display(), error = %e, "UDP socket sweep"),
         }
