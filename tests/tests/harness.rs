@@ -437,11 +437,13 @@ fn bpffs_dir_is_private_and_removed() -> Result<()> {
         let f: Vec<&str> = l.split_whitespace().collect();
         f.get(1) == Some(&"/sys/fs/bpf") && f.get(2) == Some(&"bpf")
     }));
-    // Laid out as the agent lays out its own (maps/, links/).
+    // Laid out as the agent lays out its own (maps/, links/, retired/).
     fs::create_dir(a.path().join("sub"))?;
     assert_eq!(
         a.entries()?,
-        ["links", "maps", "sub"].map(PathBuf::from).to_vec()
+        ["links", "maps", "retired", "sub"]
+            .map(PathBuf::from)
+            .to_vec()
     );
     let (pa, pb) = (a.path().to_path_buf(), b.path().to_path_buf());
     drop(a);

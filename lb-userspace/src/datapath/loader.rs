@@ -373,7 +373,13 @@ fn previous_cgroup_links(bpffs: &BpffsDir) -> Vec<PathBuf> {
         .filter(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             let program = name.split('@').next().unwrap_or_default();
-            program != tc_programs::EXTERNAL && program != tc_programs::REPLY
+            // The north-south links hand over on their own (tc.rs, xdp.rs).
+            ![
+                tc_programs::EXTERNAL,
+                tc_programs::REPLY,
+                tc_programs::EXTERNAL_XDP,
+            ]
+            .contains(&program)
         })
         .map(|e| e.path())
         .collect()

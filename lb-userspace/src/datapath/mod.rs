@@ -155,6 +155,9 @@ impl Datapath {
                 });
             }
             let ext = ns.external.sync(desired);
+            // The maps hold what this pass could write (a bad Service is
+            // reported, not waited for): the old programs can go.
+            ns.tc.retire_previous();
             report.changes += ext.changes + ext.tables_written + ext.flows_swept;
             report
                 .errors

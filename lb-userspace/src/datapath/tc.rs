@@ -164,7 +164,8 @@ impl TcPrograms {
     }
 
     /// Attaches to interfaces that appeared (or changed role), forgets the
-    /// ones that went, and retires the previous generation's links. Returns
+    /// ones that went (the previous generation's links stay until
+    /// [`TcPrograms::retire_previous`]). Returns
     /// the interfaces that failed, with why.
     pub fn refresh(&mut self, ebpf: &mut Ebpf, bpffs: &BpffsDir) -> Vec<String> {
         let mut errors = Vec::new();
@@ -227,13 +228,21 @@ impl TcPrograms {
                 self.attached = now;
                 self.external = external;
                 errors.extend(failed);
-                for old in std::mem::take(&mut self.previous) {
-                    unpin_link(&old);
-                }
             }
             Err(e) => errors.push(format!("listing the node's interfaces: {e}")),
         }
         errors
+    }
+
+    /// Unpins the previous generation's links (a restarted agent's
+    /// predecessor), once this generation's maps hold the desired state:
+    /// until then the old programs, first in each interface's tcx chain,
+    /// translate with the old maps, which matters when a layout change
+    /// gave this generation new, empty ones.
+    pub fn retire_previous(&mut self) {
+        for old in std::mem::take(&mut self.previous) {
+            unpin_link(&old);
+        }
     }
 
     /// ifindex → program, as attached now.
