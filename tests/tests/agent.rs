@@ -470,9 +470,11 @@ fn events_report_an_invalid_service_once_per_breakage() -> Result<()> {
     );
 
     let client = client(&src.rt, &api, Arc::new(kube_source::NoObserver))?;
+    // Holds the posting task for the rest of the test.
+    let mut tasks = tokio::task::JoinSet::new();
     let mut reporter = {
         let _guard = src.rt.enter();
-        EventReporter::spawn(client, NODE.to_string())
+        EventReporter::spawn(client, NODE.to_string(), &mut tasks)
     };
     // Every sync reports the same invalid object: one Event.
     for _ in 0..3 {
