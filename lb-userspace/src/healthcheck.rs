@@ -193,11 +193,9 @@ impl HealthServer {
             };
             respond(&service, n, healthy.load(Ordering::Relaxed))
         });
-        Ok(self.runtime.spawn(http::serve(
-            listener,
-            handler,
-            self.connections.clone(),
-        )))
+        Ok(self
+            .runtime
+            .spawn(http::serve(listener, handler, self.connections.clone())))
     }
 
     pub fn ports(&self) -> Vec<u16> {

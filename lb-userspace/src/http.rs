@@ -464,7 +464,9 @@ mod tests {
         assert_eq!(conns.stats().open, 1);
     }
 
-    async fn server(conns: Arc<Connections>) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    async fn server(
+        conns: Arc<Connections>,
+    ) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let handler = Handler::inline(|req| Response::new(200, "text/plain", req.path.clone()));

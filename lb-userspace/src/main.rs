@@ -166,18 +166,19 @@ async fn standalone(
         tokio::runtime::Handle::current(),
     );
     // Passes block in syscalls: off the workers serving health checks.
-    let control_loop = reconcile::spawn_thread(reconcile::run(dp, node, rx, stop_rx, move |pass| {
-        proxy_healthy.store(pass.report.errors.is_empty(), Ordering::Relaxed);
-        health.update(&pass.computed.desired.health_checks, &pass.node.addresses);
-        tracing::info!(
-            changes = pass.report.changes,
-            frontends = pass.computed.desired.frontends.len(),
-            invalid = pass.computed.invalid.len(),
-            duration_us = pass.duration.as_micros() as u64,
-            "synced"
-        );
-    }))
-    .context("starting the control loop's thread")?;
+    let control_loop =
+        reconcile::spawn_thread(reconcile::run(dp, node, rx, stop_rx, move |pass| {
+            proxy_healthy.store(pass.report.errors.is_empty(), Ordering::Relaxed);
+            health.update(&pass.computed.desired.health_checks, &pass.node.addresses);
+            tracing::info!(
+                changes = pass.report.changes,
+                frontends = pass.computed.desired.frontends.len(),
+                invalid = pass.computed.invalid.len(),
+                duration_us = pass.duration.as_micros() as u64,
+                "synced"
+            );
+        }))
+        .context("starting the control loop's thread")?;
     shutdown_signal().await?;
     tracing::info!("stopping; the datapath stays in place (ferry cleanup removes it)");
     let _ = stop_tx.send(true);

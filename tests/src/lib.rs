@@ -90,6 +90,7 @@
 // (`Naming::TESTS`). What only tests need stays in this crate: the Ferry
 // process guard, manifest builders, `serial()`, `require_root()`.
 pub mod apiserver;
+pub mod caps;
 pub mod ferry;
 pub mod manifests;
 pub mod ns_topology;
