@@ -15,10 +15,10 @@ use std::{
 };
 
 use serde::Serialize;
-use tokio::task::JoinHandle;
+use tokio::{runtime::Handle, task::JoinHandle};
 
 use crate::{
-    http::{self, Response},
+    http::{self, Connections, Handler, Response},
     model::{HealthCheck, ServiceRef},
     netutil,
 };
@@ -84,20 +84,32 @@ pub struct HealthServer {
     /// The node's network namespace (None: ours), where the node
     /// addresses live.
     netns: Option<PathBuf>,
+    /// Shared with the process's other listeners: one cap for all.
+    connections: Arc<Connections>,
+    /// Where the listeners run: the runtime serving HTTP, not the thread
+    /// that syncs the datapath and calls [`HealthServer::update`].
+    runtime: Handle,
 }
 
 impl HealthServer {
-    pub fn new(proxy_healthy: Arc<AtomicBool>, netns: Option<PathBuf>) -> Self {
+    pub fn new(
+        proxy_healthy: Arc<AtomicBool>,
+        netns: Option<PathBuf>,
+        connections: Arc<Connections>,
+        runtime: Handle,
+    ) -> Self {
         Self {
             listeners: BTreeMap::new(),
             proxy_healthy,
             netns,
+            connections,
+            runtime,
         }
     }
 
-    /// Opens, updates and closes listeners. Must run inside a tokio
-    /// runtime. A port that cannot be bound is logged and retried on the
-    /// next update.
+    /// Opens, updates and closes listeners; callable from any thread. A
+    /// port that cannot be bound is logged and retried on the next
+    /// update.
     pub fn update(&mut self, checks: &BTreeMap<u16, HealthCheck>, node_addrs: &[IpAddr]) {
         let mut addrs: Vec<IpAddr> = node_addrs.to_vec();
         addrs.sort();
@@ -162,30 +174,28 @@ impl HealthServer {
             l.set_nonblocking(true)?;
             Ok(l)
         })?;
-        let listener = tokio::net::TcpListener::from_std(std_listener)?;
+        // Registered with the reactor of the runtime that will poll it.
+        let listener = {
+            let _entered = self.runtime.enter();
+            tokio::net::TcpListener::from_std(std_listener)?
+        };
         let healthy = self.proxy_healthy.clone();
-        Ok(tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let state = state.clone();
-                let healthy = healthy.clone();
-                tokio::spawn(http::serve_connection(stream, move |_req| {
-                    let (service, n) = match state.read() {
-                        Ok(s) => (s.service.clone(), s.local_endpoints),
-                        Err(_) => (
-                            ServiceRef {
-                                namespace: String::new(),
-                                name: String::new(),
-                            },
-                            0,
-                        ),
-                    };
-                    respond(&service, n, healthy.load(Ordering::Relaxed))
-                }));
-            }
-        }))
+        let handler = Handler::inline(move |_req| {
+            let (service, n) = match state.read() {
+                Ok(s) => (s.service.clone(), s.local_endpoints),
+                Err(_) => (
+                    ServiceRef {
+                        namespace: String::new(),
+                        name: String::new(),
+                    },
+                    0,
+                ),
+            };
+            respond(&service, n, healthy.load(Ordering::Relaxed))
+        });
+        Ok(self
+            .runtime
+            .spawn(http::serve(listener, handler, self.connections.clone())))
     }
 
     pub fn ports(&self) -> Vec<u16> {
@@ -234,7 +244,12 @@ mod tests {
 
     #[tokio::test]
     async fn listeners_open_move_and_close_with_the_desired_state() {
-        let mut server = HealthServer::new(Arc::new(AtomicBool::new(true)), None);
+        let mut server = HealthServer::new(
+            Arc::new(AtomicBool::new(true)),
+            None,
+            Connections::new(http::Limits::for_file_limit(1024)),
+            Handle::current(),
+        );
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
         // Find a free port by binding and releasing it.
         let port = std::net::TcpListener::bind((lo, 0))

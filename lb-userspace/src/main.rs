@@ -12,7 +12,7 @@ use lb_userspace::{
     cli::{Cli, Command, DatapathArgs, LogFormat, NorthSouthArgs, OutputFormat},
     datapath::{self, BpffsDir, Datapath},
     healthcheck::HealthServer,
-    netutil,
+    http, netutil,
     reconcile::{self, NodeConfig},
     source,
 };
@@ -160,23 +160,32 @@ async fn standalone(
     let (stop_tx, stop_rx) = watch::channel(false);
     let source_task = tokio::spawn(source::manifests::run(manifests, node.name.clone(), tx));
     let proxy_healthy = Arc::new(AtomicBool::new(true));
-    let mut health = HealthServer::new(proxy_healthy.clone(), host_netns.clone());
-    let loop_task = tokio::spawn(reconcile::run(dp, node, rx, stop_rx, move |pass| {
-        proxy_healthy.store(pass.report.errors.is_empty(), Ordering::Relaxed);
-        health.update(&pass.computed.desired.health_checks, &pass.node.addresses);
-        tracing::info!(
-            changes = pass.report.changes,
-            frontends = pass.computed.desired.frontends.len(),
-            invalid = pass.computed.invalid.len(),
-            duration_us = pass.duration.as_micros() as u64,
-            "synced"
-        );
-    }));
+    let mut health = HealthServer::new(
+        proxy_healthy.clone(),
+        host_netns.clone(),
+        http::Connections::new(http::Limits::from_file_limit()),
+        tokio::runtime::Handle::current(),
+    );
+    // Passes block in syscalls: off the workers serving health checks.
+    let control_loop =
+        reconcile::spawn_thread(reconcile::run(dp, node, rx, stop_rx, move |pass| {
+            proxy_healthy.store(pass.report.errors.is_empty(), Ordering::Relaxed);
+            health.update(&pass.computed.desired.health_checks, &pass.node.addresses);
+            tracing::info!(
+                changes = pass.report.changes,
+                frontends = pass.computed.desired.frontends.len(),
+                invalid = pass.computed.invalid.len(),
+                duration_us = pass.duration.as_micros() as u64,
+                "synced"
+            );
+        }))
+        .context("starting the control loop's thread")?;
     shutdown_signal().await?;
     tracing::info!("stopping; the datapath stays in place (ferry cleanup removes it)");
     let _ = stop_tx.send(true);
+    control_loop.join().await;
     source_task.abort();
-    let _ = loop_task.await;
+    let _ = source_task.await;
     Ok(())
 }
 

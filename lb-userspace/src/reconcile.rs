@@ -287,6 +287,40 @@ pub async fn run_with(
     }
 }
 
+/// The control loop on a thread of its own.
+pub struct LoopThread {
+    done: tokio::sync::oneshot::Receiver<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl LoopThread {
+    /// Waits (without blocking the caller's runtime) for the loop to end.
+    pub async fn join(self) {
+        let _ = self.done.await;
+        let _ = self.thread.join();
+    }
+}
+
+/// Runs `control_loop` ([`run`], [`run_with`]) on its own thread and
+/// runtime: a pass blocks in syscalls (map writes, the sock_diag walk, the
+/// drift read-back) for as long as it takes, and must not hold up the
+/// async workers that answer health checks and follow the watches.
+pub fn spawn_thread(
+    control_loop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<LoopThread> {
+    let (tx, done) = tokio::sync::oneshot::channel();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let thread = std::thread::Builder::new()
+        .name("ferry-sync".into())
+        .spawn(move || {
+            rt.block_on(control_loop);
+            let _ = tx.send(());
+        })?;
+    Ok(LoopThread { done, thread })
+}
+
 #[cfg(test)]
 mod debounce_tests {
     use super::*;

@@ -128,6 +128,13 @@ pub struct FerryOptions {
     /// Called on every poll of the waits; an error ends the wait (the
     /// demo's Ctrl-C).
     pub abort: Option<fn() -> Result<()>>,
+    /// RLIMIT_NOFILE (soft and hard) of the ferry process; None: inherited.
+    pub file_limit: Option<u64>,
+    /// When set, the ferry process runs with exactly these capabilities
+    /// (numbers, see [`crate::caps`]) and no_new_privs, as a container
+    /// with `capabilities: {drop: [ALL], add: [...]}` and
+    /// `allowPrivilegeEscalation: false` does; None: the test's own.
+    pub capabilities: Option<Vec<u32>>,
 }
 
 impl FerryOptions {
@@ -146,6 +153,8 @@ impl FerryOptions {
             naming: Naming::TESTS,
             dump_log: true,
             abort: None,
+            file_limit: None,
+            capabilities: None,
         }
     }
 
@@ -211,6 +220,16 @@ impl FerryOptions {
 
     pub fn abort_when(mut self, check: fn() -> Result<()>) -> Self {
         self.abort = Some(check);
+        self
+    }
+
+    pub fn file_limit(mut self, n: u64) -> Self {
+        self.file_limit = Some(n);
+        self
+    }
+
+    pub fn capabilities(mut self, caps: &[u32]) -> Self {
+        self.capabilities = Some(caps.to_vec());
         self
     }
 }
@@ -352,11 +371,31 @@ impl Ferry {
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .process_group(0);
-        // SAFETY: prctl is async-signal-safe.
+        let file_limit = o.file_limit;
+        // Computed before the fork: the child may not allocate.
+        let caps = o
+            .capabilities
+            .as_ref()
+            .map(|c| crate::caps::Restriction::new(c))
+            .transpose()?;
+        // SAFETY: prctl, setrlimit and capset are async-signal-safe, and
+        // nothing here allocates.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if let Some(n) = file_limit {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if let Some(caps) = &caps {
+                    caps.apply()?;
                 }
                 Ok(())
             });

@@ -33,6 +33,7 @@
 
 pub mod apiserver;
 pub mod bpffs;
+pub mod caps;
 pub mod cgroup;
 pub mod client;
 pub mod ferry;

@@ -89,14 +89,14 @@
 // (`tests::Netns`, `tests::cgroup::place_command_in`, `tests::apiserver`,
 // ...). The parameterless constructors there name things `ft<pid>-<n>` /
 // `ferry-test-<pid>-<n>` (`Naming::TESTS`). What only tests need stays in
-// this crate: the two-node topology, the shared fixture of the datapath
-// tests, `serial()`, `require_root()`.
+// this crate: the shared fixture of the datapath tests, `serial()`,
+// `require_root()`.
 pub mod fixture;
 
 use std::sync::{Mutex, MutexGuard, Once, PoisonError};
 
 pub use sandbox::{
-    Naming, apiserver, bpffs, cgroup, client, ferry, is_root, manifests, netns, ns_topology,
+    Naming, apiserver, bpffs, caps, cgroup, client, ferry, is_root, manifests, netns, ns_topology,
     servers, sweep, topology, unique_id, util,
 };
 

@@ -470,9 +470,11 @@ fn events_report_an_invalid_service_once_per_breakage() -> Result<()> {
     );
 
     let client = client(&src.rt, &api, Arc::new(kube_source::NoObserver))?;
+    // Holds the posting task for the rest of the test.
+    let mut tasks = tokio::task::JoinSet::new();
     let mut reporter = {
         let _guard = src.rt.enter();
-        EventReporter::spawn(client, NODE.to_string())
+        EventReporter::spawn(client, NODE.to_string(), &mut tasks)
     };
     // Every sync reports the same invalid object: one Event.
     for _ in 0..3 {
@@ -589,6 +591,16 @@ impl AgentEnv {
     }
 
     fn start(&mut self, sync_period: &str) -> Result<&mut Ferry> {
+        self.start_with(sync_period, |o| o)
+    }
+
+    /// `start`, with the options changed by `adjust` (file limit,
+    /// capabilities, flags).
+    fn start_with(
+        &mut self,
+        sync_period: &str,
+        adjust: impl FnOnce(FerryOptions) -> FerryOptions,
+    ) -> Result<&mut Ferry> {
         let opts =
             FerryOptions::agent(self.api.kubeconfig(), self.cgroup.path(), self.bpffs.path())
                 .node(NODE, [NODE_V4.into(), NODE_V6.into()])
@@ -599,7 +611,7 @@ impl AgentEnv {
                 .arg(&self.metrics.to_string())
                 .arg("--sync-period")
                 .arg(sync_period);
-        Ok(self.ferry.insert(Ferry::start(opts)?))
+        Ok(self.ferry.insert(Ferry::start(adjust(opts))?))
     }
 
     fn ferry(&mut self) -> &mut Ferry {
@@ -702,6 +714,17 @@ fn agent_serves_a_cluster_ip_from_the_api_server_without_failed_connects() -> Re
     require_root();
     let _serial = serial();
     let mut env = AgentEnv::new(3)?;
+    end_to_end_checks(&mut env, |o| o)
+}
+
+/// The checks of a whole agent: a ClusterIP served from the API server
+/// through backend changes without failed connects, an invalid Service
+/// reported by one Event, /healthz, /livez, /proxyMode, /metrics (counters
+/// read from the maps), `ferry status`. `adjust` sets how the agent runs.
+fn end_to_end_checks(
+    env: &mut AgentEnv,
+    adjust: impl FnOnce(FerryOptions) -> FerryOptions,
+) -> Result<()> {
     env.api.apply(web("10.96.0.10"))?;
     env.api.apply(env.web_slice(&["b0"]))?;
     // An invalid Service must not hold the others back, and is reported.
@@ -711,7 +734,7 @@ fn agent_serves_a_cluster_ip_from_the_api_server_without_failed_connects() -> Re
             .port(ServicePort::tcp(80))
             .to_value(),
     )?;
-    env.start("1h")?;
+    env.start_with("1h", adjust)?;
     env.wait_backends(&["b0"])?;
     assert_eq!(env.request()?.server, "b0");
 
@@ -1137,5 +1160,185 @@ fn agent_drift_check_sees_exactly_what_changed_behind_the_mirror() -> Result<()>
     assert_eq!(dp.maps.frontends4.get(&web, 0)?, value);
     assert!(dp.maps.frontends4.get(&bogus, 0).is_err());
     assert!(!adopt_drift(dp), "still differing after the repair");
+    Ok(())
+}
+
+// ------------------------------------------- hostile and restricted runs
+
+/// deploy/daemonset.yaml's securityContext, proven: the agent runs with
+/// exactly the capabilities its `add:` list names (every other set
+/// emptied, no_new_privs as `allowPrivilegeEscalation: false` sets it)
+/// and passes the whole set of agent checks.
+#[test]
+fn agent_passes_the_end_to_end_checks_with_exactly_the_daemonsets_capabilities() -> Result<()> {
+    require_root();
+    let _serial = serial();
+    let daemonset = tests::ferry::workspace_root().join("deploy/daemonset.yaml");
+    let names = caps::added_in(&daemonset)?;
+    let numbers = names
+        .iter()
+        .map(|n| caps::number(n))
+        .collect::<Result<Vec<_>>>()?;
+    let mut env = AgentEnv::new(3)?;
+    end_to_end_checks(&mut env, |o| o.capabilities(&numbers))?;
+    let pid = env.ferry().pid().context("the agent runs")?;
+    assert_eq!(
+        caps::effective_of(pid)?,
+        caps::mask(&numbers),
+        "the agent's effective set is {names:?}"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    assert!(env.ferry().is_running(), "{}", env.ferry().log_tail(30));
+    Ok(())
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which may hold spaces.
+    let rest = stat.rsplit_once(')').context("no comm")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // state is field 3 of stat(5): fields[0] here; utime 14, stime 15.
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks as f64 / hz)
+}
+
+/// Opens `n` connections to `addr` and holds them without sending a byte.
+fn hold_idle(addr: SocketAddr, n: usize) -> (Vec<TcpStream>, usize) {
+    let mut held = Vec::with_capacity(n);
+    let mut failed = 0;
+    for _ in 0..n {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            Ok(s) => held.push(s),
+            Err(_) => failed += 1,
+        }
+    }
+    (held, failed)
+}
+
+/// Status and time taken of a GET.
+fn timed_get(addr: SocketAddr, path: &str) -> Result<(u16, Duration)> {
+    let start = Instant::now();
+    let (code, _, _) = http_get(addr, path)?;
+    Ok((code, start.elapsed()))
+}
+
+/// Issue 13's hostile case: the agent's file limit at 1,024 and 2,000
+/// idle connections held open against :10256 and against a health check
+/// node port. New requests to each are still answered (within 1 s, the
+/// issue's bound; the figures are printed), the agent does not spin (CPU
+/// printed; asserted only against a generous bound), and a Service change
+/// is still applied.
+#[test]
+fn agent_answers_health_checks_under_idle_connection_floods_with_1024_descriptors() -> Result<()> {
+    require_root();
+    let _serial = serial();
+    const FLOOD: usize = 2000;
+    let mut env = AgentEnv::new(2)?;
+    env.api.apply(web("10.96.0.10"))?;
+    env.api.apply(env.web_slice(&["b0"]))?;
+    env.api.apply(
+        Service::new("default", "lb")
+            .type_("LoadBalancer")
+            .cluster_ip("10.96.0.20")
+            .port(
+                ServicePort::tcp(80)
+                    .name("http")
+                    .target(8080)
+                    .node_port(30080),
+            )
+            .external_traffic_policy("Local")
+            .health_check_node_port(32100)
+            .to_value(),
+    )?;
+    let b0 = env.backend_ip("b0");
+    env.api.apply(
+        EndpointSlice::new("default", "lb-1", "lb", AddressType::IPv4)
+            .port("http", 8080, "TCP")
+            .endpoint(Endpoint::new(&b0).node(NODE))
+            .to_value(),
+    )?;
+    env.start_with("1h", |o| o.file_limit(1024))?;
+    env.wait_backends(&["b0"])?;
+    let hc = SocketAddr::new(NODE_V4.into(), 32100);
+    let deadline = Instant::now() + WAIT;
+    while !env
+        .topo
+        .node()
+        .run(|| http_get(hc, "/"))
+        .is_ok_and(|(code, _, _)| code == 200)
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "the health check port never answered 200"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid = env.ferry().pid().context("the agent runs")?;
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    ensure!(
+        limits
+            .lines()
+            .any(|l| l.starts_with("Max open files") && l.contains(" 1024 ")),
+        "{limits}"
+    );
+
+    let (cpu0, t0) = (cpu_seconds(pid)?, Instant::now());
+    let (held_healthz, failed_healthz) = hold_idle(env.healthz, FLOOD);
+    let (held_hc, failed_hc) = env.topo.node().run(|| hold_idle(hc, FLOOD));
+    let flood_time = t0.elapsed();
+    let (cpu1, t1) = (cpu_seconds(pid)?, Instant::now());
+
+    // Five rounds while every connection is still held (the agent closes
+    // idle ones after 5 s; it sees them as evicted or timed out, the
+    // clients keep their ends); a Service change in between.
+    let mut worst = (Duration::ZERO, Duration::ZERO);
+    for round in 0..5 {
+        let (code, took) = timed_get(env.healthz, "/healthz")?;
+        assert_eq!(code, 200, "round {round}: /healthz");
+        worst.0 = worst.0.max(took);
+        let (code, took) = env.topo.node().run(|| timed_get(hc, "/"))?;
+        assert_eq!(code, 200, "round {round}: health check node port");
+        worst.1 = worst.1.max(took);
+        if round == 1 {
+            env.api.apply(env.web_slice(&["b1"]))?;
+            env.wait_backends(&["b1"])?;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let cpu2 = cpu_seconds(pid)?;
+    let window = t1.elapsed();
+    let flood_cpu = (cpu1 - cpu0) / flood_time.as_secs_f64() * 100.0;
+    let held_cpu = (cpu2 - cpu1) / window.as_secs_f64() * 100.0;
+    let total_cpu = (cpu2 - cpu0) / (flood_time + window).as_secs_f64() * 100.0;
+    eprintln!(
+        "FIGURES flood: {} + {} idle connections held ({failed_healthz} + {failed_hc} failed to connect) in {:.2} s; \
+         slowest new answer: /healthz {:.1} ms, health check port {:.1} ms; \
+         agent CPU: {flood_cpu:.1}% while flooding, {held_cpu:.1}% over the {:.1} s held window, {total_cpu:.1}% overall",
+        held_healthz.len(),
+        held_hc.len(),
+        flood_time.as_secs_f64(),
+        worst.0.as_secs_f64() * 1e3,
+        worst.1.as_secs_f64() * 1e3,
+        window.as_secs_f64(),
+    );
+    assert!(
+        held_healthz.len() + held_hc.len() >= FLOOD,
+        "the flood did not get through: {} + {}",
+        held_healthz.len(),
+        held_hc.len()
+    );
+    assert!(
+        worst.0 < Duration::from_secs(1) && worst.1 < Duration::from_secs(1),
+        "answers took {worst:?}"
+    );
+    // Generous: a spinning accept loop burns a whole core.
+    assert!(held_cpu < 50.0, "agent CPU {held_cpu:.1}%");
+    assert_eq!(env.request()?.server, "b1", "the Service change applies");
+    assert!(env.ferry().is_running(), "{}", env.ferry().log_tail(30));
+    drop((held_healthz, held_hc));
     Ok(())
 }

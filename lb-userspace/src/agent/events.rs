@@ -23,7 +23,7 @@ use kube::{
     Api, Client, Resource,
     api::{Patch, PatchParams, PostParams},
 };
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, task::JoinSet};
 
 use crate::{
     model::{InvalidObject, ObjectKind},
@@ -157,10 +157,11 @@ pub struct EventReporter {
 }
 
 impl EventReporter {
-    /// Starts the posting task (must run inside a tokio runtime).
-    pub fn spawn(client: Client, node_name: String) -> Self {
+    /// Starts the posting task in `tasks` (must run inside a tokio
+    /// runtime); `report` may then be called from any thread.
+    pub fn spawn(client: Client, node_name: String, tasks: &mut JoinSet<()>) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(post_events(client, node_name, rx));
+        tasks.spawn(post_events(client, node_name, rx));
         EventReporter {
             tx,
             current: HashSet::new(),

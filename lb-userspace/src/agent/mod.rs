@@ -35,13 +35,14 @@ use tokio::{
     net::TcpListener,
     signal::unix::{SignalKind, signal},
     sync::{Notify, watch},
+    task::JoinSet,
 };
 
 use self::{events::EventReporter, metrics::Metrics, state::AgentState};
 use crate::{
     datapath::{BpffsDir, Datapath, Maps},
     healthcheck::HealthServer,
-    http::{self, Request, Response},
+    http::{self, Connections, Handler, Limits, Response},
     reconcile::{self, NodeConfig},
     source::{
         Snapshot,
@@ -81,6 +82,8 @@ pub enum AgentError {
     Client(#[from] ClientError),
     #[error("installing the SIGHUP handler: {0}")]
     Signal(io::Error),
+    #[error("starting the control loop's thread: {0}")]
+    Thread(io::Error),
 }
 
 /// Feeds what the source does into the agent's state and metrics.
@@ -118,20 +121,6 @@ fn not_found() -> Response {
     Response::new(404, "text/plain", "not found\n")
 }
 
-/// Answers every connection of `listener` with `handler`.
-async fn serve(listener: TcpListener, handler: Arc<dyn Fn(&Request) -> Response + Send + Sync>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let handler = handler.clone();
-                tokio::spawn(http::serve_connection(stream, move |req| handler(req)));
-            }
-            // Out of file descriptors and the like: do not spin.
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-}
-
 /// Runs the agent on a started datapath until `shutdown` resolves. Only
 /// setup can fail (addresses in use, no API server configuration); after
 /// that, errors are logged, retried and reported, never fatal.
@@ -154,17 +143,25 @@ pub async fn run(
     };
     let metrics = Arc::new(Metrics::new(counters));
 
+    // Every task of the agent, stopped together on shutdown.
+    let mut tasks = JoinSet::new();
+    // One cap for all the HTTP listeners: they share one file limit.
+    let connections = Connections::new(Limits::from_file_limit());
     let healthz = listen("healthz", opts.healthz_bind_address).await?;
     let metrics_listener = listen("metrics", opts.metrics_bind_address).await?;
     let health_state = state.clone();
-    tokio::spawn(serve(
+    tasks.spawn(http::serve(
         healthz,
-        Arc::new(move |req| health::respond(req, &health_state.health()).unwrap_or_else(not_found)),
+        Handler::inline(move |req| {
+            health::respond(req, &health_state.health()).unwrap_or_else(not_found)
+        }),
+        connections.clone(),
     ));
     let (m, s) = (metrics.clone(), state.clone());
-    tokio::spawn(serve(
+    tasks.spawn(http::serve(
         metrics_listener,
-        Arc::new(move |req| {
+        // A scrape reads the counters of every Service from the maps.
+        Handler::blocking(move |req| {
             if let Some(r) = m.respond(req) {
                 return r;
             }
@@ -174,11 +171,13 @@ pub async fn run(
             }
             not_found()
         }),
+        connections.clone(),
     ));
     tracing::info!(
         healthz = %opts.healthz_bind_address,
         metrics = %opts.metrics_bind_address,
         sync_period = ?opts.sync_period,
+        max_connections = connections.limits().max_connections,
         "serving /healthz /livez, and /metrics /proxyMode /status"
     );
 
@@ -189,21 +188,26 @@ pub async fn run(
     let config = kube_source::config(opts.kubeconfig.as_deref()).await?;
     tracing::info!(api_server = %config.cluster_url, node = %node.name, "watching the API server");
     let client = kube_source::client(config, observer.clone())?;
-    tokio::spawn(kube_source::check_node(client.clone(), node.name.clone()));
+    tasks.spawn(kube_source::check_node(client.clone(), node.name.clone()));
     let (tx, rx) = watch::channel(None::<Arc<Snapshot>>);
-    let source_task = tokio::spawn(kube_source::run(
+    tasks.spawn(kube_source::run(
         client.clone(),
         node.name.clone(),
         tx,
         observer,
     ));
-    let mut events = EventReporter::spawn(client, node.name.clone());
+    let mut events = EventReporter::spawn(client, node.name.clone(), &mut tasks);
 
     // Health check node ports say whether this proxy is healthy (/livez).
     let proxy_healthy = Arc::new(AtomicBool::new(true));
-    let mut health_checks = HealthServer::new(proxy_healthy.clone(), opts.host_netns.clone());
+    let mut health_checks = HealthServer::new(
+        proxy_healthy.clone(),
+        opts.host_netns.clone(),
+        connections,
+        tokio::runtime::Handle::current(),
+    );
     let (hs, ph) = (state.clone(), proxy_healthy);
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
@@ -214,7 +218,7 @@ pub async fn run(
     // Drift repair: every sync period and on SIGHUP.
     let repair = Arc::new(Notify::new());
     let (r, period) = (repair.clone(), opts.sync_period);
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         loop {
             tick.tick().await;
@@ -222,7 +226,7 @@ pub async fn run(
         }
     });
     let r = repair.clone();
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         while hangup.recv().await.is_some() {
             tracing::info!("SIGHUP: checking the maps for drift");
             r.notify_one();
@@ -231,7 +235,10 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (s, m) = (state.clone(), metrics.clone());
-    let loop_task = tokio::spawn(reconcile::run_with(
+    // The passes (map writes, socket destruction, drift read-back) block
+    // for as long as they take: on their own thread, so that /healthz and
+    // the watches never wait for them.
+    let control_loop = reconcile::spawn_thread(reconcile::run_with(
         datapath,
         node,
         rx,
@@ -263,12 +270,15 @@ pub async fn run(
                 "synced"
             );
         },
-    ));
+    ))
+    .map_err(AgentError::Thread)?;
 
     shutdown.await;
     tracing::info!("stopping; the datapath stays in place (ferry cleanup removes it)");
+    // The pass under way finishes; then the loop, its health check
+    // listeners and every task end together.
     let _ = stop_tx.send(true);
-    source_task.abort();
-    let _ = loop_task.await;
+    control_loop.join().await;
+    tasks.shutdown().await;
     Ok(())
 }
