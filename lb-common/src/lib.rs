@@ -82,6 +82,8 @@ pub mod maps {
     pub const CLUSTER_IPS6: &str = "CLUSTER_IPS6";
     pub const SOCK_PEERS4: &str = "SOCK_PEERS4";
     pub const SOCK_PEERS6: &str = "SOCK_PEERS6";
+    pub const SOCKETS4: &str = "SOCKETS4";
+    pub const SOCKETS6: &str = "SOCKETS6";
     pub const AFFINITY: &str = "AFFINITY";
     pub const COUNTERS: &str = "COUNTERS";
     pub const SERVICE_NAMES: &str = "SERVICE_NAMES";
@@ -99,7 +101,7 @@ pub mod maps {
     pub const EXTERNAL_COUNTERS: &str = "EXT_COUNTERS";
 
     /// Every map the object defines, for pinning, cleanup and inspection.
-    pub const ALL: [&str; 24] = [
+    pub const ALL: [&str; 26] = [
         FRONTENDS4,
         FRONTENDS6,
         SLOTS,
@@ -109,6 +111,8 @@ pub mod maps {
         CLUSTER_IPS6,
         SOCK_PEERS4,
         SOCK_PEERS6,
+        SOCKETS4,
+        SOCKETS6,
         AFFINITY,
         COUNTERS,
         SERVICE_NAMES,
@@ -175,6 +179,11 @@ pub mod capacity {
     /// Frontends one socket remembers for reverse translation, per
     /// family (see [`super::SockPeers4`]).
     pub const SOCK_PEERS: usize = 4;
+    /// Entries of the socket tables (`SOCKETS4`, `SOCKETS6`), per family:
+    /// a power of two, since a socket's entry is its cookie masked by
+    /// `SOCKETS - 1`. Live translated sockets beyond what the table can
+    /// place (two cookies on one entry) go to socket-local storage.
+    pub const SOCKETS: u32 = 1 << 18;
     /// Client/service pairs remembered for session affinity.
     pub const AFFINITY: u32 = 131_072;
     /// NodePort (port, protocol) pairs protected against host binds.
@@ -325,11 +334,13 @@ pub struct SockPeer4 {
     pub service_id: u32,
 }
 
-/// Value of `SOCK_PEERS4` (socket-local storage). A connected socket uses
-/// entry 0. An unconnected UDP socket that sends to several frontends
-/// fills up to `capacity::SOCK_PEERS` entries; past that each new
-/// frontend replaces the entry written longest ago (`next` goes round), and
-/// replies from that entry's backend then show the backend's address.
+/// Value of `SOCK_PEERS4` (socket-local storage): what the socket table
+/// (`SOCKETS4`, see [`Socket4`]) cannot hold. An unconnected UDP socket
+/// that sends to several frontends keeps its first in the table and up to
+/// `capacity::SOCK_PEERS` more here; past that each new frontend replaces
+/// the entry written longest ago (`next` goes round), and replies from that
+/// entry's backend then show the backend's address. A socket whose table
+/// entry another live socket holds keeps its translations here alone.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SockPeers4 {
@@ -357,6 +368,31 @@ pub struct SockPeers6 {
     pub peers: [SockPeer6; capacity::SOCK_PEERS],
     pub next: u32,
     pub _pad: u32,
+}
+
+/// Value of `SOCKETS4`, the socket table: entry `cookie & (SOCKETS - 1)`
+/// holds the translation of the live socket with that cookie (0: free).
+/// Claimed by compare-and-swap at the socket's first translation and freed
+/// by `ferry_sock_release` when the socket goes, so an entry never outlives
+/// its socket and never serves another one. This is the fast path; socket-
+/// local storage (`SOCK_PEERS4`) holds what the table cannot: a second
+/// frontend of an unconnected UDP socket, or a socket whose entry another
+/// live socket holds. Creating socket-local storage allocates (two
+/// kmallocs, charged to the map's memory cgroup), which costs a connect()
+/// several times the whole rest of the translation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Socket4 {
+    pub cookie: u64,
+    pub peer: SockPeer4,
+}
+
+/// [`Socket4`] for IPv6.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Socket6 {
+    pub cookie: u64,
+    pub peer: SockPeer6,
 }
 
 /// Key of `AFFINITY`.
@@ -642,6 +678,9 @@ const _: () = {
     assert!(size_of::<SockPeers4>() == 16 * capacity::SOCK_PEERS + 8);
     assert!(size_of::<SockPeer6>() == 40);
     assert!(size_of::<SockPeers6>() == 40 * capacity::SOCK_PEERS + 8);
+    assert!(size_of::<Socket4>() == 24);
+    assert!(size_of::<Socket6>() == 48);
+    assert!(capacity::SOCKETS.is_power_of_two());
     assert!(size_of::<AffinityKey>() == 16);
     assert!(size_of::<AffinityValue>() == 16);
     assert!(size_of::<ServiceCounters>() == 16);
@@ -665,6 +704,8 @@ mod pod {
     unsafe impl aya::Pod for SockPeers4 {}
     unsafe impl aya::Pod for SockPeer6 {}
     unsafe impl aya::Pod for SockPeers6 {}
+    unsafe impl aya::Pod for Socket4 {}
+    unsafe impl aya::Pod for Socket6 {}
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityValue {}
     unsafe impl aya::Pod for ServiceCounters {}

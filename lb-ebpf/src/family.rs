@@ -4,12 +4,12 @@
 use aya_ebpf::btf_maps::SkStorage;
 use lb_common::{
     Backend4, Backend6, Frontend4Key, Frontend6Key, FrontendValue, SockPeer4, SockPeer6,
-    SockPeers4, SockPeers6, addr6_bytes, addr6_words, capacity,
+    SockPeers4, SockPeers6, Socket4, Socket6, addr6_bytes, addr6_words, capacity,
 };
 
 use crate::maps::{
     BACKENDS4, BACKENDS6, CLUSTER_IPS4, CLUSTER_IPS6, FRONTENDS4, FRONTENDS6, SOCK_PEERS4,
-    SOCK_PEERS6,
+    SOCK_PEERS6, SOCKETS4, SOCKETS6,
 };
 
 /// One remembered translation, in the family's hot-path address form.
@@ -27,31 +27,47 @@ pub trait Family {
     /// An address in network byte order, as the socket hooks present it.
     type Addr: Copy + PartialEq + 'static;
     type Backend: 'static;
+    /// One remembered translation as the maps store it (`SockPeer4/6`).
+    type Entry: 'static;
     /// The socket-local storage value.
     type Peers: 'static;
+    /// The socket table's value (`Socket4/6`).
+    type Socket: 'static;
 
     /// The frontend entry of (address, port, protocol).
     fn frontend(addr: Self::Addr, port: u16, proto: u8) -> Option<&'static FrontendValue>;
     fn backend(id: u32) -> Option<&'static Self::Backend>;
     fn cluster_ip(addr: Self::Addr) -> Option<u32>;
     fn peers() -> &'static SkStorage<Self::Peers>;
+    /// The socket table entry a socket with this cookie may hold.
+    fn socket(cookie: u64) -> *mut Self::Socket;
 
     /// Address and port (network order) of a backend.
     fn backend_addr(backend: &Self::Backend) -> (Self::Addr, u16);
 
+    /// # Safety
+    /// `s` points to a live socket table entry.
+    unsafe fn socket_cookie(s: *mut Self::Socket) -> *mut u64;
+    /// # Safety
+    /// As [`Family::socket_cookie`].
+    unsafe fn socket_entry(s: *mut Self::Socket) -> *mut Self::Entry;
     /// Entry `i` (< `capacity::SOCK_PEERS`) of a socket's storage.
     ///
     /// # Safety
-    /// `peers` points to a live storage value. Another CPU may write the
-    /// same socket's storage (two threads sending on one socket), so it is
-    /// only ever read and written through copies, never referenced.
-    unsafe fn peer(peers: *const Self::Peers, i: usize) -> Peer<Self::Addr>;
+    /// `peers` points to a live storage value.
+    unsafe fn peers_entry(peers: *mut Self::Peers, i: usize) -> *mut Self::Entry;
     /// # Safety
-    /// As [`Family::peer`].
-    unsafe fn set_peer(peers: *mut Self::Peers, i: usize, peer: Peer<Self::Addr>);
-    /// # Safety
-    /// As [`Family::peer`].
+    /// As [`Family::peers_entry`].
     unsafe fn next_ptr(peers: *mut Self::Peers) -> *mut u32;
+
+    /// # Safety
+    /// `e` points into a live map value. Another CPU may write the same
+    /// entry (two threads sending on one socket), so entries are only ever
+    /// read and written through copies, never referenced.
+    unsafe fn read(e: *const Self::Entry) -> Peer<Self::Addr>;
+    /// # Safety
+    /// As [`Family::read`].
+    unsafe fn write(e: *mut Self::Entry, peer: Peer<Self::Addr>);
 }
 
 pub struct V4;
@@ -68,7 +84,9 @@ pub fn ring(i: u32) -> usize {
 impl Family for V4 {
     type Addr = u32;
     type Backend = Backend4;
+    type Entry = SockPeer4;
     type Peers = SockPeers4;
+    type Socket = Socket4;
 
     #[inline(always)]
     fn frontend(addr: u32, port: u16, proto: u8) -> Option<&'static FrontendValue> {
@@ -97,8 +115,31 @@ impl Family for V4 {
         (u32::from_ne_bytes(backend.addr), backend.port)
     }
     #[inline(always)]
-    unsafe fn peer(peers: *const SockPeers4, i: usize) -> Peer<u32> {
-        let p: SockPeer4 = unsafe { core::ptr::addr_of!((*peers).peers[i]).read() };
+    fn socket(cookie: u64) -> *mut Socket4 {
+        // The mask keeps the index in bounds; the array lookup is inlined
+        // by the verifier into an address computation.
+        let i = (cookie & (capacity::SOCKETS as u64 - 1)) as u32;
+        SOCKETS4.get_ptr_mut(i).unwrap_or(core::ptr::null_mut())
+    }
+    #[inline(always)]
+    unsafe fn socket_cookie(s: *mut Socket4) -> *mut u64 {
+        unsafe { core::ptr::addr_of_mut!((*s).cookie) }
+    }
+    #[inline(always)]
+    unsafe fn socket_entry(s: *mut Socket4) -> *mut SockPeer4 {
+        unsafe { core::ptr::addr_of_mut!((*s).peer) }
+    }
+    #[inline(always)]
+    unsafe fn peers_entry(peers: *mut SockPeers4, i: usize) -> *mut SockPeer4 {
+        unsafe { core::ptr::addr_of_mut!((*peers).peers[i]) }
+    }
+    #[inline(always)]
+    unsafe fn next_ptr(peers: *mut SockPeers4) -> *mut u32 {
+        unsafe { core::ptr::addr_of_mut!((*peers).next) }
+    }
+    #[inline(always)]
+    unsafe fn read(e: *const SockPeer4) -> Peer<Self::Addr> {
+        let p: SockPeer4 = unsafe { e.read() };
         Peer {
             frontend: u32::from_ne_bytes(p.frontend_addr),
             frontend_port: p.frontend_port,
@@ -108,26 +149,24 @@ impl Family for V4 {
         }
     }
     #[inline(always)]
-    unsafe fn set_peer(peers: *mut SockPeers4, i: usize, peer: Peer<u32>) {
+    unsafe fn write(e: *mut SockPeer4, peer: Peer<Self::Addr>) {
         let p = SockPeer4 {
-            frontend_addr: peer.frontend.to_ne_bytes(),
-            backend_addr: peer.backend.to_ne_bytes(),
+            frontend_addr: u32::to_ne_bytes(peer.frontend),
+            backend_addr: u32::to_ne_bytes(peer.backend),
             frontend_port: peer.frontend_port,
             backend_port: peer.backend_port,
             service_id: peer.service_id,
         };
-        unsafe { core::ptr::addr_of_mut!((*peers).peers[i]).write(p) }
-    }
-    #[inline(always)]
-    unsafe fn next_ptr(peers: *mut SockPeers4) -> *mut u32 {
-        unsafe { core::ptr::addr_of_mut!((*peers).next) }
+        unsafe { e.write(p) }
     }
 }
 
 impl Family for V6 {
     type Addr = [u32; 4];
     type Backend = Backend6;
+    type Entry = SockPeer6;
     type Peers = SockPeers6;
+    type Socket = Socket6;
 
     #[inline(always)]
     fn frontend(addr: [u32; 4], port: u16, proto: u8) -> Option<&'static FrontendValue> {
@@ -156,8 +195,31 @@ impl Family for V6 {
         (addr6_words(backend.addr), backend.port)
     }
     #[inline(always)]
-    unsafe fn peer(peers: *const SockPeers6, i: usize) -> Peer<[u32; 4]> {
-        let p: SockPeer6 = unsafe { core::ptr::addr_of!((*peers).peers[i]).read() };
+    fn socket(cookie: u64) -> *mut Socket6 {
+        // The mask keeps the index in bounds; the array lookup is inlined
+        // by the verifier into an address computation.
+        let i = (cookie & (capacity::SOCKETS as u64 - 1)) as u32;
+        SOCKETS6.get_ptr_mut(i).unwrap_or(core::ptr::null_mut())
+    }
+    #[inline(always)]
+    unsafe fn socket_cookie(s: *mut Socket6) -> *mut u64 {
+        unsafe { core::ptr::addr_of_mut!((*s).cookie) }
+    }
+    #[inline(always)]
+    unsafe fn socket_entry(s: *mut Socket6) -> *mut SockPeer6 {
+        unsafe { core::ptr::addr_of_mut!((*s).peer) }
+    }
+    #[inline(always)]
+    unsafe fn peers_entry(peers: *mut SockPeers6, i: usize) -> *mut SockPeer6 {
+        unsafe { core::ptr::addr_of_mut!((*peers).peers[i]) }
+    }
+    #[inline(always)]
+    unsafe fn next_ptr(peers: *mut SockPeers6) -> *mut u32 {
+        unsafe { core::ptr::addr_of_mut!((*peers).next) }
+    }
+    #[inline(always)]
+    unsafe fn read(e: *const SockPeer6) -> Peer<Self::Addr> {
+        let p: SockPeer6 = unsafe { e.read() };
         Peer {
             frontend: addr6_words(p.frontend_addr),
             frontend_port: p.frontend_port,
@@ -167,7 +229,7 @@ impl Family for V6 {
         }
     }
     #[inline(always)]
-    unsafe fn set_peer(peers: *mut SockPeers6, i: usize, peer: Peer<[u32; 4]>) {
+    unsafe fn write(e: *mut SockPeer6, peer: Peer<Self::Addr>) {
         let p = SockPeer6 {
             frontend_addr: addr6_bytes(peer.frontend),
             backend_addr: addr6_bytes(peer.backend),
@@ -175,10 +237,6 @@ impl Family for V6 {
             backend_port: peer.backend_port,
             service_id: peer.service_id,
         };
-        unsafe { core::ptr::addr_of_mut!((*peers).peers[i]).write(p) }
-    }
-    #[inline(always)]
-    unsafe fn next_ptr(peers: *mut SockPeers6) -> *mut u32 {
-        unsafe { core::ptr::addr_of_mut!((*peers).next) }
+        unsafe { e.write(p) }
     }
 }

@@ -164,28 +164,91 @@ pub fn forward<F: Family>(
         return Verdict::Refuse(ECONNREFUSED);
     };
     let (baddr, bport) = F::backend_addr(backend);
-    remember::<F>(ctx, baddr, bport, addr, port, fe.service_id);
+    let entry = Peer {
+        frontend: addr,
+        frontend_port: port,
+        backend: baddr,
+        backend_port: bport,
+        service_id: fe.service_id,
+    };
+    remember::<F>(ctx, entry, pick);
     count(fe.service_id, false);
     Verdict::Translate(baddr, bport)
 }
 
-/// Records backend → frontend in this socket's storage, for recvmsg and
-/// getpeername. The storage is created on the socket's first translation
-/// and freed by the kernel with the socket. An entry for the same backend
-/// is overwritten (a reconnect, or a sendmsg to a frontend whose backend
-/// the socket already talks to); otherwise a free entry is taken, and when
-/// all `capacity::SOCK_PEERS` are used the one written longest ago is
-/// replaced. From sendmsg nothing is written when the entry is already
-/// there: a UDP socket sending many datagrams to one frontend only reads.
+/// Records backend → frontend for this socket, for recvmsg and
+/// getpeername: in the socket table when the socket holds (or can claim)
+/// its entry there, else in its socket-local storage.
+///
+/// A connected socket has one peer, so a reconnect overwrites its table
+/// entry. An unconnected UDP socket (sendmsg) may talk to several
+/// frontends: its first one goes to the table, further ones to storage.
 #[inline(always)]
-fn remember<F: Family>(
-    ctx: *mut c_void,
-    backend: F::Addr,
-    backend_port: u16,
-    frontend: F::Addr,
-    frontend_port: u16,
-    service_id: u32,
-) {
+fn remember<F: Family>(ctx: *mut c_void, entry: Peer<F::Addr>, pick: Pick) {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx) };
+    let s = F::socket(cookie);
+    if !s.is_null() {
+        // SAFETY: `s` is a live array element. Its cookie word (8-byte
+        // aligned, the value's first field) is read and written whole,
+        // and claimed by compare-and-swap.
+        let owner = unsafe { F::socket_cookie(s) };
+        let e = unsafe { F::socket_entry(s) };
+        let held = unsafe { owner.read_volatile() };
+        if held == cookie {
+            // SAFETY: our own entry; see `Family::read`.
+            let p = unsafe { F::read(e) };
+            if same_backend::<F>(&p, &entry) {
+                if !same_frontend::<F>(&p, &entry) {
+                    unsafe { F::write(e, entry) };
+                }
+                return;
+            }
+            if matches!(pick, Pick::Random) {
+                unsafe { F::write(e, entry) };
+                return;
+            }
+        } else if held == 0 && claim(owner, cookie) {
+            unsafe { F::write(e, entry) };
+            return;
+        }
+    }
+    remember_in_storage::<F>(ctx, &entry);
+}
+
+/// Compare-and-swap 0 → `cookie`: of two sockets racing for one entry,
+/// exactly one wins it (BPF_CMPXCHG on a map value, Linux 5.12).
+#[inline(always)]
+fn claim(owner: *mut u64, cookie: u64) -> bool {
+    use core::intrinsics::{AtomicOrdering, atomic_cxchg};
+    // SAFETY: `owner` points to the cookie word of a live array element.
+    unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::AcqRel }, { AtomicOrdering::Relaxed }>(
+            owner, 0, cookie,
+        )
+        .1
+    }
+}
+
+#[inline(always)]
+fn same_backend<F: Family>(a: &Peer<F::Addr>, b: &Peer<F::Addr>) -> bool {
+    a.backend == b.backend && a.backend_port == b.backend_port
+}
+
+#[inline(always)]
+fn same_frontend<F: Family>(a: &Peer<F::Addr>, b: &Peer<F::Addr>) -> bool {
+    a.frontend == b.frontend && a.frontend_port == b.frontend_port && a.service_id == b.service_id
+}
+
+/// Socket-local storage, created on the socket's first use of it and freed
+/// by the kernel with the socket. An entry for the same backend is
+/// overwritten; otherwise a free entry is taken, and when all
+/// `capacity::SOCK_PEERS` are used the one written longest ago is replaced.
+/// Nothing is written when the entry is already there: a UDP socket
+/// sending many datagrams to one frontend only reads. A subprogram of its
+/// own: the slow path keeps its stack out of the fast path's frame.
+#[inline(never)]
+fn remember_in_storage<F: Family>(ctx: *mut c_void, entry: &Peer<F::Addr>) {
+    let entry = *entry;
     let sa = SockAddrContext::new(ctx.cast());
     // SAFETY: the context's socket is live for the whole program run.
     let peers = unsafe { F::peers().get_or_insert_ptr_mut(&sa, None) };
@@ -193,29 +256,20 @@ fn remember<F: Family>(
         // Out of memory: the peer simply shows as the backend.
         return;
     }
-    let entry = Peer {
-        frontend,
-        frontend_port,
-        backend,
-        backend_port,
-        service_id,
-    };
     let mut free = None;
     for i in 0..capacity::SOCK_PEERS {
         // SAFETY: `peers` is this socket's live storage; i is in bounds.
-        let p = unsafe { F::peer(peers, i) };
+        let e = unsafe { F::peers_entry(peers, i) };
+        let p = unsafe { F::read(e) };
         if p.service_id == 0 {
             if free.is_none() {
                 free = Some(i);
             }
             continue;
         }
-        if p.backend == backend && p.backend_port == backend_port {
-            if p.frontend != frontend
-                || p.frontend_port != frontend_port
-                || p.service_id != service_id
-            {
-                unsafe { F::set_peer(peers, i, entry) };
+        if same_backend::<F>(&p, &entry) {
+            if !same_frontend::<F>(&p, &entry) {
+                unsafe { F::write(e, entry) };
             }
             return;
         }
@@ -229,7 +283,27 @@ fn remember<F: Family>(
             ring(n)
         },
     };
-    unsafe { F::set_peer(peers, i, entry) };
+    unsafe { F::write(F::peers_entry(peers, i), entry) };
+}
+
+/// The socket is going away: frees its socket table entry, if it holds
+/// one (its socket-local storage goes with it on its own).
+#[inline(always)]
+pub fn forget<F: Family>(cookie: u64) {
+    let s = F::socket(cookie);
+    if s.is_null() {
+        return;
+    }
+    // SAFETY: as in `remember`.
+    let owner = unsafe { F::socket_cookie(s) };
+    if unsafe { owner.read_volatile() } == cookie {
+        // Clear the entry before the cookie: the next owner claims it only
+        // after the cookie is 0, and then finds no stale service id.
+        let mut p = unsafe { F::read(F::socket_entry(s)) };
+        p.service_id = 0;
+        unsafe { F::write(F::socket_entry(s), p) };
+        unsafe { owner.write_volatile(0) };
+    }
 }
 
 /// The reverse path: if this socket was translated to (addr, port), returns
@@ -242,6 +316,31 @@ pub fn reverse<F: Family>(
     port: u16,
     proto: u8,
 ) -> Option<(F::Addr, u16)> {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx) };
+    let s = F::socket(cookie);
+    let mut found = None;
+    if !s.is_null() {
+        // SAFETY: as in `remember`.
+        if unsafe { F::socket_cookie(s).read_volatile() } == cookie {
+            let p = unsafe { F::read(F::socket_entry(s)) };
+            if p.service_id != 0 && p.backend == addr && p.backend_port == port {
+                found = Some(p);
+            }
+        }
+    }
+    if found.is_none() {
+        found = stored_peer::<F>(ctx, addr, port);
+    }
+    let p = found?;
+    match F::frontend(p.frontend, p.frontend_port, proto) {
+        Some(fe) if fe.service_id == p.service_id => Some((p.frontend, p.frontend_port)),
+        _ => None,
+    }
+}
+
+/// The socket-local storage entry for backend (addr, port), if any.
+#[inline(always)]
+fn stored_peer<F: Family>(ctx: *mut c_void, addr: F::Addr, port: u16) -> Option<Peer<F::Addr>> {
     let sa = SockAddrContext::new(ctx.cast());
     // SAFETY: the context's socket is live for the whole program run.
     let peers = unsafe { F::peers().get_ptr_mut(&sa) };
@@ -249,13 +348,10 @@ pub fn reverse<F: Family>(
         return None;
     }
     for i in 0..capacity::SOCK_PEERS {
-        // SAFETY: as in `remember`.
-        let p = unsafe { F::peer(peers, i) };
+        // SAFETY: as in `remember_in_storage`.
+        let p = unsafe { F::read(F::peers_entry(peers, i)) };
         if p.service_id != 0 && p.backend == addr && p.backend_port == port {
-            return match F::frontend(p.frontend, p.frontend_port, proto) {
-                Some(fe) if fe.service_id == p.service_id => Some((p.frontend, p.frontend_port)),
-                _ => None,
-            };
+            return Some(p);
         }
     }
     None

@@ -6,6 +6,14 @@
 //! frontends.
 #![no_std]
 #![no_main]
+// The BPF target declares no compare-and-swap ("atomic-cas": false), so
+// `AtomicU64::compare_exchange` does not exist there, although the
+// instruction does (BPF_CMPXCHG, kernel 5.12): the intrinsic reaches it.
+#![feature(core_intrinsics)]
+#![expect(
+    internal_features,
+    reason = "core::intrinsics::atomic_cxchg, see above"
+)]
 
 mod external;
 mod family;

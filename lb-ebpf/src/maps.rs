@@ -16,7 +16,7 @@ use lb_common::{
     AffinityKey, AffinityValue, Backend4, Backend6, Config, ExternalConfig, ExternalFrontendValue,
     Flow4, Flow4Nat, Flow6, Flow6Nat, Frontend4Key, Frontend6Key, FrontendValue, InterfaceAddrs,
     MaglevEntry, NodePortKey, ServiceCounters, ServiceName, SlotKey, SockPeers4, SockPeers6,
-    SourceRange4, SourceRange6, capacity, external_counter, map_flags,
+    Socket4, Socket6, SourceRange4, SourceRange6, capacity, external_counter, map_flags,
 };
 
 // Capacities and flags as the const generics of the BTF definitions take
@@ -25,6 +25,7 @@ const FRONTENDS: usize = capacity::FRONTENDS as usize;
 const SERVICES: usize = capacity::SERVICES as usize;
 const SLOTS_MAX: usize = capacity::SLOTS as usize;
 const BACKENDS: usize = capacity::BACKENDS as usize;
+const SOCKETS: usize = capacity::SOCKETS as usize;
 const AFFINITY_MAX: usize = capacity::AFFINITY as usize;
 const NODEPORTS: usize = capacity::NODEPORT_BINDS as usize;
 const EXT_FRONTENDS: usize = capacity::EXTERNAL_FRONTENDS as usize;
@@ -64,6 +65,11 @@ pub static CLUSTER_IPS6: ClusterIps6 = ClusterIps6::new();
 pub static SOCK_PEERS4: SkStorage<SockPeers4> = SkStorage::new();
 #[btf_map]
 pub static SOCK_PEERS6: SkStorage<SockPeers6> = SkStorage::new();
+/// Per socket, by cookie: the fast path of the above (see `Socket4`).
+#[btf_map]
+pub static SOCKETS4: Array<Socket4, SOCKETS> = Array::new();
+#[btf_map]
+pub static SOCKETS6: Array<Socket6, SOCKETS> = Array::new();
 #[btf_map]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue, AFFINITY_MAX, LRU> = LruHashMap::new();
 #[btf_map]

@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     bindings::{bpf_sock, bpf_sock_addr},
-    helpers::generated::{bpf_get_netns_cookie, bpf_set_retval},
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     macros::{cgroup_sock, cgroup_sock_addr},
     programs::{SockAddrContext, SockContext},
 };
@@ -20,6 +20,7 @@ use crate::{
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
 const EADDRINUSE: i32 = 98;
+const AF_INET6: u32 = 10;
 
 #[inline(always)]
 fn deny(errno: i32) -> i32 {
@@ -247,4 +248,20 @@ pub fn ferry_post_bind4(ctx: SockContext) -> i32 {
 #[cgroup_sock(post_bind6)]
 pub fn ferry_post_bind6(ctx: SockContext) -> i32 {
     post_bind(&ctx)
+}
+
+/// A socket of the cgroup is released: its socket table entry, if it has
+/// one, is freed for the next socket (see `lb_common::Socket4`). Attached
+/// before the connect programs, so no socket gets an entry without this
+/// hook seeing it go (`BPF_CGROUP_INET_SOCK_RELEASE`, Linux 5.9). An
+/// AF_INET6 socket may hold an IPv4 entry too (an IPv4-mapped destination
+/// goes through the IPv4 maps).
+#[cgroup_sock(sock_release)]
+pub fn ferry_sock_release(ctx: SockContext) -> i32 {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
+    lb::forget::<V4>(cookie);
+    if unsafe { (*ctx.sock).family } == AF_INET6 {
+        lb::forget::<V6>(cookie);
+    }
+    ALLOW
 }

@@ -40,9 +40,9 @@ const POLL: Duration = Duration::from_millis(50);
 /// Bound of the waits in this module.
 pub const WAIT: Duration = Duration::from_secs(15);
 
-/// The ten programs Ferry attaches, by their short attach type name;
-/// the program is `ferry_<type>`.
-pub const ATTACH_TYPES: [&str; 10] = [
+/// The eleven cgroup programs Ferry attaches, by their short attach type
+/// name; the program is `ferry_<type>`.
+pub const ATTACH_TYPES: [&str; 11] = [
     "connect4",
     "connect6",
     "getpeername4",
@@ -53,6 +53,7 @@ pub const ATTACH_TYPES: [&str; 10] = [
     "recvmsg6",
     "sendmsg4",
     "sendmsg6",
+    "sock_release",
 ];
 
 /// Everything one test holds. Fields drop in declaration order: Ferry
@@ -594,6 +595,7 @@ pub fn short_attach_type(t: &str) -> String {
         ("cgroup_inet6_getpeername", "getpeername6"),
         ("cgroup_inet4_post_bind", "post_bind4"),
         ("cgroup_inet6_post_bind", "post_bind6"),
+        ("cgroup_inet_sock_release", "sock_release"),
     ];
     long.iter()
         .find(|(l, _)| *l == t)
@@ -632,7 +634,7 @@ pub fn attached(cgroup: &Path) -> Result<Vec<(String, String)>> {
     Ok(progs)
 }
 
-/// Exactly Ferry's ten programs, one per attach type.
+/// Exactly Ferry's cgroup programs, one per attach type.
 pub fn ferry_programs() -> Vec<(String, String)> {
     ATTACH_TYPES
         .iter()

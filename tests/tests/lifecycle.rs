@@ -285,7 +285,7 @@ fn every_program_attaches_and_cleanup_detaches_everything() -> Result<()> {
     assert_eq!(attached(&cgroup)?, []);
     env.start(&[FE])?;
 
-    // All ten programs passed the verifier and are attached, once each.
+    // Every cgroup program passed the verifier and are attached, once each.
     assert_eq!(attached(&cgroup)?, ferry_programs());
     one_generation(&bpffs)?;
     let r = env.node().run(|| tcp_request(fe_addr()))?;
@@ -481,7 +481,7 @@ fn every_pinned_map_dumps_with_named_fields() -> Result<()> {
     let frontend_key = ["addr", "port", "proto"].as_slice();
     let backend = ["addr", "port", "proto", "flags"].as_slice();
     let peers = ["peers", "next"].as_slice();
-    let fields: [(&str, &[&str], &[&str]); 24] = [
+    let fields: [(&str, &[&str], &[&str]); 26] = [
         (
             m::FRONTENDS4,
             frontend_key,
@@ -499,6 +499,8 @@ fn every_pinned_map_dumps_with_named_fields() -> Result<()> {
         (m::CLUSTER_IPS6, &[], &[]),
         (m::SOCK_PEERS4, &[], peers),
         (m::SOCK_PEERS6, &[], peers),
+        (m::SOCKETS4, &[], &["cookie", "peer"]),
+        (m::SOCKETS6, &[], &["cookie", "peer"]),
         (
             m::AFFINITY,
             &["netns_cookie", "service_id"],

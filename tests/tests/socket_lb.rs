@@ -779,16 +779,17 @@ fn counters_count_translations_and_refusals() -> Result<()> {
     Ok(())
 }
 
-/// One unconnected UDP socket talking to more frontends than its storage
-/// remembers (`capacity::SOCK_PEERS`): each new frontend past the bound
-/// replaces the one written longest ago, so a reply that arrives from that
-/// frontend's backend afterwards shows the backend's address, and every
-/// other reply the frontend's.
+/// One unconnected UDP socket talking to more frontends than it remembers
+/// (its socket table entry plus `capacity::SOCK_PEERS` in socket storage):
+/// each new frontend past the bound replaces the stored one written longest
+/// ago, so a reply that arrives from that frontend's backend afterwards
+/// shows the backend's address, and every other reply the frontend's.
 #[test]
 fn an_unconnected_udp_socket_remembers_its_latest_frontends() -> Result<()> {
     require_root();
     let _serial = serial();
-    let bound = lb_common::capacity::SOCK_PEERS;
+    // One frontend in the socket table, `SOCK_PEERS` more in socket storage.
+    let bound = lb_common::capacity::SOCK_PEERS + 1;
     let n = bound + 1;
     let mut env = Env::new(n, &[PORT])?;
     let backends = env.first(n);
@@ -838,13 +839,224 @@ fn an_unconnected_udp_socket_remembers_its_latest_frontends() -> Result<()> {
             .next()
             .and_then(|d| d.parse().ok())
             .unwrap_or_else(|| panic!("server name {server}"));
-        // Frontend 0 was written first and replaced by frontend n-1.
-        let expected = if i == 0 {
-            backend_addrs[0]
+        // Frontend 0 holds the socket table entry; frontend 1 was the first
+        // in socket storage and was replaced there by frontend n-1.
+        let expected = if i == 1 {
+            backend_addrs[1]
         } else {
             frontends[i]
         };
         assert_eq!(*from, expected, "reply of {server}: {replies:?}");
     }
+    Ok(())
+}
+
+/// Entries of the socket tables (`SOCKETS4`, `SOCKETS6`) that name a socket.
+fn socket_table_in_use(env: &Env) -> Result<usize> {
+    let maps = lb_userspace::datapath::maps::Maps::open(&lb_userspace::datapath::BpffsDir::new(
+        env.bpffs.path(),
+    ))?;
+    let mut n = 0;
+    for i in 0..lb_common::capacity::SOCKETS {
+        n += usize::from(maps.sockets4.get(&i, 0)?.cookie != 0);
+        n += usize::from(maps.sockets6.get(&i, 0)?.cookie != 0);
+    }
+    Ok(n)
+}
+
+/// `count` TCP connections and `count` connected UDP sockets to `fe`, each
+/// checked to show the frontend as its peer.
+fn translated_sockets(env: &Env, fe: SocketAddr, count: usize) -> Result<Vec<Socket>> {
+    let sockets = env.node().run(|| -> io::Result<Vec<Socket>> {
+        let mut out = Vec::new();
+        for _ in 0..count {
+            let t = TcpStream::connect_timeout(&fe, Duration::from_secs(2))?;
+            out.push(Socket::from(t));
+            let u = UdpSocket::bind("0.0.0.0:0")?;
+            u.connect(fe)?;
+            out.push(Socket::from(u));
+        }
+        Ok(out)
+    })?;
+    for s in &sockets {
+        let peer = s.peer_addr()?.as_socket();
+        assert_eq!(peer, Some(fe), "getpeername must show the frontend");
+    }
+    Ok(sockets)
+}
+
+#[test]
+fn translated_sockets_hold_a_socket_table_entry_until_they_close() -> Result<()> {
+    require_root();
+    let _serial = serial();
+    let env = web_env()?;
+    let fe = sa("10.96.0.10:80");
+    assert_eq!(socket_table_in_use(&env)?, 0, "nothing translated yet");
+    let sockets = translated_sockets(&env, fe, 200)?;
+    assert_eq!(
+        socket_table_in_use(&env)?,
+        sockets.len(),
+        "one entry per translated socket"
+    );
+    // sock_release frees the entries when the sockets close (synchronously,
+    // in close(2), before TCP's own teardown).
+    drop(sockets);
+    assert_eq!(
+        socket_table_in_use(&env)?,
+        0,
+        "closed sockets must give their entries back"
+    );
+    Ok(())
+}
+
+#[test]
+fn sockets_the_socket_table_cannot_place_keep_their_translation_in_socket_storage() -> Result<()> {
+    require_root();
+    let _serial = serial();
+    let env = web_env()?;
+    let fe = sa("10.96.0.10:80");
+    // Every entry held by a socket that does not exist (cookies count up
+    // from 1, so these are never a real socket's): each new socket finds
+    // its entry taken, as when another live socket holds it.
+    {
+        let mut maps = lb_userspace::datapath::maps::Maps::open(
+            &lb_userspace::datapath::BpffsDir::new(env.bpffs.path()),
+        )?;
+        for i in 0..lb_common::capacity::SOCKETS {
+            let foreign = lb_common::Socket4 {
+                cookie: u64::MAX - u64::from(i),
+                ..Default::default()
+            };
+            maps.sockets4.set(i, foreign, 0)?;
+        }
+    }
+    let sockets = translated_sockets(&env, fe, 20)?;
+    // Replies too: a connected UDP socket's recvmsg shows the frontend.
+    let replies = env.node().run(|| -> io::Result<Vec<SocketAddr>> {
+        let mut out = Vec::new();
+        for _ in 0..20 {
+            let u = UdpSocket::bind("0.0.0.0:0")?;
+            u.connect(fe)?;
+            u.set_read_timeout(Some(Duration::from_secs(2)))?;
+            u.send(b"who\n")?;
+            let mut buf = [0u8; 2048];
+            let (_, from) = u.recv_from(&mut buf)?;
+            out.push(from);
+        }
+        Ok(out)
+    })?;
+    assert!(replies.iter().all(|r| *r == fe), "{replies:?}");
+    assert_eq!(
+        socket_table_in_use(&env)?,
+        lb_common::capacity::SOCKETS as usize,
+        "only the foreign entries: the sockets went to socket storage"
+    );
+    drop(sockets);
+    Ok(())
+}
+
+/// Client processes of the many-sockets test (`hold_sockets`), killed on
+/// drop.
+struct Holders(Vec<std::process::Child>);
+
+impl Drop for Holders {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One line from a holder's stdout. Bounded: a holder's socket calls
+/// time out within seconds, and it exits (closing stdout) on any error.
+fn holder_line(out: &mut io::BufReader<std::process::ChildStdout>) -> Result<String> {
+    use std::io::BufRead as _;
+    let mut line = String::new();
+    out.read_line(&mut line)?;
+    Ok(line.trim().to_string())
+}
+
+#[test]
+fn fifty_thousand_translated_sockets_at_once_all_show_their_frontend() -> Result<()> {
+    require_root();
+    let _serial = serial();
+    const PROCESSES: usize = 4;
+    // Per process, of each protocol: 4 × (6,250 TCP + 6,250 UDP) = 50,000.
+    const PER_PROCESS: usize = 6_250;
+    const HOLD_PORT: u16 = 9090;
+    let mut env = Env::new(3, &[PORT])?;
+    // TCP: listeners that never accept, with room in their accept queues
+    // for every connection, so no server thread per connection is needed.
+    let mut listeners = Vec::new();
+    for b in env.first(3) {
+        tests::ns_topology::sysctl(&b.ns, "net.core.somaxconn", "65535")?;
+        listeners.push(b.ns.run(|| -> io::Result<Socket> {
+            let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+            s.set_reuse_address(true)?;
+            s.bind(&SocketAddr::new(IpAddr::V4(b.v4), HOLD_PORT).into())?;
+            s.listen(65535)?;
+            Ok(s)
+        })?);
+    }
+    let ports = [tcp("hold", 81, HOLD_PORT), udp("udp", 80, PORT)];
+    env.write(
+        "many.yaml",
+        &service_with("many", WEB, &ports, &env.first(3)),
+    )?;
+    env.start(&["10.96.0.10:81/TCP", "10.96.0.10:80/UDP"])?;
+
+    let bin = env!("CARGO_BIN_EXE_hold_sockets");
+    let mut holders = Holders(Vec::new());
+    for _ in 0..PROCESSES {
+        let child = env.node().run(|| {
+            std::process::Command::new(bin)
+                .args(["10.96.0.10:81", "10.96.0.10:80", &PER_PROCESS.to_string()])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+        })?;
+        holders.0.push(child);
+    }
+    let mut outs: Vec<_> = holders
+        .0
+        .iter_mut()
+        .map(|c| io::BufReader::new(c.stdout.take().expect("piped")))
+        .collect();
+    for out in &mut outs {
+        let line = holder_line(out)?;
+        assert_eq!(line, format!("open {}", 2 * PER_PROCESS), "a holder failed");
+    }
+    // All 50,000 are open now: every process checks all of its sockets
+    // again, getpeername and a UDP reply each.
+    let in_table = socket_table_in_use(&env)?;
+    for c in &mut holders.0 {
+        writeln!(c.stdin.as_mut().expect("piped"), "check")?;
+    }
+    for out in &mut outs {
+        let line = holder_line(out)?;
+        assert_eq!(
+            line,
+            format!("ok {}", 2 * PER_PROCESS),
+            "a holder's check failed"
+        );
+    }
+    eprintln!(
+        "{} sockets open; {in_table} in the socket table, the rest in socket storage",
+        2 * PROCESSES * PER_PROCESS
+    );
+    assert!(
+        in_table <= 2 * PROCESSES * PER_PROCESS && in_table > PROCESSES * PER_PROCESS,
+        "most sockets take a table entry: {in_table}"
+    );
+    for c in &mut holders.0 {
+        drop(c.stdin.take());
+    }
+    for c in &mut holders.0 {
+        assert!(c.wait()?.success(), "a holder exited with an error");
+    }
+    holders.0.clear();
+    assert_eq!(socket_table_in_use(&env)?, 0, "all entries given back");
+    drop(listeners);
     Ok(())
 }

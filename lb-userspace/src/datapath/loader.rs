@@ -98,6 +98,8 @@ fn expected_layout(name: &str) -> Option<Layout> {
         // Socket-local storage: keyed by a socket fd, no capacity.
         names::SOCK_PEERS4 => (4, sz::<SockPeers4>(), 0, map_flags::LOOKUP),
         names::SOCK_PEERS6 => (4, sz::<SockPeers6>(), 0, map_flags::LOOKUP),
+        names::SOCKETS4 => (4, sz::<Socket4>(), capacity::SOCKETS, map_flags::ARRAY),
+        names::SOCKETS6 => (4, sz::<Socket6>(), capacity::SOCKETS, map_flags::ARRAY),
         names::FRONTENDS4 => (
             sz::<Frontend4Key>(),
             sz::<FrontendValue>(),
@@ -458,10 +460,12 @@ pub fn load_and_attach(bpffs: &BpffsDir, cgroup: &Path) -> Result<(Ebpf, Handove
         path: cgroup.to_path_buf(),
         source,
     })?;
-    let programs = SOCK_ADDR_PROGRAMS
+    // The sock programs first: sock_release must see every socket that a
+    // connect program gives a socket table entry.
+    let programs = SOCK_PROGRAMS
         .iter()
-        .map(|n| (*n, true))
-        .chain(SOCK_PROGRAMS.iter().map(|n| (*n, false)));
+        .map(|n| (*n, false))
+        .chain(SOCK_ADDR_PROGRAMS.iter().map(|n| (*n, true)));
     for (name, sock_addr) in programs {
         let link = if sock_addr {
             attach_as!(ebpf, name, CgroupSockAddr, &cgroup_fd)

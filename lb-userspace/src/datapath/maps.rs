@@ -5,7 +5,8 @@
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use lb_common::{
     AffinityKey, AffinityValue, Backend4, Backend6, Config, Frontend4Key, Frontend6Key,
-    FrontendValue, NodePortKey, ServiceCounters, ServiceName, SlotKey, maps as names,
+    FrontendValue, NodePortKey, ServiceCounters, ServiceName, SlotKey, Socket4, Socket6,
+    maps as names,
 };
 use thiserror::Error;
 
@@ -37,6 +38,9 @@ pub struct Maps {
     /// `sockets`), so only the fds are needed.
     pub sock_peers4: MapData,
     pub sock_peers6: MapData,
+    /// The socket table, by socket cookie (see `lb_common::Socket4`).
+    pub sockets4: Array<MapData, Socket4>,
+    pub sockets6: Array<MapData, Socket6>,
     pub counters: PerCpuArray<MapData, ServiceCounters>,
     pub names: HashMap<MapData, u32, ServiceName>,
     pub nodeport_binds: HashMap<MapData, NodePortKey, u8>,
@@ -50,7 +54,7 @@ fn open_map(bpffs: &BpffsDir, name: &'static str) -> Result<Map, MapsError> {
     Ok(match name {
         names::AFFINITY => Map::LruHashMap(data),
         names::COUNTERS => Map::PerCpuArray(data),
-        names::CONFIG => Map::Array(data),
+        names::CONFIG | names::SOCKETS4 | names::SOCKETS6 => Map::Array(data),
         _ => Map::HashMap(data),
     })
 }
@@ -89,6 +93,8 @@ impl Maps {
             affinity: typed!(bpffs, names::AFFINITY),
             sock_peers4: open_data(bpffs, names::SOCK_PEERS4)?,
             sock_peers6: open_data(bpffs, names::SOCK_PEERS6)?,
+            sockets4: typed!(bpffs, names::SOCKETS4),
+            sockets6: typed!(bpffs, names::SOCKETS6),
             counters: typed!(bpffs, names::COUNTERS),
             names: typed!(bpffs, names::SERVICE_NAMES),
             nodeport_binds: typed!(bpffs, names::NODEPORT_BINDS),

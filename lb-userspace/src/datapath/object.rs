@@ -16,4 +16,4 @@ pub const SOCK_ADDR_PROGRAMS: [&str; 8] = [
     "ferry_getpeername4",
     "ferry_getpeername6",
 ];
-pub const SOCK_PROGRAMS: [&str; 2] = ["ferry_post_bind4", "ferry_post_bind6"];
+pub const SOCK_PROGRAMS: [&str; 3] = ["ferry_sock_release", "ferry_post_bind4", "ferry_post_bind6"];

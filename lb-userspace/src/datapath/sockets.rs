@@ -12,16 +12,19 @@
 //! on a live backend. TCP is left to the application, as kube-proxy leaves
 //! it.
 //!
-//! Which set a socket was translated through is in its socket-local
-//! storage (`SOCK_PEERS4/6`). sock_diag can report storage values, but not
-//! for UDP (kernel 6.18 `inet_sk_diag_fill` skips them for sockets without
-//! a connection sock), so the sweep goes in two steps: sock_diag lists the
-//! connected UDP sockets whose peer is a departed backend, then each one's
-//! storage is read through a duplicate of its file descriptor
-//! (pidfd_getfd(2), kernel ≥ 5.6, CAP_SYS_PTRACE), found by its inode in
-//! /proc/PID/fd of the processes under the cgroup. A socket whose storage
-//! cannot be read is left alone: only sockets Ferry provably translated
-//! through the departed set are destroyed.
+//! Which set a socket was translated through is in the socket table
+//! (`SOCKETS4/6`, by socket cookie), or, for the few sockets the table
+//! could not place, in its socket-local storage (`SOCK_PEERS4/6`). The
+//! sweep: sock_diag lists the connected UDP sockets whose peer is a
+//! departed backend, with their cookies; the table answers for most of
+//! them. The storage of the rest is read through a duplicate of the
+//! socket's file descriptor (sock_diag can report storage values, but not
+//! for UDP: kernel 6.18 `inet_sk_diag_fill` skips them for sockets without
+//! a connection sock), taken with pidfd_getfd(2) (kernel ≥ 5.6,
+//! CAP_SYS_PTRACE) after finding the socket's inode in /proc/PID/fd of the
+//! processes under the cgroup. A socket whose translation cannot be read is
+//! left alone: only sockets Ferry provably translated through the departed
+//! set are destroyed.
 //!
 //! A serving-but-terminating backend that leaves its set because ready
 //! ones exist counts as leaving too: kube-proxy would keep such flows, but a
@@ -40,7 +43,7 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd as _, BorrowedFd};
 
 use aya::maps::MapData;
-use lb_common::{SockPeers4, SockPeers6};
+use lb_common::{SockPeers4, SockPeers6, capacity};
 
 use super::convert::port_from_map;
 use super::maps::Maps;
@@ -280,10 +283,45 @@ fn translations(maps: &Maps, socket: BorrowedFd<'_>) -> Vec<Departed> {
     out
 }
 
+/// The (backend set, backend) the socket table holds for the socket with
+/// this cookie, if its entry is the socket's.
+fn table_translation(maps: &Maps, cookie: u64) -> Option<Departed> {
+    let index = (cookie & u64::from(capacity::SOCKETS - 1)) as u32;
+    let ours = |c: u64, service_id: u32| c == cookie && service_id != 0;
+    let v4 = maps
+        .sockets4
+        .get(&index, 0)
+        .ok()
+        .filter(|e| ours(e.cookie, e.peer.service_id))
+        .map(|e| {
+            (
+                e.peer.service_id,
+                IpAddr::from(e.peer.backend_addr),
+                e.peer.backend_port,
+            )
+        });
+    let v6 = || {
+        maps.sockets6
+            .get(&index, 0)
+            .ok()
+            .filter(|e| ours(e.cookie, e.peer.service_id))
+            .map(|e| {
+                (
+                    e.peer.service_id,
+                    IpAddr::from(e.peer.backend_addr),
+                    e.peer.backend_port,
+                )
+            })
+    };
+    v4.or_else(v6)
+        .map(|(id, ip, port)| (id, SocketAddr::new(ip, port_from_map(port))))
+}
+
 /// A connected UDP socket whose peer is a departed backend: its socket
-/// inode, its peer, and the request that destroys it.
+/// inode and cookie, its peer, and the request that destroys it.
 struct Candidate {
     inode: u32,
+    cookie: u64,
     peer: SocketAddr,
     destroy: InetDiagReqV2,
 }
@@ -324,6 +362,9 @@ fn candidates_here(backends: &HashSet<SocketAddr>) -> io::Result<Vec<Candidate>>
             if backends.contains(&peer) {
                 out.push(Candidate {
                     inode: msg.inode,
+                    // sock_diag splits the cookie into two host-order
+                    // words, low first.
+                    cookie: u64::from(msg.id.cookie[0]) | (u64::from(msg.id.cookie[1]) << 32),
                     peer,
                     destroy: InetDiagReqV2 {
                         family: msg.family,
@@ -508,21 +549,30 @@ pub fn destroy_udp_sockets(maps: &Maps, cgroup: &Path, gone: &[Departed]) -> usi
     if per_ns.is_empty() {
         return 0;
     }
+    // The socket table answers for most sockets; only the others' storage
+    // needs their file descriptors.
     let inodes: HashSet<u32> = per_ns
         .iter()
-        .flat_map(|(_, c)| c.iter().map(|c| c.inode))
+        .flat_map(|(_, c)| c.iter())
+        .filter(|c| table_translation(maps, c.cookie).is_none())
+        .map(|c| c.inode)
         .collect();
-    let fds = socket_fds(&pids, &inodes);
+    let fds = if inodes.is_empty() {
+        HashMap::new()
+    } else {
+        socket_fds(&pids, &inodes)
+    };
     let mut total = 0;
     for (ns, candidates) in per_ns {
         let victims: Vec<InetDiagReqV2> = candidates
             .iter()
-            .filter(|c| {
-                fds.get(&c.inode).is_some_and(|fd| {
+            .filter(|c| match table_translation(maps, c.cookie) {
+                Some(t) => t.1 == c.peer && gone.contains(&t),
+                None => fds.get(&c.inode).is_some_and(|fd| {
                     translations(maps, fd.as_fd())
                         .iter()
                         .any(|t| t.1 == c.peer && gone.contains(t))
-                })
+                }),
             })
             .map(|c| c.destroy)
             .collect();
