@@ -16,7 +16,7 @@ use lb_common::{
     AffinityKey, AffinityValue, Backend4, Backend6, Config, ExternalConfig, ExternalFrontendValue,
     Flow4, Flow4Nat, Flow6, Flow6Nat, Frontend4Key, Frontend6Key, FrontendValue, InterfaceAddrs,
     MaglevEntry, NodePortKey, ServiceCounters, ServiceName, SlotKey, SockPeers4, SockPeers6,
-    SourceRange4, SourceRange6, capacity, external_counter, map_flags,
+    SourceRange4, SourceRange6, capacity, external_counter, map_flags, maps,
 };
 
 // Capacities and flags as the const generics of the BTF definitions take
@@ -35,6 +35,7 @@ const INTERFACES: usize = capacity::INTERFACES as usize;
 const EXT_COUNTERS_LEN: usize = external_counter::COUNT as usize;
 const LOOKUP: usize = map_flags::LOOKUP as usize;
 const LRU: usize = map_flags::LRU as usize;
+const _: () = assert!(core::mem::size_of::<bpf_fib_lookup>() == maps::FIB_LOOKUP_SIZE as usize);
 
 pub type Frontends4 = HashMap<Frontend4Key, FrontendValue, FRONTENDS, LOOKUP>;
 pub type Frontends6 = HashMap<Frontend6Key, FrontendValue, FRONTENDS, LOOKUP>;

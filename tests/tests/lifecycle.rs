@@ -549,8 +549,12 @@ fn every_pinned_map_dumps_with_named_fields() -> Result<()> {
     ];
     assert_eq!(
         fields.iter().map(|f| f.0).collect::<Vec<_>>(),
-        m::ALL.to_vec(),
-        "every map is checked"
+        m::ALL
+            .iter()
+            .filter(|d| d.pinned)
+            .map(|d| d.name)
+            .collect::<Vec<_>>(),
+        "every pinned map is checked"
     );
     let maps = env.bpffs.path().join("maps");
     for (name, key_fields, value_fields) in fields {
