@@ -24,7 +24,7 @@
 //! `cargo test --release -p tests --test north_south -- --test-threads=1`.
 
 use std::collections::BTreeSet;
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 use socket2::{Domain, Protocol, Socket, Type};
-use tests::client::parse_reply;
+use tests::client::{parse_reply, read_line};
 use tests::ns_topology::*;
 use tests::*;
 
@@ -67,33 +67,6 @@ const PROTOS: [Proto; 2] = [Proto::Tcp, Proto::Udp];
 
 // ------------------------------------------------------------- clients
 
-/// Reads up to the first '\n' (bounded: 4 KiB, the socket's read timeout
-/// per read, [`REQUEST_TIMEOUT`] overall).
-fn read_line(stream: &mut TcpStream) -> io::Result<String> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 512];
-    let deadline = Instant::now() + REQUEST_TIMEOUT;
-    loop {
-        let n = stream.read(&mut buf)?;
-        if n == 0 {
-            return Err(io::Error::new(
-                ErrorKind::UnexpectedEof,
-                format!(
-                    "closed before a reply ({:?})",
-                    String::from_utf8_lossy(&out)
-                ),
-            ));
-        }
-        out.extend_from_slice(&buf[..n]);
-        if out.contains(&b'\n') {
-            return Ok(String::from_utf8_lossy(&out).into_owned());
-        }
-        if out.len() > 4096 || Instant::now() >= deadline {
-            return Err(io::Error::new(ErrorKind::TimedOut, "no full reply line"));
-        }
-    }
-}
-
 /// A TCP socket bound to `bind` (SO_REUSEADDR; closed with RST, so no
 /// TIME_WAIT keeps the 4-tuple from being used again at once), connected
 /// to `target` within `timeout`.
@@ -122,7 +95,7 @@ fn tcp_connect_from(
 fn tcp_from(bind: SocketAddr, target: SocketAddr) -> io::Result<Reply> {
     let mut stream = tcp_connect_from(bind, target, REQUEST_TIMEOUT)?;
     stream.write_all(b"who\n")?;
-    let (server, seen_peer) = parse_reply(&read_line(&mut stream)?)?;
+    let (server, seen_peer) = parse_reply(&read_line(&mut stream, REQUEST_TIMEOUT)?)?;
     Ok(Reply {
         server,
         seen_peer,

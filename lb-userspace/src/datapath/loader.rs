@@ -413,13 +413,6 @@ pub fn cleanup(bpffs: &BpffsDir) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// Whether any program generation is pinned (a previous agent's state).
-pub fn has_pinned_links(bpffs: &BpffsDir) -> bool {
-    fs::read_dir(bpffs.links())
-        .map(|mut entries| entries.next().is_some())
-        .unwrap_or(false)
-}
-
 /// Program `name` of the loaded object as its type `T` (not loaded yet).
 pub(crate) fn typed_program<'a, T>(
     ebpf: &'a mut Ebpf,

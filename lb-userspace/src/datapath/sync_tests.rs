@@ -559,3 +559,33 @@ fn udp_departures_are_the_members_a_pass_took_away() {
         assert_eq!(got.len(), departed.len(), "no duplicates");
     }
 }
+
+/// The drift check compares the agent's mirror with one read back from the
+/// maps: equal exactly when they mirror the same entries, whatever the
+/// first learned in its passes (its memo, which a read-back has not).
+#[test]
+fn mirrors_compare_by_what_the_maps_hold() {
+    let (store, installed) = run(&steps()[..1]);
+    let read_back = adopt(&store);
+    assert_eq!(installed, read_back);
+
+    let mut drifted = Vec::new();
+    let mut d = read_back.clone();
+    d.sets.values_mut().next().unwrap().slots.push(0);
+    drifted.push(("sets", d));
+    let mut d = read_back.clone();
+    d.backends.values_mut().next().unwrap().id += 1000;
+    drifted.push(("backends", d));
+    let mut d = read_back.clone();
+    d.frontends.values_mut().next().unwrap().count += 1;
+    drifted.push(("frontends", d));
+    let mut d = read_back.clone();
+    d.cluster_ips.insert(IpAddr::from([10, 96, 9, 9]), 7);
+    drifted.push(("cluster_ips", d));
+    let mut d = read_back;
+    d.node_ports.insert((30999, Protocol::Tcp));
+    drifted.push(("node_ports", d));
+    for (field, d) in drifted {
+        assert_ne!(installed, d, "a difference in {field}");
+    }
+}
