@@ -363,7 +363,9 @@ impl ContinuousClient {
                         ContinuousMode::UdpUnconnected => udp_unconnected_request(target),
                     };
                     {
-                        let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut s = stats
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
                         s.attempts = attempt;
                         match result {
                             Ok(r) => {
@@ -385,7 +387,10 @@ impl ContinuousClient {
                         thread::sleep(opts.interval);
                     }
                 }
-                stats.lock().unwrap_or_else(|e| e.into_inner()).finished = true;
+                stats
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .finished = true;
             })?
         };
         Ok(ContinuousClient {
@@ -397,7 +402,10 @@ impl ContinuousClient {
 
     /// A snapshot of the counts so far.
     pub fn stats(&self) -> ContinuousStats {
-        self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Waits (bounded by `timeout`) until at least `n` successes were

@@ -3,6 +3,11 @@
 //! and cleaning up. Privileged: run as root with
 //! `FERRY_BIN=target/release/ferry cargo test --release -p tests --test lifecycle -- --test-threads=1`.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "every test file is linked with all the dependencies of the tests package and uses some"
+)]
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;

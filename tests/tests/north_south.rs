@@ -23,6 +23,11 @@
 //! Privileged: run as root, one test at a time:
 //! `cargo test --release -p tests --test north_south -- --test-threads=1`.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "every test file is linked with all the dependencies of the tests package and uses some"
+)]
+
 use std::collections::BTreeSet;
 use std::io::{self, ErrorKind, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -242,7 +247,7 @@ fn servers_of(replies: &[Reply]) -> BTreeSet<String> {
 }
 
 fn set(names: &[&str]) -> BTreeSet<String> {
-    names.iter().map(|s| s.to_string()).collect()
+    names.iter().map(std::string::ToString::to_string).collect()
 }
 
 fn sa(ip: IpAddr, port: u16) -> SocketAddr {
@@ -1360,7 +1365,10 @@ fn cleanup_leaves_nothing_attached_in_the_node_namespaces() -> Result<()> {
     }
     for (node, dir) in pins {
         let left: Vec<_> = match std::fs::read_dir(&dir) {
-            Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.path()).collect(),
+            Ok(rd) => rd
+                .filter_map(std::result::Result::ok)
+                .map(|e| e.path())
+                .collect(),
             Err(_) => Vec::new(),
         };
         assert!(

@@ -38,7 +38,7 @@ impl MemStore {
             return;
         }
         for (fe, v) in &self.frontends {
-            for slot in 1..=v.count as u32 {
+            for slot in 1..=u32::from(v.count) {
                 match self.slots.get(&(v.service_id, slot)) {
                     None => self.violations.push(format!(
                         "after {op}: {fe} count {} but slot {slot} empty",
@@ -66,7 +66,7 @@ impl MemStore {
         let Some(v) = self.frontends.get(fe) else {
             return vec![];
         };
-        let mut out: Vec<_> = (1..=v.count as u32)
+        let mut out: Vec<_> = (1..=u32::from(v.count))
             .filter_map(|s| self.slots.get(&(v.service_id, s)))
             .filter_map(|b| self.backends.get(b))
             .map(|a| (a.ip, a.port))
