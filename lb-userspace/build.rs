@@ -2,6 +2,9 @@
 //! aya-build and leaves it in OUT_DIR, where `datapath::object` embeds it.
 
 use anyhow::{Context as _, anyhow};
+// A build dependency only so that cargo rebuilds the object when lb-ebpf
+// changes; aya-build builds it for the BPF target.
+use lb_ebpf as _;
 
 fn main() -> anyhow::Result<()> {
     let out_dir = std::path::PathBuf::from(std::env::var_os("OUT_DIR").context("OUT_DIR")?);

@@ -201,7 +201,7 @@ pub fn agent_main(a: AgentArgs) -> Result<()> {
 /// The parent's handle on a running agent. Dropping it kills the agent
 /// (if still running) and then removes the datapath (detaches the
 /// programs, unpins the maps).
-pub struct Agent {
+pub(crate) struct Agent {
     child: Option<Child>,
     stdin: Option<ChildStdin>,
     lines: mpsc::Receiver<String>,
@@ -211,7 +211,7 @@ pub struct Agent {
 impl Agent {
     /// Starts the agent and waits (at most `timeout`) until it programmed
     /// everything.
-    pub fn start(
+    pub(crate) fn start(
         manifests: &Path,
         bpffs: &Path,
         cgroup: &Path,
@@ -295,7 +295,7 @@ impl Agent {
     }
 
     /// Sends a command ("file", "mem on", "mem off") and returns its pass.
-    pub fn change(&mut self, cmd: &str) -> Result<Stages> {
+    pub(crate) fn change(&mut self, cmd: &str) -> Result<Stages> {
         let stdin = self.stdin.as_mut().ok_or_else(|| anyhow!("agent gone"))?;
         writeln!(stdin, "{cmd}")?;
         stdin.flush()?;
@@ -304,7 +304,7 @@ impl Agent {
 
     /// Asks the agent to exit and returns its last memory figures; the
     /// datapath stays until the handle is dropped.
-    pub fn exit(&mut self) -> Result<Stages> {
+    pub(crate) fn exit(&mut self) -> Result<Stages> {
         let stdin = self.stdin.as_mut().ok_or_else(|| anyhow!("agent gone"))?;
         writeln!(stdin, "exit")?;
         stdin.flush()?;
@@ -317,7 +317,7 @@ impl Agent {
     }
 
     /// The datapath's bpffs directory.
-    pub fn bpffs(&self) -> &Path {
+    pub(crate) fn bpffs(&self) -> &Path {
         &self.bpffs
     }
 }
@@ -341,9 +341,15 @@ impl Drop for Agent {
 /// BPF_ENABLE_STATS: run time statistics are on while this lives (the
 /// kernel turns them off when the fd closes, also if we die), so the
 /// `kernel.bpf_stats_enabled` sysctl is never touched.
-pub struct BpfStats(#[allow(dead_code)] OwnedFd);
+pub(crate) struct BpfStats(
+    #[expect(
+        dead_code,
+        reason = "held only so that the statistics stay on while it lives"
+    )]
+    OwnedFd,
+);
 
-pub fn enable_bpf_stats() -> Result<BpfStats> {
+pub(crate) fn enable_bpf_stats() -> Result<BpfStats> {
     const BPF_ENABLE_STATS: libc::c_long = 32;
     let attr: u32 = 0; // BPF_STATS_RUN_TIME
     // SAFETY: bpf(2) with a 4-byte attr, as the command defines it.
@@ -371,7 +377,7 @@ fn bpftool_json(args: &[&str]) -> Result<serde_json::Value> {
 }
 
 /// The id of the program behind the pinned link of `program`.
-pub fn program_id(bpffs: &Path, program: &str) -> Result<u64> {
+pub(crate) fn program_id(bpffs: &Path, program: &str) -> Result<u64> {
     let prefix = format!("{program}@");
     let link = std::fs::read_dir(bpffs.join("links"))?
         .filter_map(Result::ok)
@@ -385,7 +391,7 @@ pub fn program_id(bpffs: &Path, program: &str) -> Result<u64> {
 }
 
 /// (run_time_ns, run_cnt) of a program.
-pub fn program_stats(id: u64) -> Result<(u64, u64)> {
+pub(crate) fn program_stats(id: u64) -> Result<(u64, u64)> {
     let v = bpftool_json(&["prog", "show", "id", &id.to_string()])?;
     Ok((
         v["run_time_ns"].as_u64().unwrap_or(0),
@@ -394,7 +400,7 @@ pub fn program_stats(id: u64) -> Result<(u64, u64)> {
 }
 
 /// Kernel memory of every pinned map (bytes_memlock), by name.
-pub fn map_memory(bpffs: &Path) -> Result<Vec<(String, u64)>> {
+pub(crate) fn map_memory(bpffs: &Path) -> Result<Vec<(String, u64)>> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(bpffs.join("maps"))?.filter_map(Result::ok) {
         let v = bpftool_json(&["map", "show", "pinned", &e.path().to_string_lossy()])?;

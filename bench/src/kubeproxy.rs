@@ -48,13 +48,13 @@ fn proto_upper(p: Proto) -> &'static str {
 // ---------------------------------------------------------------- iptables
 
 /// KUBE-SVC-<hash>: servicePortChainName.
-pub fn svc_chain(sp: &ServicePort) -> String {
+pub(crate) fn svc_chain(sp: &ServicePort) -> String {
     let key = format!("{}{}", sp.port_name_string(), proto_upper(sp.protocol));
     format!("KUBE-SVC-{}", hash_name(&key, 16))
 }
 
 /// KUBE-SEP-<hash>: servicePortEndpointChainName.
-pub fn sep_chain(sp: &ServicePort, ep: (std::net::Ipv4Addr, u16)) -> String {
+pub(crate) fn sep_chain(sp: &ServicePort, ep: (std::net::Ipv4Addr, u16)) -> String {
     let key = format!(
         "{}{}{}:{}",
         sp.port_name_string(),
@@ -197,7 +197,7 @@ const NAT_JUMPS: &[&str] = &[
 /// passes `--noflush`, which iptables 1.8.9's nf_tables backend handles
 /// in time quadratic in the number of chains, 90 s at 1,000 Services; in
 /// the bench's fresh namespace both give the same tables.)
-pub fn iptables_full(ports: &[ServicePort]) -> String {
+pub(crate) fn iptables_full(ports: &[ServicePort]) -> String {
     let mut out = String::with_capacity(ports.len() * 3000);
     let mut filter = String::new();
     write_filter(&mut filter, ports);
@@ -243,7 +243,7 @@ pub fn iptables_full(ports: &[ServicePort]) -> String {
 }
 
 /// A changed Service port: (before, after).
-pub type PortChange<'a> = (&'a ServicePort, &'a ServicePort);
+pub(crate) type PortChange<'a> = (&'a ServicePort, &'a ServicePort);
 
 fn gone<'a>(
     (before, after): PortChange<'a>,
@@ -268,7 +268,7 @@ fn added<'a>(
 /// top-level chains (KUBE-SERVICES with every Service) in full, the
 /// changed Services' chains rewritten, chains of endpoints that left
 /// deleted. `ports` is the state after the change.
-pub fn iptables_change(ports: &[ServicePort], changes: &[PortChange]) -> String {
+pub(crate) fn iptables_change(ports: &[ServicePort], changes: &[PortChange]) -> String {
     let mut out = String::with_capacity(ports.len() * 200);
     write_filter(&mut out, ports);
     write_nat_top(&mut out);
@@ -303,7 +303,7 @@ pub fn iptables_change(ports: &[ServicePort], changes: &[PortChange]) -> String 
 const T: &str = "ip kube-proxy";
 
 /// service-<hash>-ns/name/proto/port.
-pub fn nft_service_chain(sp: &ServicePort) -> String {
+pub(crate) fn nft_service_chain(sp: &ServicePort) -> String {
     let key = format!("{}{}", sp.port_name_string(), proto_upper(sp.protocol));
     format!(
         "service-{}-{}/{}/{}/{}",
@@ -316,7 +316,7 @@ pub fn nft_service_chain(sp: &ServicePort) -> String {
 }
 
 /// endpoint-<hash>-ns/name/proto/port__ip/port.
-pub fn nft_endpoint_chain(sp: &ServicePort, ep: (std::net::Ipv4Addr, u16)) -> String {
+pub(crate) fn nft_endpoint_chain(sp: &ServicePort, ep: (std::net::Ipv4Addr, u16)) -> String {
     let key = format!(
         "{}{}{}:{}",
         sp.port_name_string(),
@@ -502,7 +502,7 @@ fn nft_services(out: &mut String, ports: &[ServicePort]) {
 }
 
 /// A full sync from nothing, in one transaction (as kube-proxy does it).
-pub fn nft_full(ports: &[ServicePort]) -> String {
+pub(crate) fn nft_full(ports: &[ServicePort]) -> String {
     let mut out = String::with_capacity(ports.len() * 4000);
     nft_base(&mut out);
     nft_services(&mut out, ports);
@@ -511,7 +511,7 @@ pub fn nft_full(ports: &[ServicePort]) -> String {
 
 /// The same, split into transactions of at most `per_chunk` Service ports
 /// (the first also creates the table).
-pub fn nft_full_chunks(ports: &[ServicePort], per_chunk: usize) -> Vec<String> {
+pub(crate) fn nft_full_chunks(ports: &[ServicePort], per_chunk: usize) -> Vec<String> {
     ports
         .chunks(per_chunk.max(1))
         .enumerate()
@@ -529,7 +529,7 @@ pub fn nft_full_chunks(ports: &[ServicePort], per_chunk: usize) -> Vec<String> {
 /// A partial sync after some Service ports changed (one knftables
 /// transaction): new endpoint chains added, the service chains flushed and
 /// rewritten, chains of endpoints that left flushed and deleted.
-pub fn nft_change(changes: &[PortChange]) -> String {
+pub(crate) fn nft_change(changes: &[PortChange]) -> String {
     let mut out = String::new();
     for &(before, after) in changes {
         for ep in added((before, after)) {

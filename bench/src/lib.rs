@@ -710,7 +710,7 @@ fn bench_ferry(env: &Env, s: &Scale) -> Result<DpResult> {
 /// on only for these rounds (they cost two clock reads per run).
 fn bpf_rounds(env: &Env, w: &Workload, bpffs: &Path) -> Result<Vec<BpfRound>> {
     let o = env.opts;
-    let id = ferry::program_id(bpffs, "ferry_connect4")?;
+    let id = ferry::program_id(bpffs, lb_common::programs::CONNECT4)?;
     let _stats = ferry::enable_bpf_stats()?;
     let mut out = Vec::new();
     for r in 0..o.rounds {

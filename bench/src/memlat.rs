@@ -23,7 +23,7 @@ const LINE: usize = 64;
 const STEPS: usize = 2_000_000;
 
 /// Measures 1, 4, 16 and 64 MiB working sets (about a second in all).
-pub fn measure(seed: u64) -> Vec<MemLatency> {
+pub(crate) fn measure(seed: u64) -> Vec<MemLatency> {
     [1, 4, 16, 64]
         .into_iter()
         .map(|mib| MemLatency {

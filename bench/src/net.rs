@@ -27,7 +27,7 @@ const POLL_MS: i32 = 100;
 const MAX_PENDING: usize = 4 << 20;
 
 /// The pods' servers; stopped (threads joined) on drop.
-pub struct Servers {
+pub(crate) struct Servers {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -35,7 +35,7 @@ pub struct Servers {
 impl Servers {
     /// On each (namespace, address): TCP listeners on `tcp_ports`, a UDP
     /// socket on `udp_port`. Returns once every socket is bound.
-    pub fn start(
+    pub(crate) fn start(
         pods: &[(&Netns, Ipv4Addr)],
         tcp_ports: std::ops::Range<u16>,
         udp_port: u16,
@@ -285,7 +285,7 @@ fn handle(ep: RawFd, c: &mut Conn, flags: u32, buf: &mut [u8]) -> bool {
 }
 
 /// Pins the calling thread to `cpu` (no-op for None).
-pub fn pin_to(cpu: Option<usize>) -> Result<()> {
+pub(crate) fn pin_to(cpu: Option<usize>) -> Result<()> {
     let Some(cpu) = cpu else { return Ok(()) };
     // SAFETY: a zeroed cpu_set_t is empty; CPU_SET and sched_setaffinity
     // on the calling thread with its size.
@@ -334,7 +334,7 @@ fn one_request(addr: SocketAddrV4) -> std::io::Result<()> {
 /// New-connection cost: for each target, connect + 1-byte request and
 /// response on a fresh connection, timed from before connect to after the
 /// reply. Returns the latencies (ns) and the wall time of the whole run.
-pub fn tcp_new_connections(targets: &[SocketAddrV4]) -> Result<(Vec<u64>, Duration)> {
+pub(crate) fn tcp_new_connections(targets: &[SocketAddrV4]) -> Result<(Vec<u64>, Duration)> {
     let mut lat = Vec::with_capacity(targets.len());
     let started = Instant::now();
     for (i, addr) in targets.iter().enumerate() {
@@ -356,7 +356,7 @@ pub fn tcp_new_connections(targets: &[SocketAddrV4]) -> Result<(Vec<u64>, Durati
 }
 
 /// Just the connections, untimed (for the BPF run time counters).
-pub fn tcp_connections(targets: &[SocketAddrV4]) -> Result<()> {
+pub(crate) fn tcp_connections(targets: &[SocketAddrV4]) -> Result<()> {
     for (i, addr) in targets.iter().enumerate() {
         if i % 256 == 0 {
             check_interrupted()?;
@@ -368,7 +368,7 @@ pub fn tcp_connections(targets: &[SocketAddrV4]) -> Result<()> {
 
 /// UDP connect() cost: the connect(2) call alone on a fresh unbound
 /// socket (made and closed outside the timing), ns.
-pub fn udp_connects(targets: &[SocketAddrV4]) -> Result<Vec<u64>> {
+pub(crate) fn udp_connects(targets: &[SocketAddrV4]) -> Result<Vec<u64>> {
     let mut out = Vec::with_capacity(targets.len());
     for (i, addr) in targets.iter().enumerate() {
         if i % 1024 == 0 {
@@ -404,7 +404,7 @@ pub fn udp_connects(targets: &[SocketAddrV4]) -> Result<Vec<u64>> {
 
 /// Established-flow request/response: 1-byte ping-pong on one long-lived
 /// connection for `duration`; transactions per second.
-pub fn rr_rate(addr: SocketAddrV4, duration: Duration) -> Result<f64> {
+pub(crate) fn rr_rate(addr: SocketAddrV4, duration: Duration) -> Result<f64> {
     let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
     s.set_nodelay(true)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -430,7 +430,7 @@ pub fn rr_rate(addr: SocketAddrV4, duration: Duration) -> Result<f64> {
 
 /// Established-flow bulk transfer: 64 KiB writes on one connection for
 /// `duration`, until the server confirmed it read everything; bytes/s.
-pub fn stream_rate(addr: SocketAddrV4, duration: Duration) -> Result<f64> {
+pub(crate) fn stream_rate(addr: SocketAddrV4, duration: Duration) -> Result<f64> {
     let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.write_all(b"S")?;
@@ -450,7 +450,7 @@ pub fn stream_rate(addr: SocketAddrV4, duration: Duration) -> Result<f64> {
 }
 
 /// One TCP request with short timeouts: the datapath serves this address.
-pub fn check_tcp(addr: SocketAddrV4) -> Result<()> {
+pub(crate) fn check_tcp(addr: SocketAddrV4) -> Result<()> {
     let mut s = TcpStream::connect_timeout(&SocketAddr::V4(addr), Duration::from_secs(2))
         .with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -463,7 +463,7 @@ pub fn check_tcp(addr: SocketAddrV4) -> Result<()> {
 }
 
 /// One UDP request/reply with a short timeout.
-pub fn check_udp(addr: SocketAddrV4) -> Result<()> {
+pub(crate) fn check_udp(addr: SocketAddrV4) -> Result<()> {
     let s = UdpSocket::bind("0.0.0.0:0")?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     s.connect(addr)

@@ -172,7 +172,10 @@ impl Drop for Rules<'_> {
             .arg(format!("--net={}", self.0.path().display()))
             .args(["--", "nft", "flush", "ruleset"])
             .status();
-        if !flushed.as_ref().is_ok_and(|s| s.success()) {
+        if !flushed
+            .as_ref()
+            .is_ok_and(std::process::ExitStatus::success)
+        {
             eprintln!("bench-north-south: flushing node1's rules failed: {flushed:?}");
         }
     }

@@ -29,7 +29,7 @@ extern "C" fn on_signal(signo: libc::c_int, info: *mut libc::siginfo_t, _: *mut 
 /// in its loops), so that every guard still runs and nothing is left
 /// behind. Children get the terminal's SIGINT themselves. Who sent the
 /// signal (si_pid) is kept for the error message.
-pub fn install_signal_handlers() {
+pub(crate) fn install_signal_handlers() {
     for signo in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: a zeroed sigaction with an SA_SIGINFO handler that only
         // does async-signal-safe work.
@@ -43,12 +43,12 @@ pub fn install_signal_handlers() {
     }
 }
 
-pub fn interrupted() -> bool {
+pub(crate) fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::Relaxed)
 }
 
 /// Fails when Ctrl-C (or SIGTERM) arrived, saying from whom.
-pub fn check_interrupted() -> Result<()> {
+pub(crate) fn check_interrupted() -> Result<()> {
     if !interrupted() {
         return Ok(());
     }
@@ -72,7 +72,7 @@ pub fn check_interrupted() -> Result<()> {
 
 /// What a timed command did.
 #[derive(Debug)]
-pub struct Timed {
+pub(crate) struct Timed {
     pub wall: Duration,
     /// ru_maxrss of the child, KiB.
     pub max_rss_kib: u64,
@@ -93,7 +93,7 @@ fn pidfd_open(pid: libc::pid_t) -> std::io::Result<OwnedFd> {
 /// own start-up is not timed), stdin from `stdin` (or /dev/null). Fails if
 /// it exits non-zero, or runs longer than `timeout` or past Ctrl-C (then
 /// it is killed).
-pub fn run_timed_in(
+pub(crate) fn run_timed_in(
     netns: &Path,
     program: &str,
     args: &[&str],
@@ -104,7 +104,7 @@ pub fn run_timed_in(
 }
 
 /// The same, but not cut short by Ctrl-C (for cleaning up).
-pub fn run_to_end_in(
+pub(crate) fn run_to_end_in(
     netns: &Path,
     program: &str,
     args: &[&str],
@@ -213,7 +213,7 @@ fn run_in(
 }
 
 /// `(VmRSS, VmHWM)` of a process, KiB.
-pub fn rss_of(pid: &str) -> Result<(u64, u64)> {
+pub(crate) fn rss_of(pid: &str) -> Result<(u64, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let field = |name: &str| {
         text.lines()
@@ -225,7 +225,7 @@ pub fn rss_of(pid: &str) -> Result<(u64, u64)> {
 }
 
 /// Runs a command, returns its trimmed stdout, or "" if it fails.
-pub fn stdout_of(program: &str, args: &[&str]) -> String {
+pub(crate) fn stdout_of(program: &str, args: &[&str]) -> String {
     Command::new(program)
         .args(args)
         .stdin(Stdio::null())

@@ -23,7 +23,7 @@ fn color(dp: Dp) -> &'static str {
     }
 }
 
-pub fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
@@ -69,7 +69,7 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-pub fn collect_meta() -> Meta {
+pub(crate) fn collect_meta() -> Meta {
     let root = workspace_root();
     let root_s = root.to_string_lossy();
     let mut commit = stdout_of("git", &["-C", &root_s, "rev-parse", "--short=12", "HEAD"]);
@@ -95,7 +95,7 @@ pub fn collect_meta() -> Meta {
         commit,
         kernel: stdout_of("uname", &["-r"]),
         cpu,
-        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpus: std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
         memory_gib: mem_kib / (1024.0 * 1024.0),
         iptables: stdout_of("iptables-restore", &["--version"]),
         nft: stdout_of("nft", &["--version"]),
@@ -190,7 +190,7 @@ fn services_label(n: usize) -> String {
 }
 
 /// One line of progress for the console.
-pub fn one_line(r: &DpResult) -> String {
+pub(crate) fn one_line(r: &DpResult) -> String {
     let v = View {
         results: std::slice::from_ref(r),
     };
@@ -867,7 +867,7 @@ const METHOD: &str = "
 - **Spread**: every figure is measured in several rounds (data plane) or repetitions (control plane) and reported as median [min–max]. Ratios are between medians of the same run. Nothing here asserts on time; targets are judged in this report only.
 ";
 
-pub fn write(opts: &Options, res: &Results) -> Result<PathBuf> {
+pub(crate) fn write(opts: &Options, res: &Results) -> Result<PathBuf> {
     let dir = &opts.out_dir;
     super::check_out_dir(dir)?;
     let mode = if opts.quick { "quick" } else { "full" };

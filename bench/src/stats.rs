@@ -2,7 +2,7 @@
 //! and a deterministic random number generator.
 
 /// Nearest-rank percentile of sorted values (p in 0..=100).
-pub fn percentile(sorted: &[u64], p: f64) -> u64 {
+pub(crate) fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }
@@ -10,7 +10,7 @@ pub fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-pub fn mean(values: &[u64]) -> f64 {
+pub(crate) fn mean(values: &[u64]) -> f64 {
     if values.is_empty() {
         return 0.0;
     }
@@ -19,7 +19,7 @@ pub fn mean(values: &[u64]) -> f64 {
 
 /// min / median / max of repeated measurements of one figure.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
-pub struct Spread {
+pub(crate) struct Spread {
     pub min: f64,
     pub median: f64,
     pub max: f64,
@@ -27,12 +27,12 @@ pub struct Spread {
 }
 
 impl Spread {
-    pub fn of(values: impl IntoIterator<Item = f64>) -> Option<Spread> {
+    pub(crate) fn of(values: impl IntoIterator<Item = f64>) -> Option<Spread> {
         let mut v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
         if v.is_empty() {
             return None;
         }
-        v.sort_by(|a, b| a.total_cmp(b));
+        v.sort_by(f64::total_cmp);
         let n = v.len();
         let median = if n % 2 == 1 {
             v[n / 2]
@@ -50,14 +50,14 @@ impl Spread {
 
 /// SplitMix64: tiny, fast, and the same sequence for every datapath.
 #[derive(Clone, Debug)]
-pub struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    pub fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Rng(seed)
     }
 
-    pub fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -67,7 +67,7 @@ impl Rng {
 
     /// Uniform in 0..n (n > 0), without modulo bias worth mentioning
     /// (Lemire's multiply-shift).
-    pub fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
     }
 }

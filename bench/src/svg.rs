@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-pub struct Series {
+pub(crate) struct Series {
     pub label: String,
     pub color: &'static str,
     pub dashed: bool,
@@ -11,7 +11,7 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
-pub struct Chart<'a> {
+pub(crate) struct Chart<'a> {
     pub title: &'a str,
     pub x_label: &'a str,
     pub y_label: &'a str,
@@ -66,7 +66,7 @@ fn label_number(v: f64) -> String {
 }
 
 impl Chart<'_> {
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let pts = self
             .series
             .iter()

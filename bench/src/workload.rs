@@ -24,71 +24,71 @@ use anyhow::{Context, Result};
 use lb_userspace::model::ClusterState;
 use serde_json::{Value, json};
 
-pub const NAMESPACE: &str = "bench";
+pub(crate) const NAMESPACE: &str = "bench";
 /// The node the agent runs as (no endpoint is on it; all are Cluster).
-pub const NODE_NAME: &str = "bench-node";
+pub(crate) const NODE_NAME: &str = "bench-node";
 /// Backend pods, b0..b9 of the sandbox topology.
-pub const PODS: usize = 10;
-pub const POD_BASE: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 10);
-pub const SERVICE_PORT: u16 = 80;
-pub const TCP_TARGET_BASE: u16 = 20000;
+pub(crate) const PODS: usize = 10;
+pub(crate) const POD_BASE: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 10);
+pub(crate) const SERVICE_PORT: u16 = 80;
+pub(crate) const TCP_TARGET_BASE: u16 = 20000;
 /// Distinct TCP target ports; every pod listens on all of them.
-pub const TCP_TARGETS: u16 = 100;
-pub const UDP_SERVICE_PORT: u16 = 53;
-pub const UDP_TARGET_PORT: u16 = 5353;
+pub(crate) const TCP_TARGETS: u16 = 100;
+pub(crate) const UDP_SERVICE_PORT: u16 = 53;
+pub(crate) const UDP_TARGET_PORT: u16 = 5353;
 /// Services that also have a UDP port (the first ones).
-pub const MAX_UDP_SERVICES: usize = 1000;
-pub const SERVICE_CIDR: &str = "10.96.0.0/12";
-pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+pub(crate) const MAX_UDP_SERVICES: usize = 1000;
+pub(crate) const SERVICE_CIDR: &str = "10.96.0.0/12";
+pub(crate) const CLUSTER_CIDR: &str = "10.244.0.0/16";
 /// Services (and their slices) per manifest file.
-pub const SERVICES_PER_FILE: usize = 1000;
+pub(crate) const SERVICES_PER_FILE: usize = 1000;
 
 #[derive(Clone, Copy, Debug)]
-pub struct Workload {
+pub(crate) struct Workload {
     pub services: usize,
 }
 
 impl Workload {
-    pub fn new(services: usize) -> Self {
+    pub(crate) fn new(services: usize) -> Self {
         assert!((1..1 << 20).contains(&services), "fits 10.96.0.0/12");
         Self { services }
     }
 
-    pub fn service_name(s: usize) -> String {
+    pub(crate) fn service_name(s: usize) -> String {
         format!("svc-{s:06}")
     }
 
-    pub fn cluster_ip(s: usize) -> Ipv4Addr {
+    pub(crate) fn cluster_ip(s: usize) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + 1 + s as u32)
     }
 
-    pub fn target_port(s: usize) -> u16 {
+    pub(crate) fn target_port(s: usize) -> u16 {
         TCP_TARGET_BASE + (s % TCP_TARGETS as usize) as u16
     }
 
-    pub fn pod_ip(p: usize) -> Ipv4Addr {
+    pub(crate) fn pod_ip(p: usize) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(POD_BASE) + p as u32)
     }
 
     /// Services with a UDP port: 0..udp_services().
-    pub fn udp_services(&self) -> usize {
+    pub(crate) fn udp_services(&self) -> usize {
         self.services.min(MAX_UDP_SERVICES)
     }
 
-    pub fn has_udp(&self, s: usize) -> bool {
+    pub(crate) fn has_udp(&self, s: usize) -> bool {
         s < self.udp_services()
     }
 
     /// The Service whose endpoints the "one endpoint change" changes.
-    pub fn changed_service(&self) -> usize {
+    pub(crate) fn changed_service(&self) -> usize {
         self.services / 2
     }
 
-    pub fn file_of(dir: &Path, s: usize) -> PathBuf {
+    pub(crate) fn file_of(dir: &Path, s: usize) -> PathBuf {
         dir.join(format!("services-{:04}.json", s / SERVICES_PER_FILE))
     }
 
-    pub fn service_json(&self, s: usize) -> Value {
+    pub(crate) fn service_json(&self, s: usize) -> Value {
         let ip = Self::cluster_ip(s).to_string();
         let mut ports = vec![json!({
             "name": "http", "port": SERVICE_PORT, "protocol": "TCP",
@@ -119,7 +119,7 @@ impl Workload {
 
     /// The Service's EndpointSlice; with `changed`, the last pod is not
     /// ready (the "one endpoint change").
-    pub fn slice_json(&self, s: usize, changed: bool) -> Value {
+    pub(crate) fn slice_json(&self, s: usize, changed: bool) -> Value {
         let name = Self::service_name(s);
         let mut ports = vec![json!({
             "name": "http", "port": Self::target_port(s), "protocol": "TCP",
@@ -158,7 +158,7 @@ impl Workload {
     /// Writes file `index` (Services index*1000 .. +1000 and their slices)
     /// as one JSON `List`; `changed` applies the endpoint change to the
     /// changed Service if it is in this file.
-    pub fn write_file(&self, dir: &Path, index: usize, changed: bool) -> Result<PathBuf> {
+    pub(crate) fn write_file(&self, dir: &Path, index: usize, changed: bool) -> Result<PathBuf> {
         let start = index * SERVICES_PER_FILE;
         let end = (start + SERVICES_PER_FILE).min(self.services);
         let mut items = Vec::with_capacity(2 * (end - start));
@@ -177,7 +177,7 @@ impl Workload {
     }
 
     /// Writes every manifest file into `dir` (created).
-    pub fn write_manifests(&self, dir: &Path) -> Result<()> {
+    pub(crate) fn write_manifests(&self, dir: &Path) -> Result<()> {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         for index in 0..self.services.div_ceil(SERVICES_PER_FILE) {
             self.write_file(dir, index, false)?;
@@ -187,13 +187,13 @@ impl Workload {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Proto {
+pub(crate) enum Proto {
     Tcp,
     Udp,
 }
 
 impl Proto {
-    pub fn lower(self) -> &'static str {
+    pub(crate) fn lower(self) -> &'static str {
         match self {
             Proto::Tcp => "tcp",
             Proto::Udp => "udp",
@@ -203,7 +203,7 @@ impl Proto {
 
 /// One service port as kube-proxy's proxiers see it (ClusterIP only).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServicePort {
+pub(crate) struct ServicePort {
     pub namespace: String,
     pub name: String,
     pub port_name: String,
@@ -216,7 +216,7 @@ pub struct ServicePort {
 
 impl ServicePort {
     /// kube-proxy's ServicePortName: "ns/name:port" (":port" only when named).
-    pub fn port_name_string(&self) -> String {
+    pub(crate) fn port_name_string(&self) -> String {
         if self.port_name.is_empty() {
             format!("{}/{}", self.namespace, self.name)
         } else {
@@ -239,7 +239,7 @@ fn proto_of(p: Option<&str>) -> Option<Proto> {
 /// by name and protocol; ready endpoints only (`ready` unset counts as
 /// ready). Sorted by namespace/name/port, as kube-proxy's output is
 /// deterministic too.
-pub fn service_ports(state: &ClusterState) -> Vec<ServicePort> {
+pub(crate) fn service_ports(state: &ClusterState) -> Vec<ServicePort> {
     // (namespace, service) -> [(port name, protocol, port, address, ready)]
     type Eps = Vec<(String, Proto, u16, Ipv4Addr, bool)>;
     let mut by_service: BTreeMap<(String, String), Eps> = BTreeMap::new();
@@ -259,7 +259,11 @@ pub fn service_ports(state: &ClusterState) -> Vec<ServicePort> {
             };
             let port_name = port.name.clone().unwrap_or_default();
             for ep in &slice.endpoints {
-                let Some(IpAddr::V4(addr)) = ep.address.as_ref().and_then(|a| a.ip()) else {
+                let Some(IpAddr::V4(addr)) = ep
+                    .address
+                    .as_ref()
+                    .and_then(lb_userspace::model::EndpointAddress::ip)
+                else {
                     continue;
                 };
                 let ready = ep.conditions.ready.unwrap_or(true);

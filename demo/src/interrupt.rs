@@ -25,7 +25,7 @@ extern "C" fn on_signal(_signal: libc::c_int) {
 /// Installs the handler for SIGINT, SIGTERM and SIGHUP. SA_RESTART keeps
 /// the system calls in flight (helper commands, sleeps, socket reads)
 /// going; they are all bounded, and the flag is seen right after.
-pub fn install() -> io::Result<()> {
+pub(crate) fn install() -> io::Result<()> {
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: a zeroed sigaction is valid; the handler is an extern "C"
         // fn that only does async-signal-safe work.
@@ -43,12 +43,12 @@ pub fn install() -> io::Result<()> {
     Ok(())
 }
 
-pub fn interrupted() -> bool {
+pub(crate) fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
 /// An error once a signal has arrived, so `?` unwinds the demo.
-pub fn check() -> Result<()> {
+pub(crate) fn check() -> Result<()> {
     if interrupted() {
         bail!("interrupted; everything the demo made was removed");
     }

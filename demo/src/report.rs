@@ -7,13 +7,13 @@ use std::fmt::Write as _;
 use sandbox::Reply;
 
 /// One request's outcome: the reply, or why none came.
-pub type Answer = Result<Reply, String>;
+pub(crate) type Answer = Result<Reply, String>;
 
 /// What a failed request shows in the per-request sequence.
-pub const FAILED: &str = "--";
+pub(crate) const FAILED: &str = "--";
 
 /// The short form of one answer: the backend's name, or [`FAILED`].
-pub fn answer_label(answer: &Answer) -> &str {
+pub(crate) fn answer_label(answer: &Answer) -> &str {
     match answer {
         Ok(reply) => &reply.server,
         Err(_) => FAILED,
@@ -22,7 +22,7 @@ pub fn answer_label(answer: &Answer) -> &str {
 
 /// Answers of one series of requests, counted.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Tally {
+pub(crate) struct Tally {
     /// Every expected backend (0 when it never answered), plus any
     /// unexpected name that answered.
     pub counts: BTreeMap<String, u32>,
@@ -32,7 +32,7 @@ pub struct Tally {
 }
 
 impl Tally {
-    pub fn new(backends: &[&str], answers: &[Answer]) -> Tally {
+    pub(crate) fn new(backends: &[&str], answers: &[Answer]) -> Tally {
         let mut t = Tally {
             counts: backends.iter().map(|b| (b.to_string(), 0)).collect(),
             ..Tally::default()
@@ -50,12 +50,12 @@ impl Tally {
         t
     }
 
-    pub fn answered(&self) -> u32 {
+    pub(crate) fn answered(&self) -> u32 {
         self.total - self.failed
     }
 
     /// Backends that never answered.
-    pub fn silent(&self) -> Vec<&str> {
+    pub(crate) fn silent(&self) -> Vec<&str> {
         self.counts
             .iter()
             .filter(|(_, n)| **n == 0)
@@ -65,7 +65,7 @@ impl Tally {
 
     /// What went wrong with this series (`what` names it), empty if
     /// every request was answered and every backend answered at least once.
-    pub fn problems(&self, what: &str) -> Vec<String> {
+    pub(crate) fn problems(&self, what: &str) -> Vec<String> {
         let mut out = Vec::new();
         if self.failed > 0 {
             out.push(format!(
@@ -88,7 +88,7 @@ impl Tally {
     }
 
     /// `b0 10  b1 9  b2 11`.
-    pub fn compact(&self) -> String {
+    pub(crate) fn compact(&self) -> String {
         self.counts
             .iter()
             .map(|(b, n)| format!("{b} {n}"))
@@ -100,7 +100,11 @@ impl Tally {
 /// One line per backend: name, detail (e.g. its address), a bar of `#`
 /// scaled so the largest count is `width` wide (any answer gets at least
 /// one `#`), and the count.
-pub fn bar_chart(tally: &Tally, detail: impl Fn(&str) -> String, width: usize) -> Vec<String> {
+pub(crate) fn bar_chart(
+    tally: &Tally,
+    detail: impl Fn(&str) -> String,
+    width: usize,
+) -> Vec<String> {
     let max = tally.counts.values().copied().max().unwrap_or(0).max(1);
     let rows: Vec<(&String, String, u32)> = tally
         .counts

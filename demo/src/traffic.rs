@@ -13,7 +13,7 @@ use super::report::Answer;
 use sandbox::{Netns, tcp_request, udp_connected_request};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Proto {
+pub(crate) enum Proto {
     Tcp,
     Udp,
 }
@@ -30,7 +30,7 @@ impl fmt::Display for Proto {
 /// Sends `count` requests to `target` from inside `ns`, one at a time (TCP:
 /// a new connection each; UDP: a new connected socket each), calling
 /// `each(index, answer)` as they come.
-pub fn send(
+pub(crate) fn send(
     ns: &Netns,
     proto: Proto,
     target: SocketAddr,

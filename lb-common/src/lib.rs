@@ -71,8 +71,20 @@ pub const fn addr6_words(b: [u8; 16]) -> [u32; 4] {
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
-/// Map names, shared so that the agent and the programs cannot disagree.
+/// The contract between the programs and the agent: every map and program
+/// of the eBPF object, declared once. `lb-ebpf` defines them (it has to:
+/// the BTF map definitions and the program functions are the object), and
+/// the agent derives everything it needs from these declarations (pin
+/// names, the layout a reusable pin must have, which programs to attach
+/// how) and checks the embedded object against them before it loads it
+/// (`lb-userspace`'s `datapath::contract`), so the two sides cannot drift
+/// apart unnoticed. Adding or changing a map or a program means editing
+/// its definition in `lb-ebpf` and its entry in [`maps::ALL`] or
+/// [`programs::ALL`]; nothing else.
 pub mod maps {
+    use super::*;
+    use core::mem::size_of;
+
     pub const FRONTENDS4: &str = "FRONTENDS4";
     pub const FRONTENDS6: &str = "FRONTENDS6";
     pub const SLOTS: &str = "SLOTS";
@@ -99,40 +111,252 @@ pub mod maps {
     pub const INTERFACE_ADDRS: &str = "IFACE_ADDRS";
     pub const EXTERNAL_CONFIG: &str = "EXT_CONFIG";
     pub const EXTERNAL_COUNTERS: &str = "EXT_COUNTERS";
+    pub const FIB_SCRATCH: &str = "FIB_SCRATCH";
 
-    /// Every map the object defines, for pinning, cleanup and inspection.
-    pub const ALL: [&str; 26] = [
-        FRONTENDS4,
-        FRONTENDS6,
-        SLOTS,
-        BACKENDS4,
-        BACKENDS6,
-        CLUSTER_IPS4,
-        CLUSTER_IPS6,
-        SOCK_PEERS4,
-        SOCK_PEERS6,
-        SOCKETS4,
-        SOCKETS6,
-        AFFINITY,
-        COUNTERS,
-        SERVICE_NAMES,
-        NODEPORT_BINDS,
-        CONFIG,
-        EXTERNAL_FRONTENDS4,
-        EXTERNAL_FRONTENDS6,
-        MAGLEV,
-        FLOWS4,
-        FLOWS6,
-        SOURCE_RANGES4,
-        SOURCE_RANGES6,
-        INTERFACE_ADDRS,
-        EXTERNAL_CONFIG,
-        EXTERNAL_COUNTERS,
+    /// Size of `FIB_SCRATCH`'s value, the kernel's `struct bpf_fib_lookup`
+    /// (lb-ebpf asserts it against the binding).
+    pub const FIB_LOOKUP_SIZE: u32 = 64;
+
+    /// The kernel map types (`BPF_MAP_TYPE_*`) the datapath uses.
+    #[repr(u32)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum MapType {
+        Hash = 1,
+        Array = 2,
+        PerCpuArray = 6,
+        LruHash = 9,
+        LpmTrie = 11,
+        SkStorage = 24,
+    }
+
+    /// One map of the object as both sides must see it.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct MapDef {
+        pub name: &'static str,
+        pub map_type: MapType,
+        pub key_size: u32,
+        pub value_size: u32,
+        /// The capacity the object declares; 0 for socket-local storage.
+        pub max_entries: u32,
+        /// `map_flags` (see [`super::map_flags`]).
+        pub flags: u32,
+        /// Pinned under the agent's bpffs directory by name (everything
+        /// but per-run scratch space), so that it outlives the agent.
+        pub pinned: bool,
+    }
+
+    impl MapDef {
+        const fn new(
+            name: &'static str,
+            map_type: MapType,
+            key_size: usize,
+            value_size: usize,
+            max_entries: u32,
+            flags: u32,
+        ) -> Self {
+            Self {
+                name,
+                map_type,
+                key_size: key_size as u32,
+                value_size: value_size as u32,
+                max_entries,
+                flags,
+                pinned: true,
+            }
+        }
+
+        /// BPF_MAP_TYPE_HASH with `map_flags::LOOKUP`.
+        const fn hash(name: &'static str, key: usize, value: usize, max_entries: u32) -> Self {
+            Self::new(
+                name,
+                MapType::Hash,
+                key,
+                value,
+                max_entries,
+                map_flags::LOOKUP,
+            )
+        }
+
+        /// BPF_MAP_TYPE_LRU_HASH with `map_flags::LRU`.
+        const fn lru(name: &'static str, key: usize, value: usize, max_entries: u32) -> Self {
+            Self::new(
+                name,
+                MapType::LruHash,
+                key,
+                value,
+                max_entries,
+                map_flags::LRU,
+            )
+        }
+
+        /// BPF_MAP_TYPE_ARRAY (u32 index).
+        const fn array(name: &'static str, value: usize, max_entries: u32) -> Self {
+            Self::new(
+                name,
+                MapType::Array,
+                4,
+                value,
+                max_entries,
+                map_flags::ARRAY,
+            )
+        }
+
+        /// BPF_MAP_TYPE_PERCPU_ARRAY (u32 index; `value` per CPU).
+        const fn per_cpu_array(name: &'static str, value: usize, max_entries: u32) -> Self {
+            Self::new(
+                name,
+                MapType::PerCpuArray,
+                4,
+                value,
+                max_entries,
+                map_flags::ARRAY,
+            )
+        }
+
+        /// BPF_MAP_TYPE_LPM_TRIE: the key is a 4-byte prefix length and
+        /// then `data`; the kernel requires BPF_F_NO_PREALLOC.
+        const fn lpm_trie(name: &'static str, data: usize, value: usize, max_entries: u32) -> Self {
+            Self::new(
+                name,
+                MapType::LpmTrie,
+                4 + data,
+                value,
+                max_entries,
+                map_flags::LOOKUP,
+            )
+        }
+
+        /// BPF_MAP_TYPE_SK_STORAGE: keyed by a socket fd, no capacity, and
+        /// the kernel requires BPF_F_NO_PREALLOC.
+        const fn socket_storage(name: &'static str, value: usize) -> Self {
+            Self::new(name, MapType::SkStorage, 4, value, 0, map_flags::LOOKUP)
+        }
+
+        const fn unpinned(self) -> Self {
+            Self {
+                pinned: false,
+                ..self
+            }
+        }
+    }
+
+    /// Every map the object defines.
+    pub const ALL: &[MapDef] = &[
+        MapDef::hash(
+            FRONTENDS4,
+            size_of::<Frontend4Key>(),
+            size_of::<FrontendValue>(),
+            capacity::FRONTENDS,
+        ),
+        MapDef::hash(
+            FRONTENDS6,
+            size_of::<Frontend6Key>(),
+            size_of::<FrontendValue>(),
+            capacity::FRONTENDS,
+        ),
+        MapDef::hash(SLOTS, size_of::<SlotKey>(), 4, capacity::SLOTS),
+        MapDef::hash(BACKENDS4, 4, size_of::<Backend4>(), capacity::BACKENDS),
+        MapDef::hash(BACKENDS6, 4, size_of::<Backend6>(), capacity::BACKENDS),
+        MapDef::hash(CLUSTER_IPS4, 4, 4, capacity::FRONTENDS),
+        MapDef::hash(CLUSTER_IPS6, 16, 4, capacity::FRONTENDS),
+        MapDef::socket_storage(SOCK_PEERS4, size_of::<SockPeers4>()),
+        MapDef::socket_storage(SOCK_PEERS6, size_of::<SockPeers6>()),
+        MapDef::array(SOCKETS4, size_of::<Socket4>(), capacity::SOCKETS),
+        MapDef::array(SOCKETS6, size_of::<Socket6>(), capacity::SOCKETS),
+        MapDef::lru(
+            AFFINITY,
+            size_of::<AffinityKey>(),
+            size_of::<AffinityValue>(),
+            capacity::AFFINITY,
+        ),
+        MapDef::per_cpu_array(COUNTERS, size_of::<ServiceCounters>(), capacity::SERVICES),
+        MapDef::hash(
+            SERVICE_NAMES,
+            4,
+            size_of::<ServiceName>(),
+            capacity::SERVICES,
+        ),
+        MapDef::hash(
+            NODEPORT_BINDS,
+            size_of::<NodePortKey>(),
+            1,
+            capacity::NODEPORT_BINDS,
+        ),
+        MapDef::array(CONFIG, size_of::<Config>(), 1),
+        MapDef::hash(
+            EXTERNAL_FRONTENDS4,
+            size_of::<Frontend4Key>(),
+            size_of::<ExternalFrontendValue>(),
+            capacity::EXTERNAL_FRONTENDS,
+        ),
+        MapDef::hash(
+            EXTERNAL_FRONTENDS6,
+            size_of::<Frontend6Key>(),
+            size_of::<ExternalFrontendValue>(),
+            capacity::EXTERNAL_FRONTENDS,
+        ),
+        MapDef::array(
+            MAGLEV,
+            size_of::<MaglevEntry>(),
+            capacity::MAGLEV_TABLE_SIZE * capacity::MAGLEV_TABLES,
+        ),
+        MapDef::lru(
+            FLOWS4,
+            size_of::<Flow4>(),
+            size_of::<Flow4Nat>(),
+            capacity::FLOWS,
+        ),
+        MapDef::lru(
+            FLOWS6,
+            size_of::<Flow6>(),
+            size_of::<Flow6Nat>(),
+            capacity::FLOWS,
+        ),
+        MapDef::lpm_trie(
+            SOURCE_RANGES4,
+            size_of::<SourceRange4>(),
+            1,
+            capacity::SOURCE_RANGES,
+        ),
+        MapDef::lpm_trie(
+            SOURCE_RANGES6,
+            size_of::<SourceRange6>(),
+            1,
+            capacity::SOURCE_RANGES,
+        ),
+        MapDef::hash(
+            INTERFACE_ADDRS,
+            4,
+            size_of::<InterfaceAddrs>(),
+            capacity::INTERFACES,
+        ),
+        MapDef::array(EXTERNAL_CONFIG, size_of::<ExternalConfig>(), 1),
+        MapDef::per_cpu_array(EXTERNAL_COUNTERS, 8, external_counter::COUNT),
+        // Scratch space of one program run: nothing to keep, not pinned.
+        MapDef::per_cpu_array(FIB_SCRATCH, FIB_LOOKUP_SIZE as usize, 1).unpinned(),
     ];
+
+    /// The declaration of map `name`.
+    pub fn def(name: &str) -> Option<&'static MapDef> {
+        ALL.iter().find(|m| m.name == name)
+    }
 }
 
-/// Program names: the functions in lb-ebpf, attached by the agent.
+/// Program names (the functions in lb-ebpf) and how they attach.
 pub mod programs {
+    pub const CONNECT4: &str = "ferry_connect4";
+    pub const CONNECT6: &str = "ferry_connect6";
+    pub const SENDMSG4: &str = "ferry_sendmsg4";
+    pub const SENDMSG6: &str = "ferry_sendmsg6";
+    pub const RECVMSG4: &str = "ferry_recvmsg4";
+    pub const RECVMSG6: &str = "ferry_recvmsg6";
+    pub const GETPEERNAME4: &str = "ferry_getpeername4";
+    pub const GETPEERNAME6: &str = "ferry_getpeername6";
+    pub const POST_BIND4: &str = "ferry_post_bind4";
+    pub const POST_BIND6: &str = "ferry_post_bind6";
+    /// cgroup sock_release: gives a closing socket's socket table entry
+    /// back (see [`super::Socket4`]).
+    pub const SOCK_RELEASE: &str = "ferry_sock_release";
     /// tc ingress on the external interfaces: new flows to external
     /// frontends, their established packets, and replies from backends on
     /// other nodes.
@@ -144,6 +368,78 @@ pub mod programs {
     /// translation for packets it can send out of another external
     /// interface.
     pub const EXTERNAL_XDP: &str = "ferry_external_xdp";
+
+    /// The kernel program types the datapath uses, as the agent attaches
+    /// them.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum ProgramType {
+        /// BPF_PROG_TYPE_CGROUP_SOCK_ADDR, attached to the cgroup.
+        CgroupSockAddr,
+        /// BPF_PROG_TYPE_CGROUP_SOCK, attached to the cgroup.
+        CgroupSock,
+        /// BPF_PROG_TYPE_SCHED_CLS, attached to interfaces (tc).
+        SchedClassifier,
+        /// BPF_PROG_TYPE_XDP, attached to interfaces.
+        Xdp,
+    }
+
+    impl ProgramType {
+        /// Attached to the agent's cgroup (the socket datapath) rather
+        /// than to interfaces (north-south).
+        pub const fn is_cgroup(self) -> bool {
+            matches!(self, Self::CgroupSockAddr | Self::CgroupSock)
+        }
+    }
+
+    /// One program of the object.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct ProgramDef {
+        pub name: &'static str,
+        pub program_type: ProgramType,
+        /// The ELF section aya-ebpf puts it in, which names its attach
+        /// point (`cgroup/connect4`, `classifier`, `xdp`).
+        pub section: &'static str,
+    }
+
+    const fn def(
+        name: &'static str,
+        program_type: ProgramType,
+        section: &'static str,
+    ) -> ProgramDef {
+        ProgramDef {
+            name,
+            program_type,
+            section,
+        }
+    }
+
+    /// Every program the object defines.
+    /// In attach order: sock_release before the programs that give sockets
+    /// socket table entries, so that no socket holds one unseen.
+    pub const ALL: &[ProgramDef] = &[
+        def(SOCK_RELEASE, ProgramType::CgroupSock, "cgroup/sock_release"),
+        def(CONNECT4, ProgramType::CgroupSockAddr, "cgroup/connect4"),
+        def(CONNECT6, ProgramType::CgroupSockAddr, "cgroup/connect6"),
+        def(SENDMSG4, ProgramType::CgroupSockAddr, "cgroup/sendmsg4"),
+        def(SENDMSG6, ProgramType::CgroupSockAddr, "cgroup/sendmsg6"),
+        def(RECVMSG4, ProgramType::CgroupSockAddr, "cgroup/recvmsg4"),
+        def(RECVMSG6, ProgramType::CgroupSockAddr, "cgroup/recvmsg6"),
+        def(
+            GETPEERNAME4,
+            ProgramType::CgroupSockAddr,
+            "cgroup/getpeername4",
+        ),
+        def(
+            GETPEERNAME6,
+            ProgramType::CgroupSockAddr,
+            "cgroup/getpeername6",
+        ),
+        def(POST_BIND4, ProgramType::CgroupSock, "cgroup/post_bind4"),
+        def(POST_BIND6, ProgramType::CgroupSock, "cgroup/post_bind6"),
+        def(EXTERNAL, ProgramType::SchedClassifier, "classifier"),
+        def(REPLY, ProgramType::SchedClassifier, "classifier"),
+        def(EXTERNAL_XDP, ProgramType::Xdp, "xdp"),
+    ];
 }
 
 /// Map creation flags (`map_flags`), shared so that the agent can tell a

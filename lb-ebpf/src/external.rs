@@ -88,7 +88,7 @@ fn count(index: u32) {
 /// Where ingress runs: external interfaces serve new flows to external
 /// frontends; the others (pod-facing) only replies of known flows.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+pub(crate) enum Role {
     External,
     Reply,
 }
@@ -141,7 +141,7 @@ fn l4_flags(l4: &L4) -> u64 {
     // A UDP checksum of 0 means "none" (IPv4): leave it so, and never
     // produce 0 from a real checksum.
     if l4.proto == PROTO_UDP {
-        BPF_F_MARK_MANGLED_0 as u64
+        u64::from(BPF_F_MARK_MANGLED_0)
     } else {
         0
     }
@@ -374,13 +374,13 @@ impl Ip for V4 {
         let l3 = ETH_HLEN;
         ctx.l4_csum_replace(
             l4.csum_off,
-            old as u64,
-            new as u64,
-            l4_flags(l4) | BPF_F_PSEUDO_HDR as u64 | 4,
+            u64::from(old),
+            u64::from(new),
+            l4_flags(l4) | u64::from(BPF_F_PSEUDO_HDR) | 4,
         )
         .is_ok()
             && ctx
-                .l3_csum_replace(l3 + 10, old as u64, new as u64, 4)
+                .l3_csum_replace(l3 + 10, u64::from(old), u64::from(new), 4)
                 .is_ok()
             && ctx.store(l3 + off, &new).is_ok()
     }
@@ -392,7 +392,7 @@ impl Ip for V4 {
     #[inline(always)]
     fn neigh(params: &bpf_fib_lookup) -> bpf_redir_neigh {
         let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
-        nh.nh_family = AF_INET as u32;
+        nh.nh_family = u32::from(AF_INET);
         // After the lookup, ipv4_dst holds the next hop.
         nh.__bindgen_anon_1.ipv4_nh = unsafe { params.__bindgen_anon_4.ipv4_dst };
         nh
@@ -421,7 +421,7 @@ impl Ip for V4 {
     fn rewrite_icmp_outer<C: Frame>(ctx: C, off: usize, old: u32, new: u32, _: usize) -> bool {
         // ICMP's checksum covers no pseudo-header: only the IP header's
         // checksum changes.
-        ctx.l3_csum_replace(ETH_HLEN + 10, old as u64, new as u64, 4)
+        ctx.l3_csum_replace(ETH_HLEN + 10, u64::from(old), u64::from(new), 4)
             .is_ok()
             && ctx.store(ETH_HLEN + off, &new).is_ok()
     }
@@ -440,12 +440,12 @@ impl Ip for V4 {
         // address through its pseudo-header, which is plain data here.
         if let Some((off, flags)) = qcsum
             && ctx
-                .l4_csum_replace(off, old as u64, new as u64, flags | 4)
+                .l4_csum_replace(off, u64::from(old), u64::from(new), flags | 4)
                 .is_err()
         {
             return false;
         }
-        ctx.l3_csum_replace(quoted + 10, old as u64, new as u64, 4)
+        ctx.l3_csum_replace(quoted + 10, u64::from(old), u64::from(new), 4)
             .is_ok()
             && ctx.store(quoted + field, &new).is_ok()
     }
@@ -559,7 +559,7 @@ impl Ip for V6 {
                     l4.csum_off,
                     0,
                     diff as u64,
-                    l4_flags(l4) | BPF_F_PSEUDO_HDR as u64,
+                    l4_flags(l4) | u64::from(BPF_F_PSEUDO_HDR),
                 )
                 .is_ok()
             && ctx.store(ETH_HLEN + off, &new).is_ok()
@@ -572,7 +572,7 @@ impl Ip for V6 {
     #[inline(always)]
     fn neigh(params: &bpf_fib_lookup) -> bpf_redir_neigh {
         let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
-        nh.nh_family = AF_INET6 as u32;
+        nh.nh_family = u32::from(AF_INET6);
         nh.__bindgen_anon_1.ipv6_nh = unsafe { params.__bindgen_anon_4.ipv6_dst };
         nh
     }
@@ -759,7 +759,12 @@ fn rewrite<C: Frame, F: Ip>(
     }
     if l4.sport != nsport
         && (ctx
-            .l4_csum_replace(l4.csum_off, l4.sport as u64, nsport as u64, flags | 2)
+            .l4_csum_replace(
+                l4.csum_off,
+                u64::from(l4.sport),
+                u64::from(nsport),
+                flags | 2,
+            )
             .is_err()
             || ctx.store(l4_off, &nsport).is_err())
     {
@@ -767,7 +772,12 @@ fn rewrite<C: Frame, F: Ip>(
     }
     if l4.dport != ndport
         && (ctx
-            .l4_csum_replace(l4.csum_off, l4.dport as u64, ndport as u64, flags | 2)
+            .l4_csum_replace(
+                l4.csum_off,
+                u64::from(l4.dport),
+                u64::from(ndport),
+                flags | 2,
+            )
             .is_err()
             || ctx.store(l4_off + 2, &ndport).is_err())
     {
@@ -841,8 +851,8 @@ fn claim_snat_port<F: Ip>(
     reply: &F::Nat,
     now: u64,
 ) -> Option<u16> {
-    let min = cfg.snat_port_min as u32;
-    let max = cfg.snat_port_max as u32;
+    let min = u32::from(cfg.snat_port_min);
+    let max = u32::from(cfg.snat_port_max);
     if min == 0 || max < min {
         return None;
     }
@@ -891,8 +901,8 @@ fn new_flow<C: Frame, F: Ip>(
         return C::DROP;
     }
     let hash = finish(mix(
-        mix(F::hash_addr(saddr), l4.sport as u32),
-        ((l4.dport as u32) << 8) | l4.proto as u32,
+        mix(F::hash_addr(saddr), u32::from(l4.sport)),
+        (u32::from(l4.dport) << 8) | u32::from(l4.proto),
     ));
     let Some(entry) = maglev_entry(fe, hash) else {
         count(external_counter::DROP_NO_BACKEND);
@@ -1025,7 +1035,7 @@ fn icmp_error<C: Frame, F: Ip>(ctx: C) -> i32 {
     let qcsum = (ctx.len() as usize >= csum_off + 2).then_some((
         csum_off,
         if proto == PROTO_UDP {
-            BPF_F_MARK_MANGLED_0 as u64
+            u64::from(BPF_F_MARK_MANGLED_0)
         } else {
             0
         },
@@ -1062,7 +1072,7 @@ fn icmp_error<C: Frame, F: Ip>(ctx: C) -> i32 {
         let after = ctx.load::<u16>(off).unwrap_or(before);
         if after != before
             && ctx
-                .l4_csum_replace(icmp_csum, before as u64, after as u64, 2)
+                .l4_csum_replace(icmp_csum, u64::from(before), u64::from(after), 2)
                 .is_err()
         {
             return C::DROP;
@@ -1102,12 +1112,12 @@ fn rewrite_quoted_port<C: Frame>(
     }
     if let Some((csum, flags)) = qcsum
         && ctx
-            .l4_csum_replace(csum, old as u64, new as u64, flags | 2)
+            .l4_csum_replace(csum, u64::from(old), u64::from(new), flags | 2)
             .is_err()
     {
         return false;
     }
-    ctx.l4_csum_replace(icmp_csum, old as u64, new as u64, 2)
+    ctx.l4_csum_replace(icmp_csum, u64::from(old), u64::from(new), 2)
         .is_ok()
         && ctx.store(off, &new).is_ok()
 }
@@ -1284,13 +1294,13 @@ fn ingress<C: Frame>(ctx: C, role: Role) -> i32 {
 
 /// tc ingress (tcx) on the external interfaces.
 #[aya_ebpf::macros::classifier]
-pub fn ferry_external(ctx: TcContext) -> i32 {
+pub(crate) fn ferry_external(ctx: TcContext) -> i32 {
     ingress(Tc(ctx.skb.skb), Role::External)
 }
 
 /// tc ingress (tcx) on the node's other interfaces: replies only.
 #[aya_ebpf::macros::classifier]
-pub fn ferry_reply(ctx: TcContext) -> i32 {
+pub(crate) fn ferry_reply(ctx: TcContext) -> i32 {
     ingress(Tc(ctx.skb.skb), Role::Reply)
 }
 
@@ -1298,7 +1308,7 @@ pub fn ferry_reply(ctx: TcContext) -> i32 {
 /// `ferry_external`: the same flow logic, for packets it can send out of
 /// another external interface; everything else goes on to tc untouched.
 #[aya_ebpf::macros::xdp]
-pub fn ferry_external_xdp(ctx: XdpContext) -> u32 {
+pub(crate) fn ferry_external_xdp(ctx: XdpContext) -> u32 {
     let verdict = ingress(Xdp(ctx.ctx), Role::External);
     if verdict == aya_ebpf::bindings::xdp_action::XDP_REDIRECT as i32 {
         count(external_counter::XDP_REDIRECTED);

@@ -14,7 +14,7 @@ use crate::maps::{
 
 /// One remembered translation, in the family's hot-path address form.
 #[derive(Clone, Copy)]
-pub struct Peer<A> {
+pub(crate) struct Peer<A> {
     pub frontend: A,
     pub frontend_port: u16,
     pub backend: A,
@@ -23,7 +23,7 @@ pub struct Peer<A> {
     pub service_id: u32,
 }
 
-pub trait Family {
+pub(crate) trait Family {
     /// An address in network byte order, as the socket hooks present it.
     type Addr: Copy + PartialEq + 'static;
     type Backend: 'static;
@@ -70,13 +70,13 @@ pub trait Family {
     unsafe fn write(e: *mut Self::Entry, peer: Peer<Self::Addr>);
 }
 
-pub struct V4;
-pub struct V6;
+pub(crate) struct V4;
+pub(crate) struct V6;
 
 /// Slot index of a ring position: `SOCK_PEERS` is a power of two, so the
 /// mask both wraps and proves the bound to the verifier.
 #[inline(always)]
-pub fn ring(i: u32) -> usize {
+pub(crate) fn ring(i: u32) -> usize {
     const _: () = assert!(capacity::SOCK_PEERS.is_power_of_two());
     (i as usize) & (capacity::SOCK_PEERS - 1)
 }
@@ -118,7 +118,7 @@ impl Family for V4 {
     fn socket(cookie: u64) -> *mut Socket4 {
         // The mask keeps the index in bounds; the array lookup is inlined
         // by the verifier into an address computation.
-        let i = (cookie & (capacity::SOCKETS as u64 - 1)) as u32;
+        let i = (cookie & (u64::from(capacity::SOCKETS) - 1)) as u32;
         SOCKETS4.get_ptr_mut(i).unwrap_or(core::ptr::null_mut())
     }
     #[inline(always)]
@@ -198,7 +198,7 @@ impl Family for V6 {
     fn socket(cookie: u64) -> *mut Socket6 {
         // The mask keeps the index in bounds; the array lookup is inlined
         // by the verifier into an address computation.
-        let i = (cookie & (capacity::SOCKETS as u64 - 1)) as u32;
+        let i = (cookie & (u64::from(capacity::SOCKETS) - 1)) as u32;
         SOCKETS6.get_ptr_mut(i).unwrap_or(core::ptr::null_mut())
     }
     #[inline(always)]

@@ -20,13 +20,13 @@ use aya_ebpf::{
 use crate::maps::IFACE_ADDRS;
 
 /// `route`'s result when the next hop's MAC address is known.
-pub const ROUTE_RESOLVED: u8 = 1;
+pub(crate) const ROUTE_RESOLVED: u8 = 1;
 
 /// A packet in one of the hooks: loads and stores at offsets from the
 /// Ethernet header, checksum updates with `bpf_l3/l4_csum_replace`'s
 /// arguments, the route lookup and the redirect. A copy is one pointer, so
 /// subprograms take it in one register.
-pub trait Frame: Copy {
+pub(crate) trait Frame: Copy {
     /// Not ours: the next program or the stack has it, untouched.
     const PASS: i32;
     const DROP: i32;
@@ -68,7 +68,7 @@ pub trait Frame: Copy {
 
 /// tc (tcx) ingress.
 #[derive(Clone, Copy)]
-pub struct Tc(pub *mut __sk_buff);
+pub(crate) struct Tc(pub *mut __sk_buff);
 
 impl Frame for Tc {
     /// TCX_NEXT.
@@ -128,24 +128,24 @@ impl Frame for Tc {
 
 /// XDP, in front of the tc program on the same (external) interface.
 #[derive(Clone, Copy)]
-pub struct Xdp(pub *mut xdp_md);
+pub(crate) struct Xdp(pub *mut xdp_md);
 
 /// RFC 1624's incremental update of a ones' complement checksum `sum`
 /// (as stored) when `from` becomes `to` (`size` 2 or 4 bytes, as stored;
 /// 0: `to` is a `bpf_csum_diff` result, `from` unused).
 #[inline(always)]
 fn csum_update(sum: u16, from: u64, to: u64, size: u64) -> u16 {
-    let mut acc: u64 = (!sum) as u64;
+    let mut acc: u64 = u64::from(!sum);
     match size {
-        2 => acc += (!(from as u16)) as u64 + (to as u16) as u64,
+        2 => acc += u64::from(!(from as u16)) + u64::from(to as u16),
         4 => {
             let (f, t) = (from as u32, to as u32);
-            acc += (!(f as u16)) as u64
-                + (!((f >> 16) as u16)) as u64
-                + (t as u16) as u64
-                + ((t >> 16) as u16) as u64;
+            acc += u64::from(!(f as u16))
+                + u64::from(!((f >> 16) as u16))
+                + u64::from(t as u16)
+                + u64::from((t >> 16) as u16);
         }
-        _ => acc += to as u32 as u64,
+        _ => acc += u64::from(to as u32),
     }
     // Four folds bring any sum of these few terms under 0x10000.
     acc = (acc & 0xffff) + (acc >> 16);
@@ -159,7 +159,7 @@ impl Xdp {
     #[inline(always)]
     fn csum_replace(self, off: usize, from: u64, to: u64, flags: u64) -> Result<(), c_long> {
         let sum: u16 = self.load(off)?;
-        let mangled_0 = flags & BPF_F_MARK_MANGLED_0 as u64 != 0;
+        let mangled_0 = flags & u64::from(BPF_F_MARK_MANGLED_0) != 0;
         // UDP over IPv4 without a checksum: it stays without one.
         if mangled_0 && sum == 0 {
             return Ok(());

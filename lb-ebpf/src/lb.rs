@@ -21,10 +21,10 @@ use crate::{
 };
 
 /// errno values the forward path may fail a syscall with.
-pub const ECONNREFUSED: i32 = 111;
-pub const EHOSTUNREACH: i32 = 113;
+pub(crate) const ECONNREFUSED: i32 = 111;
+pub(crate) const EHOSTUNREACH: i32 = 113;
 
-pub enum Verdict<A> {
+pub(crate) enum Verdict<A> {
     /// Not a frontend: leave the socket alone.
     Pass,
     /// Send to this backend (address, port in network order).
@@ -35,7 +35,7 @@ pub enum Verdict<A> {
 
 /// How the forward path picks among a frontend's backends.
 #[derive(Clone, Copy)]
-pub enum Pick {
+pub(crate) enum Pick {
     /// A fresh random choice (connect: one decision per socket).
     Random,
     /// Derived from the socket cookie (unconnected UDP sendmsg: every
@@ -68,7 +68,7 @@ fn backend_at(service_id: u32, slot: u32) -> Option<u32> {
 /// Picks a slot in 1..=count and returns (slot, backend id).
 #[inline(always)]
 fn pick_slot(ctx: *mut c_void, fe: &FrontendValue, pick: Pick) -> Option<(u32, u32)> {
-    let count = fe.count as u32;
+    let count = u32::from(fe.count);
     let r = match pick {
         Pick::Random => unsafe { bpf_get_prandom_u32() },
         Pick::SocketCookie => {
@@ -92,7 +92,7 @@ fn pick_with_affinity(ctx: *mut c_void, fe: &FrontendValue, pick: Pick) -> Optio
         _pad: 0,
     };
     let now = unsafe { bpf_ktime_get_ns() };
-    let timeout_ns = fe.affinity_timeout_secs as u64 * NSEC_PER_SEC;
+    let timeout_ns = u64::from(fe.affinity_timeout_secs) * NSEC_PER_SEC;
     if let Some(prev) = AFFINITY.get_ptr_mut(key) {
         // Another CPU may update this entry at the same time (the same
         // client connecting on two CPUs), so it is never borrowed: the
@@ -101,11 +101,11 @@ fn pick_with_affinity(ctx: *mut c_void, fe: &FrontendValue, pick: Pick) -> Optio
         let entry = unsafe { core::ptr::read_volatile(prev) };
         let fresh = now.wrapping_sub(entry.last_used_ns) <= timeout_ns;
         let still_member = entry.slot >= 1
-            && entry.slot <= fe.count as u32
+            && entry.slot <= u32::from(fe.count)
             && backend_at(fe.service_id, entry.slot) == Some(entry.backend_id);
         if fresh && still_member {
             unsafe {
-                core::ptr::write_volatile(core::ptr::addr_of_mut!((*prev).last_used_ns), now)
+                core::ptr::write_volatile(core::ptr::addr_of_mut!((*prev).last_used_ns), now);
             };
             return Some(entry.backend_id);
         }
@@ -123,7 +123,7 @@ fn pick_with_affinity(ctx: *mut c_void, fe: &FrontendValue, pick: Pick) -> Optio
 
 /// The forward path: frontend → backend.
 #[inline(always)]
-pub fn forward<F: Family>(
+pub(crate) fn forward<F: Family>(
     ctx: *mut c_void,
     addr: F::Addr,
     port: u16,
@@ -289,7 +289,7 @@ fn remember_in_storage<F: Family>(ctx: *mut c_void, entry: &Peer<F::Addr>) {
 /// The socket is going away: frees its socket table entry, if it holds
 /// one (its socket-local storage goes with it on its own).
 #[inline(always)]
-pub fn forget<F: Family>(cookie: u64) {
+pub(crate) fn forget<F: Family>(cookie: u64) {
     let s = F::socket(cookie);
     if s.is_null() {
         return;
@@ -310,7 +310,7 @@ pub fn forget<F: Family>(cookie: u64) {
 /// the frontend to show instead. The entry is checked against the current
 /// frontend, so a Service that was removed or renumbered no longer rewrites.
 #[inline(always)]
-pub fn reverse<F: Family>(
+pub(crate) fn reverse<F: Family>(
     ctx: *mut c_void,
     addr: F::Addr,
     port: u16,

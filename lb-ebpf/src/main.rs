@@ -22,6 +22,9 @@ mod lb;
 mod maps;
 mod sock;
 
+// The package's library target is empty (see lib.rs).
+use lb_ebpf as _;
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

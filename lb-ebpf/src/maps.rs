@@ -16,7 +16,7 @@ use lb_common::{
     AffinityKey, AffinityValue, Backend4, Backend6, Config, ExternalConfig, ExternalFrontendValue,
     Flow4, Flow4Nat, Flow6, Flow6Nat, Frontend4Key, Frontend6Key, FrontendValue, InterfaceAddrs,
     MaglevEntry, NodePortKey, ServiceCounters, ServiceName, SlotKey, SockPeers4, SockPeers6,
-    Socket4, Socket6, SourceRange4, SourceRange6, capacity, external_counter, map_flags,
+    Socket4, Socket6, SourceRange4, SourceRange6, capacity, external_counter, map_flags, maps,
 };
 
 // Capacities and flags as the const generics of the BTF definitions take
@@ -36,84 +36,94 @@ const INTERFACES: usize = capacity::INTERFACES as usize;
 const EXT_COUNTERS_LEN: usize = external_counter::COUNT as usize;
 const LOOKUP: usize = map_flags::LOOKUP as usize;
 const LRU: usize = map_flags::LRU as usize;
+const _: () = assert!(core::mem::size_of::<bpf_fib_lookup>() == maps::FIB_LOOKUP_SIZE as usize);
 
-pub type Frontends4 = HashMap<Frontend4Key, FrontendValue, FRONTENDS, LOOKUP>;
-pub type Frontends6 = HashMap<Frontend6Key, FrontendValue, FRONTENDS, LOOKUP>;
-pub type Backends4 = HashMap<u32, Backend4, BACKENDS, LOOKUP>;
-pub type Backends6 = HashMap<u32, Backend6, BACKENDS, LOOKUP>;
-pub type ClusterIps4 = HashMap<[u8; 4], u32, FRONTENDS, LOOKUP>;
-pub type ClusterIps6 = HashMap<[u8; 16], u32, FRONTENDS, LOOKUP>;
+pub(crate) type Frontends4 = HashMap<Frontend4Key, FrontendValue, FRONTENDS, LOOKUP>;
+pub(crate) type Frontends6 = HashMap<Frontend6Key, FrontendValue, FRONTENDS, LOOKUP>;
+pub(crate) type Backends4 = HashMap<u32, Backend4, BACKENDS, LOOKUP>;
+pub(crate) type Backends6 = HashMap<u32, Backend6, BACKENDS, LOOKUP>;
+pub(crate) type ClusterIps4 = HashMap<[u8; 4], u32, FRONTENDS, LOOKUP>;
+pub(crate) type ClusterIps6 = HashMap<[u8; 16], u32, FRONTENDS, LOOKUP>;
 /// The north-south flow tables' type, for `external.rs`' family trait.
-pub type FlowTable<K, V> = LruHashMap<K, V, FLOWS, LRU>;
+pub(crate) type FlowTable<K, V> = LruHashMap<K, V, FLOWS, LRU>;
 
 #[btf_map]
-pub static FRONTENDS4: Frontends4 = Frontends4::new();
+pub(crate) static FRONTENDS4: Frontends4 = Frontends4::new();
 #[btf_map]
-pub static FRONTENDS6: Frontends6 = Frontends6::new();
+pub(crate) static FRONTENDS6: Frontends6 = Frontends6::new();
 #[btf_map]
-pub static SLOTS: HashMap<SlotKey, u32, SLOTS_MAX, LOOKUP> = HashMap::new();
+pub(crate) static SLOTS: HashMap<SlotKey, u32, SLOTS_MAX, LOOKUP> = HashMap::new();
 #[btf_map]
-pub static BACKENDS4: Backends4 = Backends4::new();
+pub(crate) static BACKENDS4: Backends4 = Backends4::new();
 #[btf_map]
-pub static BACKENDS6: Backends6 = Backends6::new();
+pub(crate) static BACKENDS6: Backends6 = Backends6::new();
 #[btf_map]
-pub static CLUSTER_IPS4: ClusterIps4 = ClusterIps4::new();
+pub(crate) static CLUSTER_IPS4: ClusterIps4 = ClusterIps4::new();
 #[btf_map]
-pub static CLUSTER_IPS6: ClusterIps6 = ClusterIps6::new();
+pub(crate) static CLUSTER_IPS6: ClusterIps6 = ClusterIps6::new();
 /// Per socket: what its peer should look like (recvmsg, getpeername).
 #[btf_map]
-pub static SOCK_PEERS4: SkStorage<SockPeers4> = SkStorage::new();
+pub(crate) static SOCK_PEERS4: SkStorage<SockPeers4> = SkStorage::new();
 #[btf_map]
-pub static SOCK_PEERS6: SkStorage<SockPeers6> = SkStorage::new();
+pub(crate) static SOCK_PEERS6: SkStorage<SockPeers6> = SkStorage::new();
 /// Per socket, by cookie: the fast path of the above (see `Socket4`).
 #[btf_map]
-pub static SOCKETS4: Array<Socket4, SOCKETS> = Array::new();
+pub(crate) static SOCKETS4: Array<Socket4, SOCKETS> = Array::new();
 #[btf_map]
-pub static SOCKETS6: Array<Socket6, SOCKETS> = Array::new();
+pub(crate) static SOCKETS6: Array<Socket6, SOCKETS> = Array::new();
 #[btf_map]
-pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue, AFFINITY_MAX, LRU> = LruHashMap::new();
+pub(crate) static AFFINITY: LruHashMap<AffinityKey, AffinityValue, AFFINITY_MAX, LRU> =
+    LruHashMap::new();
 #[btf_map]
-pub static COUNTERS: PerCpuArray<ServiceCounters, SERVICES> = PerCpuArray::new();
+pub(crate) static COUNTERS: PerCpuArray<ServiceCounters, SERVICES> = PerCpuArray::new();
 /// Read only by `ferry services`; the programs never touch it.
 #[btf_map]
-pub static SERVICE_NAMES: HashMap<u32, ServiceName, SERVICES, LOOKUP> = HashMap::new();
+pub(crate) static SERVICE_NAMES: HashMap<u32, ServiceName, SERVICES, LOOKUP> = HashMap::new();
 #[btf_map]
-pub static NODEPORT_BINDS: HashMap<NodePortKey, u8, NODEPORTS, LOOKUP> = HashMap::new();
+pub(crate) static NODEPORT_BINDS: HashMap<NodePortKey, u8, NODEPORTS, LOOKUP> = HashMap::new();
 #[btf_map]
-pub static CONFIG: Array<Config, 1> = Array::new();
+pub(crate) static CONFIG: Array<Config, 1> = Array::new();
 
 // North-south (tc): external frontends, their Maglev tables and the flow
 // table. See `external.rs`.
 
 #[btf_map]
-pub static EXT_FRONTENDS4: HashMap<Frontend4Key, ExternalFrontendValue, EXT_FRONTENDS, LOOKUP> =
-    HashMap::new();
+pub(crate) static EXT_FRONTENDS4: HashMap<
+    Frontend4Key,
+    ExternalFrontendValue,
+    EXT_FRONTENDS,
+    LOOKUP,
+> = HashMap::new();
 #[btf_map]
-pub static EXT_FRONTENDS6: HashMap<Frontend6Key, ExternalFrontendValue, EXT_FRONTENDS, LOOKUP> =
-    HashMap::new();
+pub(crate) static EXT_FRONTENDS6: HashMap<
+    Frontend6Key,
+    ExternalFrontendValue,
+    EXT_FRONTENDS,
+    LOOKUP,
+> = HashMap::new();
 /// Flat: table t is entries `t * size .. (t + 1) * size`, so a new flow
 /// costs one array access after the frontend lookup.
 #[btf_map]
-pub static MAGLEV: Array<MaglevEntry, MAGLEV_ENTRIES> = Array::new();
+pub(crate) static MAGLEV: Array<MaglevEntry, MAGLEV_ENTRIES> = Array::new();
 #[btf_map]
-pub static FLOWS4: FlowTable<Flow4, Flow4Nat> = FlowTable::new();
+pub(crate) static FLOWS4: FlowTable<Flow4, Flow4Nat> = FlowTable::new();
 #[btf_map]
-pub static FLOWS6: FlowTable<Flow6, Flow6Nat> = FlowTable::new();
+pub(crate) static FLOWS6: FlowTable<Flow6, Flow6Nat> = FlowTable::new();
 /// LPM tries must be created with BPF_F_NO_PREALLOC (the kernel refuses
 /// them otherwise), which is `map_flags::LOOKUP`.
 #[btf_map]
-pub static SOURCE_RANGES4: LpmTrie<SourceRange4, u8, RANGES, LOOKUP> = LpmTrie::new();
+pub(crate) static SOURCE_RANGES4: LpmTrie<SourceRange4, u8, RANGES, LOOKUP> = LpmTrie::new();
 #[btf_map]
-pub static SOURCE_RANGES6: LpmTrie<SourceRange6, u8, RANGES, LOOKUP> = LpmTrie::new();
+pub(crate) static SOURCE_RANGES6: LpmTrie<SourceRange6, u8, RANGES, LOOKUP> = LpmTrie::new();
 #[btf_map]
-pub static IFACE_ADDRS: HashMap<u32, InterfaceAddrs, INTERFACES, LOOKUP> = HashMap::new();
+pub(crate) static IFACE_ADDRS: HashMap<u32, InterfaceAddrs, INTERFACES, LOOKUP> = HashMap::new();
 #[btf_map]
-pub static EXT_CONFIG: Array<ExternalConfig, 1> = Array::new();
+pub(crate) static EXT_CONFIG: Array<ExternalConfig, 1> = Array::new();
 #[btf_map]
-pub static EXT_COUNTERS: PerCpuArray<u64, EXT_COUNTERS_LEN> = PerCpuArray::new();
+pub(crate) static EXT_COUNTERS: PerCpuArray<u64, EXT_COUNTERS_LEN> = PerCpuArray::new();
 /// The parameters of `bpf_fib_lookup` (64 bytes), kept off the stack: the
 /// verifier allows 512 bytes for a whole chain of calls. Per CPU, and a
 /// program run never yields its CPU, so no two runs share it. Not pinned:
 /// it holds nothing between runs.
 #[btf_map]
-pub static FIB_SCRATCH: PerCpuArray<bpf_fib_lookup, 1> = PerCpuArray::new();
+pub(crate) static FIB_SCRATCH: PerCpuArray<bpf_fib_lookup, 1> = PerCpuArray::new();

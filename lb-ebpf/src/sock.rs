@@ -68,7 +68,7 @@ fn read_ip6(sa: *const bpf_sock_addr) -> [u32; 4] {
 fn write4(sa: *mut bpf_sock_addr, addr: u32, port: u16) {
     unsafe {
         core::ptr::write_volatile(core::ptr::addr_of_mut!((*sa).user_ip4), addr);
-        core::ptr::write_volatile(core::ptr::addr_of_mut!((*sa).user_port), port as u32);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*sa).user_port), u32::from(port));
     }
 }
 
@@ -81,7 +81,7 @@ fn write6(sa: *mut bpf_sock_addr, addr: [u32; 4], port: u16) {
         core::ptr::write_volatile(p.add(1), addr[1]);
         core::ptr::write_volatile(p.add(2), addr[2]);
         core::ptr::write_volatile(p.add(3), addr[3]);
-        core::ptr::write_volatile(core::ptr::addr_of_mut!((*sa).user_port), port as u32);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*sa).user_port), u32::from(port));
     }
 }
 
@@ -174,42 +174,42 @@ fn reverse6(ctx: &SockAddrContext) -> i32 {
 }
 
 #[cgroup_sock_addr(connect4)]
-pub fn ferry_connect4(ctx: SockAddrContext) -> i32 {
+pub(crate) fn ferry_connect4(ctx: SockAddrContext) -> i32 {
     forward4(&ctx, Pick::Random)
 }
 
 #[cgroup_sock_addr(connect6)]
-pub fn ferry_connect6(ctx: SockAddrContext) -> i32 {
+pub(crate) fn ferry_connect6(ctx: SockAddrContext) -> i32 {
     forward6(&ctx, Pick::Random)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
-pub fn ferry_sendmsg4(ctx: SockAddrContext) -> i32 {
+pub(crate) fn ferry_sendmsg4(ctx: SockAddrContext) -> i32 {
     forward4(&ctx, Pick::SocketCookie)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
-pub fn ferry_sendmsg6(ctx: SockAddrContext) -> i32 {
+pub(crate) fn ferry_sendmsg6(ctx: SockAddrContext) -> i32 {
     forward6(&ctx, Pick::SocketCookie)
 }
 
 #[cgroup_sock_addr(recvmsg4)]
-pub fn ferry_recvmsg4(ctx: SockAddrContext) -> i32 {
+pub(crate) fn ferry_recvmsg4(ctx: SockAddrContext) -> i32 {
     reverse4(&ctx)
 }
 
 #[cgroup_sock_addr(recvmsg6)]
-pub fn ferry_recvmsg6(ctx: SockAddrContext) -> i32 {
+pub(crate) fn ferry_recvmsg6(ctx: SockAddrContext) -> i32 {
     reverse6(&ctx)
 }
 
 #[cgroup_sock_addr(getpeername4)]
-pub fn ferry_getpeername4(ctx: SockAddrContext) -> i32 {
+pub(crate) fn ferry_getpeername4(ctx: SockAddrContext) -> i32 {
     reverse4(&ctx)
 }
 
 #[cgroup_sock_addr(getpeername6)]
-pub fn ferry_getpeername6(ctx: SockAddrContext) -> i32 {
+pub(crate) fn ferry_getpeername6(ctx: SockAddrContext) -> i32 {
     reverse6(&ctx)
 }
 
@@ -241,12 +241,12 @@ fn post_bind(ctx: &SockContext) -> i32 {
 }
 
 #[cgroup_sock(post_bind4)]
-pub fn ferry_post_bind4(ctx: SockContext) -> i32 {
+pub(crate) fn ferry_post_bind4(ctx: SockContext) -> i32 {
     post_bind(&ctx)
 }
 
 #[cgroup_sock(post_bind6)]
-pub fn ferry_post_bind6(ctx: SockContext) -> i32 {
+pub(crate) fn ferry_post_bind6(ctx: SockContext) -> i32 {
     post_bind(&ctx)
 }
 
@@ -257,7 +257,7 @@ pub fn ferry_post_bind6(ctx: SockContext) -> i32 {
 /// AF_INET6 socket may hold an IPv4 entry too (an IPv4-mapped destination
 /// goes through the IPv4 maps).
 #[cgroup_sock(sock_release)]
-pub fn ferry_sock_release(ctx: SockContext) -> i32 {
+pub(crate) fn ferry_sock_release(ctx: SockContext) -> i32 {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
     lb::forget::<V4>(cookie);
     if unsafe { (*ctx.sock).family } == AF_INET6 {

@@ -306,7 +306,7 @@ impl Connections {
 
 /// Out of descriptors, process-wide or system-wide.
 fn is_fd_exhaustion(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 /// Accepts and answers the connections of `listener` with `handler` until
@@ -488,7 +488,7 @@ mod tests {
         let mut buf = [0u8; 64];
         matches!(
             tokio::time::timeout(within, s.read(&mut buf)).await,
-            Ok(Ok(0)) | Ok(Err(_))
+            Ok(Ok(0) | Err(_))
         )
     }
 

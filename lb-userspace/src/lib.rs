@@ -19,3 +19,8 @@ pub mod model;
 pub mod netutil;
 pub mod reconcile;
 pub mod source;
+
+// Dependencies of the `ferry` binary alone (main.rs): a package cannot
+// declare dependencies for one of its targets.
+use anyhow as _;
+use tracing_subscriber as _;

@@ -1,3 +1,8 @@
+#![expect(
+    unused_crate_dependencies,
+    reason = "the binary is a thin entry point over the library, which uses the rest"
+)]
+
 use std::{
     path::PathBuf,
     sync::{
@@ -94,7 +99,10 @@ fn start_datapath(
     Ok((dp, node))
 }
 
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one parameter per command-line option of `ferry agent`"
+)]
 async fn agent(
     kubeconfig: Option<PathBuf>,
     node_name: Option<String>,

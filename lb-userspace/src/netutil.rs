@@ -27,7 +27,7 @@ pub fn interface_addresses() -> io::Result<Vec<(String, IpAddr)>> {
         }
         // SAFETY: ifa_addr points at a sockaddr of the family it names.
         let ip = unsafe {
-            match (*ifa.ifa_addr).sa_family as i32 {
+            match i32::from((*ifa.ifa_addr).sa_family) {
                 libc::AF_INET => {
                     let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
                     IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))

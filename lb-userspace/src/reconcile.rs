@@ -351,8 +351,8 @@ mod debounce_tests {
         })
     }
 
-    fn is(got: &Option<Arc<Snapshot>>, want: &Arc<Snapshot>) -> bool {
-        got.as_ref().is_some_and(|g| Arc::ptr_eq(g, want))
+    fn is(got: Option<&Arc<Snapshot>>, want: &Arc<Snapshot>) -> bool {
+        got.is_some_and(|g| Arc::ptr_eq(g, want))
     }
 
     // The clock is paused: it moves only when every task waits on a timer,
@@ -365,12 +365,12 @@ mod debounce_tests {
         // The first change, and one after a quiet DEBOUNCE: no wait at all.
         let a = change(&tx);
         let at = Instant::now();
-        assert!(is(&debounce.next(&mut rx).await, &a));
+        assert!(is(debounce.next(&mut rx).await.as_ref(), &a));
         assert_eq!(at.elapsed(), Duration::ZERO);
         sleep(DEBOUNCE).await;
         let b = change(&tx);
         let at = Instant::now();
-        assert!(is(&debounce.next(&mut rx).await, &b));
+        assert!(is(debounce.next(&mut rx).await.as_ref(), &b));
         assert_eq!(at.elapsed(), Duration::ZERO);
 
         // Changes right after that one are a burst: three, 10 ms apart, are
@@ -379,18 +379,18 @@ mod debounce_tests {
         let at = Instant::now();
         let got = debounce.next(&mut rx).await;
         assert_eq!(at.elapsed(), Duration::from_millis(30) + DEBOUNCE);
-        assert!(is(&got, &burst.await.unwrap()[2]));
+        assert!(is(got.as_ref(), &burst.await.unwrap()[2]));
 
         // A burst that never pauses is synced MAX_DELAY after its first
         // change (7 ms from now), with what it holds then: the change of
         // 504 ms, the 72nd.
         sleep(DEBOUNCE).await;
         let d = change(&tx);
-        assert!(is(&debounce.next(&mut rx).await, &d));
+        assert!(is(debounce.next(&mut rx).await.as_ref(), &d));
         let burst = changes(tx.clone(), 100, Duration::from_millis(7));
         let first = Instant::now() + Duration::from_millis(7);
         let got = debounce.next(&mut rx).await;
         assert_eq!(first.elapsed(), MAX_DELAY);
-        assert!(is(&got, &burst.await.unwrap()[71]));
+        assert!(is(got.as_ref(), &burst.await.unwrap()[71]));
     }
 }

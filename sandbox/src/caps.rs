@@ -172,7 +172,8 @@ impl Restriction {
         for cap in 0..=self.last_cap {
             if self.keep & (1u64 << cap) == 0 {
                 // SAFETY: plain prctl with integer arguments.
-                if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0
+                if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) }
+                    != 0
                 {
                     return Err(err());
                 }

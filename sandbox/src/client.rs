@@ -91,12 +91,12 @@ fn connect_stream(
     Ok(stream)
 }
 
-/// Reads up to and including the first '\n' (bounded by the socket's read
-/// timeout per read and by 4 KiB).
-fn read_line(stream: &mut TcpStream) -> io::Result<String> {
+/// Reads up to and including the first '\n' (bounded: 4 KiB, the socket's
+/// read timeout per read, `overall` in all).
+pub fn read_line(stream: &mut TcpStream, overall: Duration) -> io::Result<String> {
     let mut out = Vec::new();
     let mut buf = [0u8; 512];
-    let deadline = Instant::now() + CLIENT_TIMEOUT;
+    let deadline = Instant::now() + overall;
     loop {
         let n = stream.read(&mut buf)?;
         if n == 0 {
@@ -120,7 +120,7 @@ fn read_line(stream: &mut TcpStream) -> io::Result<String> {
 
 fn tcp_exchange(stream: &mut TcpStream) -> io::Result<Reply> {
     stream.write_all(REQUEST)?;
-    let text = read_line(stream)?;
+    let text = read_line(stream, CLIENT_TIMEOUT)?;
     let (server, seen_peer) = parse_reply(&text)?;
     Ok(Reply {
         server,
@@ -363,7 +363,9 @@ impl ContinuousClient {
                         ContinuousMode::UdpUnconnected => udp_unconnected_request(target),
                     };
                     {
-                        let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut s = stats
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
                         s.attempts = attempt;
                         match result {
                             Ok(r) => {
@@ -385,7 +387,10 @@ impl ContinuousClient {
                         thread::sleep(opts.interval);
                     }
                 }
-                stats.lock().unwrap_or_else(|e| e.into_inner()).finished = true;
+                stats
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .finished = true;
             })?
         };
         Ok(ContinuousClient {
@@ -397,7 +402,10 @@ impl ContinuousClient {
 
     /// A snapshot of the counts so far.
     pub fn stats(&self) -> ContinuousStats {
-        self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Waits (bounded by `timeout`) until at least `n` successes were

@@ -69,7 +69,7 @@ impl Manifests {
     /// The file names in the directory, sorted (temp files excluded).
     pub fn files(&self) -> Result<Vec<String>> {
         let mut v: Vec<String> = fs::read_dir(self.dir())?
-            .filter_map(|e| e.ok())
+            .filter_map(std::result::Result::ok)
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| !n.starts_with('.'))
             .collect();

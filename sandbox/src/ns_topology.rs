@@ -539,7 +539,7 @@ impl NsTopology {
                         .context("parsing ip -j link show")?;
                     let down: Vec<String> = links
                         .as_array()
-                        .map(|a| a.as_slice())
+                        .map(std::vec::Vec::as_slice)
                         .unwrap_or_default()
                         .iter()
                         .filter(|l| l["ifname"] != "lo" && l["operstate"] != "UP")
@@ -555,7 +555,7 @@ impl NsTopology {
                     .context("parsing ip -j addr show")?;
                     let tentative = tentative
                         .as_array()
-                        .map(|a| a.as_slice())
+                        .map(std::vec::Vec::as_slice)
                         .unwrap_or_default()
                         .iter()
                         .any(|l| l["addr_info"].as_array().is_some_and(|a| !a.is_empty()));
@@ -815,7 +815,7 @@ pub fn interfaces(ns: &Netns) -> Result<Vec<String>> {
         .context("parsing ip -j link show")?;
     Ok(links
         .as_array()
-        .map(|a| a.as_slice())
+        .map(std::vec::Vec::as_slice)
         .unwrap_or_default()
         .iter()
         .filter_map(|l| l["ifname"].as_str())

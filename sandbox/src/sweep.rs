@@ -40,7 +40,7 @@ impl SweepReport {
 fn entries(dir: &Path) -> Vec<(String, PathBuf)> {
     fs::read_dir(dir)
         .map(|rd| {
-            rd.filter_map(|e| e.ok())
+            rd.filter_map(std::result::Result::ok)
                 .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
                 .collect()
         })

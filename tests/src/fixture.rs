@@ -400,7 +400,7 @@ pub fn servers_of(replies: &[Reply]) -> BTreeSet<String> {
 
 /// A set of names, for comparisons.
 pub fn names(names: &[&str]) -> BTreeSet<String> {
-    names.iter().map(|s| s.to_string()).collect()
+    names.iter().map(std::string::ToString::to_string).collect()
 }
 
 /// The names of `backends`.

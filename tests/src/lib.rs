@@ -82,6 +82,14 @@
 //! # Ok(()) }
 //! ```
 
+#![cfg_attr(
+    test,
+    expect(
+        unused_crate_dependencies,
+        reason = "the unit tests are linked with the dev-dependencies, which are the test files'"
+    )
+)]
+
 // The machinery (namespaces, cgroups, topology, servers, clients, bpffs
 // dirs, the Ferry process guard, the API server fixture, manifests,
 // sweeping) is the `sandbox` crate, which the bench and `ferry-demo` share;

@@ -5,6 +5,11 @@
 //! Privileged: run as root, one test at a time:
 //! `cargo test -p tests --test affinity -- --test-threads=1`.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "every test file is linked with all the dependencies of the tests package and uses some"
+)]
+
 use std::collections::BTreeSet;
 use std::thread;
 use std::time::Duration;
@@ -138,7 +143,10 @@ fn session_affinity_client_ip() -> Result<()> {
     let spread = env.servers_seen(target, 40)?;
     assert_eq!(
         spread,
-        remaining.iter().map(|b| b.to_string()).collect(),
+        remaining
+            .iter()
+            .map(std::string::ToString::to_string)
+            .collect(),
         "sessionAffinity None: connects spread over the backends"
     );
 

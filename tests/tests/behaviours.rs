@@ -12,6 +12,11 @@
 //! requests that a uniform random pick misses a backend with probability
 //! below 1e-9.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "every test file is linked with all the dependencies of the tests package and uses some"
+)]
+
 use anyhow::Result;
 use serde_json::json;
 use tests::fixture::*;

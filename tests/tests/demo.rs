@@ -3,6 +3,11 @@
 //! when interrupted. Privileged: run as root with
 //! `cargo test -p tests -- --test-threads=1`.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "every test file is linked with all the dependencies of the tests package and uses some"
+)]
+
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -52,7 +57,7 @@ fn leftovers_of(pid: u32) -> Vec<String> {
         .iter()
         .filter_map(|d| fs::read_dir(d).ok())
         .flatten()
-        .filter_map(|e| e.ok())
+        .filter_map(std::result::Result::ok)
         .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
         .map(|e| e.path().display().to_string())
         .collect();

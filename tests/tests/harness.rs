@@ -2,6 +2,11 @@
 //! exercised with a stub binary). Privileged: run as root with
 //! `cargo test -p tests -- --test-threads=1`.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "every test file is linked with all the dependencies of the tests package and uses some"
+)]
+
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -56,7 +61,7 @@ fn current_netns_inode() -> u64 {
 struct Defer<F: FnMut()>(F);
 impl<F: FnMut()> Drop for Defer<F> {
     fn drop(&mut self) {
-        (self.0)()
+        (self.0)();
     }
 }
 

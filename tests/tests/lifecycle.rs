@@ -3,6 +3,11 @@
 //! and cleaning up. Privileged: run as root with
 //! `FERRY_BIN=target/release/ferry cargo test --release -p tests --test lifecycle -- --test-threads=1`.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "every test file is linked with all the dependencies of the tests package and uses some"
+)]
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -551,8 +556,12 @@ fn every_pinned_map_dumps_with_named_fields() -> Result<()> {
     ];
     assert_eq!(
         fields.iter().map(|f| f.0).collect::<Vec<_>>(),
-        m::ALL.to_vec(),
-        "every map is checked"
+        m::ALL
+            .iter()
+            .filter(|d| d.pinned)
+            .map(|d| d.name)
+            .collect::<Vec<_>>(),
+        "every pinned map is checked"
     );
     let maps = env.bpffs.path().join("maps");
     for (name, key_fields, value_fields) in fields {

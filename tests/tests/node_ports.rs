@@ -5,6 +5,11 @@
 //! Privileged: run as root, one test at a time:
 //! `cargo test -p tests --test node_ports -- --test-threads=1`.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "every test file is linked with all the dependencies of the tests package and uses some"
+)]
+
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::thread;

@@ -23,8 +23,13 @@
 //! Privileged: run as root, one test at a time:
 //! `cargo test --release -p tests --test north_south -- --test-threads=1`.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "every test file is linked with all the dependencies of the tests package and uses some"
+)]
+
 use std::collections::BTreeSet;
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -32,7 +37,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 use socket2::{Domain, Protocol, Socket, Type};
-use tests::client::parse_reply;
+use tests::client::{parse_reply, read_line};
 use tests::ns_topology::*;
 use tests::*;
 
@@ -67,33 +72,6 @@ const PROTOS: [Proto; 2] = [Proto::Tcp, Proto::Udp];
 
 // ------------------------------------------------------------- clients
 
-/// Reads up to the first '\n' (bounded: 4 KiB, the socket's read timeout
-/// per read, [`REQUEST_TIMEOUT`] overall).
-fn read_line(stream: &mut TcpStream) -> io::Result<String> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 512];
-    let deadline = Instant::now() + REQUEST_TIMEOUT;
-    loop {
-        let n = stream.read(&mut buf)?;
-        if n == 0 {
-            return Err(io::Error::new(
-                ErrorKind::UnexpectedEof,
-                format!(
-                    "closed before a reply ({:?})",
-                    String::from_utf8_lossy(&out)
-                ),
-            ));
-        }
-        out.extend_from_slice(&buf[..n]);
-        if out.contains(&b'\n') {
-            return Ok(String::from_utf8_lossy(&out).into_owned());
-        }
-        if out.len() > 4096 || Instant::now() >= deadline {
-            return Err(io::Error::new(ErrorKind::TimedOut, "no full reply line"));
-        }
-    }
-}
-
 /// A TCP socket bound to `bind` (SO_REUSEADDR; closed with RST, so no
 /// TIME_WAIT keeps the 4-tuple from being used again at once), connected
 /// to `target` within `timeout`.
@@ -122,7 +100,7 @@ fn tcp_connect_from(
 fn tcp_from(bind: SocketAddr, target: SocketAddr) -> io::Result<Reply> {
     let mut stream = tcp_connect_from(bind, target, REQUEST_TIMEOUT)?;
     stream.write_all(b"who\n")?;
-    let (server, seen_peer) = parse_reply(&read_line(&mut stream)?)?;
+    let (server, seen_peer) = parse_reply(&read_line(&mut stream, REQUEST_TIMEOUT)?)?;
     Ok(Reply {
         server,
         seen_peer,
@@ -269,7 +247,7 @@ fn servers_of(replies: &[Reply]) -> BTreeSet<String> {
 }
 
 fn set(names: &[&str]) -> BTreeSet<String> {
-    names.iter().map(|s| s.to_string()).collect()
+    names.iter().map(std::string::ToString::to_string).collect()
 }
 
 fn sa(ip: IpAddr, port: u16) -> SocketAddr {
@@ -1387,7 +1365,10 @@ fn cleanup_leaves_nothing_attached_in_the_node_namespaces() -> Result<()> {
     }
     for (node, dir) in pins {
         let left: Vec<_> = match std::fs::read_dir(&dir) {
-            Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.path()).collect(),
+            Ok(rd) => rd
+                .filter_map(std::result::Result::ok)
+                .map(|e| e.path())
+                .collect(),
             Err(_) => Vec::new(),
         };
         assert!(

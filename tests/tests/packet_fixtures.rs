@@ -13,6 +13,11 @@
 //!
 //! Privileged: `cargo test --release -p tests --test packet_fixtures`.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "every test file is linked with all the dependencies of the tests package and uses some"
+)]
+
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context, Result, ensure};
@@ -151,7 +156,7 @@ fn packet(src: SocketAddr, dst: SocketAddr, proto: Proto, flags: Flags) -> Vec<u
                 Flags::Ack => tcp.ack(1),
                 Flags::Fin => tcp.fin().ack(1),
             };
-            tcp.write(&mut out, payload).unwrap()
+            tcp.write(&mut out, payload).unwrap();
         }
     }
     out
@@ -191,7 +196,7 @@ fn icmp(from: IpAddr, to: IpAddr, kind: Icmp, quoted: &[u8], quote_len: Option<u
             eth.ipv4(s.octets(), d.octets(), 64)
                 .icmpv4(ty)
                 .write(&mut out, quote)
-                .unwrap()
+                .unwrap();
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
             let ty = match kind {
@@ -204,7 +209,7 @@ fn icmp(from: IpAddr, to: IpAddr, kind: Icmp, quoted: &[u8], quote_len: Option<u
             eth.ipv6(s.octets(), d.octets(), 64)
                 .icmpv6(ty)
                 .write(&mut out, quote)
-                .unwrap()
+                .unwrap();
         }
         _ => panic!("mixed families"),
     }
@@ -381,7 +386,7 @@ impl Datapath {
                     proto: p,
                     _pad: 0,
                 };
-                self.maps.frontends4.insert(key, value, 0)?
+                self.maps.frontends4.insert(key, value, 0)?;
             }
             IpAddr::V6(_) => {
                 let key = Frontend6Key {
@@ -390,7 +395,7 @@ impl Datapath {
                     proto: p,
                     _pad: 0,
                 };
-                self.maps.frontends6.insert(key, value, 0)?
+                self.maps.frontends6.insert(key, value, 0)?;
             }
         }
         Ok(())

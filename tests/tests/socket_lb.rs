@@ -3,6 +3,11 @@
 //! Service frontends. Privileged: run as root with
 //! `FERRY_BIN=target/release/ferry cargo test --release -p tests --test socket_lb -- --test-threads=1`.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "every test file is linked with all the dependencies of the tests package and uses some"
+)]
+
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV6, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;

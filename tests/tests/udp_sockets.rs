@@ -11,6 +11,11 @@
 //! Privileged: run as root, one test at a time:
 //! `cargo test -p tests --test udp_sockets -- --test-threads=1`.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "every test file is linked with all the dependencies of the tests package and uses some"
+)]
+
 use std::io::{self, ErrorKind};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -120,11 +125,13 @@ impl Resolver {
                             }
                         }
                     };
-                    log.lock().unwrap_or_else(|e| e.into_inner()).push(Query {
-                        seq,
-                        socket: sockets,
-                        outcome,
-                    });
+                    log.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(Query {
+                            seq,
+                            socket: sockets,
+                            outcome,
+                        });
                     thread::sleep(INTERVAL);
                 }
             })?
@@ -137,7 +144,10 @@ impl Resolver {
     }
 
     fn log(&self) -> Vec<Query> {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Waits (bounded) until `pred` holds for the log; returns the log.

@@ -61,7 +61,7 @@ pub fn involved_object(invalid: &InvalidObject, snapshot: &Snapshot) -> Option<O
                     .services
                     .iter()
                     .find(|s| same(&s.metadata))
-                    .map(|s| s.as_ref()),
+                    .map(std::convert::AsRef::as_ref),
             ),
         ),
         ObjectKind::EndpointSlice => (

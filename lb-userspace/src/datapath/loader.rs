@@ -27,11 +27,15 @@ use aya::{
         links::{FdLink, PinnedLink},
     },
 };
-use lb_common::{maps as names, programs as tc_programs};
+use lb_common::{
+    maps as names,
+    programs::{self, ProgramType},
+};
 use thiserror::Error;
 
 use super::{
-    object::{OBJECT, SOCK_ADDR_PROGRAMS, SOCK_PROGRAMS},
+    contract::{self, ContractError},
+    object::OBJECT,
     paths::{BpffsDir, PathError},
 };
 
@@ -41,6 +45,8 @@ pub enum LoadError {
     NoObject,
     #[error(transparent)]
     Path(#[from] PathError),
+    #[error(transparent)]
+    Contract(#[from] ContractError),
     #[error("loading the eBPF object: {0}")]
     Ebpf(#[from] aya::EbpfError),
     #[error("program {name}: {source}")]
@@ -85,130 +91,18 @@ struct Layout {
     typed: bool,
 }
 
-/// The layout each pinned map has in this version. A pin whose layout
-/// differs was left by another version of Ferry: aya would reuse it
-/// blindly, so it is retired and a new map created instead.
+/// The layout each pinned map has in this version, from its declaration
+/// in lb-common (which [`contract::check_embedded`] holds the object to).
+/// A pin whose layout differs was left by another version of Ferry: aya
+/// would reuse it blindly, so it is retired and a new map created instead.
 fn expected_layout(name: &str) -> Option<Layout> {
-    use core::mem::size_of;
-    use lb_common::*;
-    fn sz<T>() -> u32 {
-        size_of::<T>() as u32
-    }
-    let (key_size, value_size, max_entries, flags) = match name {
-        // Socket-local storage: keyed by a socket fd, no capacity.
-        names::SOCK_PEERS4 => (4, sz::<SockPeers4>(), 0, map_flags::LOOKUP),
-        names::SOCK_PEERS6 => (4, sz::<SockPeers6>(), 0, map_flags::LOOKUP),
-        names::SOCKETS4 => (4, sz::<Socket4>(), capacity::SOCKETS, map_flags::ARRAY),
-        names::SOCKETS6 => (4, sz::<Socket6>(), capacity::SOCKETS, map_flags::ARRAY),
-        names::FRONTENDS4 => (
-            sz::<Frontend4Key>(),
-            sz::<FrontendValue>(),
-            capacity::FRONTENDS,
-            map_flags::LOOKUP,
-        ),
-        names::FRONTENDS6 => (
-            sz::<Frontend6Key>(),
-            sz::<FrontendValue>(),
-            capacity::FRONTENDS,
-            map_flags::LOOKUP,
-        ),
-        names::SLOTS => (sz::<SlotKey>(), 4, capacity::SLOTS, map_flags::LOOKUP),
-        names::BACKENDS4 => (4, sz::<Backend4>(), capacity::BACKENDS, map_flags::LOOKUP),
-        names::BACKENDS6 => (4, sz::<Backend6>(), capacity::BACKENDS, map_flags::LOOKUP),
-        names::CLUSTER_IPS4 => (4, 4, capacity::FRONTENDS, map_flags::LOOKUP),
-        names::CLUSTER_IPS6 => (16, 4, capacity::FRONTENDS, map_flags::LOOKUP),
-        names::AFFINITY => (
-            sz::<AffinityKey>(),
-            sz::<AffinityValue>(),
-            capacity::AFFINITY,
-            map_flags::LRU,
-        ),
-        names::COUNTERS => (
-            4,
-            sz::<ServiceCounters>(),
-            capacity::SERVICES,
-            map_flags::ARRAY,
-        ),
-        names::SERVICE_NAMES => (
-            4,
-            sz::<ServiceName>(),
-            capacity::SERVICES,
-            map_flags::LOOKUP,
-        ),
-        names::NODEPORT_BINDS => (
-            sz::<NodePortKey>(),
-            1,
-            capacity::NODEPORT_BINDS,
-            map_flags::LOOKUP,
-        ),
-        names::CONFIG => (4, sz::<Config>(), 1, map_flags::ARRAY),
-        names::EXTERNAL_FRONTENDS4 => (
-            sz::<Frontend4Key>(),
-            sz::<ExternalFrontendValue>(),
-            capacity::EXTERNAL_FRONTENDS,
-            map_flags::LOOKUP,
-        ),
-        names::EXTERNAL_FRONTENDS6 => (
-            sz::<Frontend6Key>(),
-            sz::<ExternalFrontendValue>(),
-            capacity::EXTERNAL_FRONTENDS,
-            map_flags::LOOKUP,
-        ),
-        names::MAGLEV => (
-            4,
-            sz::<MaglevEntry>(),
-            capacity::MAGLEV_TABLE_SIZE * capacity::MAGLEV_TABLES,
-            map_flags::ARRAY,
-        ),
-        names::FLOWS4 => (
-            sz::<Flow4>(),
-            sz::<Flow4Nat>(),
-            capacity::FLOWS,
-            map_flags::LRU,
-        ),
-        names::FLOWS6 => (
-            sz::<Flow6>(),
-            sz::<Flow6Nat>(),
-            capacity::FLOWS,
-            map_flags::LRU,
-        ),
-        // LPM trie keys carry a 4-byte prefix length before the data.
-        names::SOURCE_RANGES4 => (
-            4 + sz::<SourceRange4>(),
-            1,
-            capacity::SOURCE_RANGES,
-            map_flags::LOOKUP,
-        ),
-        names::SOURCE_RANGES6 => (
-            4 + sz::<SourceRange6>(),
-            1,
-            capacity::SOURCE_RANGES,
-            map_flags::LOOKUP,
-        ),
-        names::INTERFACE_ADDRS => (
-            4,
-            sz::<InterfaceAddrs>(),
-            capacity::INTERFACES,
-            map_flags::LOOKUP,
-        ),
-        names::EXTERNAL_CONFIG => (4, sz::<ExternalConfig>(), 1, map_flags::ARRAY),
-        names::EXTERNAL_COUNTERS => (4, 8, external_counter::COUNT, map_flags::ARRAY),
-        _ => return None,
-    };
-    let map_type = match name {
-        names::SOCK_PEERS4 | names::SOCK_PEERS6 => MapType::SkStorage,
-        names::AFFINITY | names::FLOWS4 | names::FLOWS6 => MapType::LruHash,
-        names::COUNTERS | names::EXTERNAL_COUNTERS => MapType::PerCpuArray,
-        names::CONFIG | names::MAGLEV | names::EXTERNAL_CONFIG => MapType::Array,
-        names::SOURCE_RANGES4 | names::SOURCE_RANGES6 => MapType::LpmTrie,
-        _ => MapType::Hash,
-    };
+    let def = names::def(name).filter(|m| m.pinned)?;
     Some(Layout {
-        map_type: Some(map_type),
-        key_size,
-        value_size,
-        max_entries,
-        flags,
+        map_type: Some(contract::aya_map_type(def.map_type)),
+        key_size: def.key_size,
+        value_size: def.value_size,
+        max_entries: def.max_entries,
+        flags: def.flags,
         typed: true,
     })
 }
@@ -376,12 +270,9 @@ fn previous_cgroup_links(bpffs: &BpffsDir) -> Vec<PathBuf> {
             let name = e.file_name().to_string_lossy().into_owned();
             let program = name.split('@').next().unwrap_or_default();
             // The north-south links hand over on their own (tc.rs, xdp.rs).
-            ![
-                tc_programs::EXTERNAL,
-                tc_programs::REPLY,
-                tc_programs::EXTERNAL_XDP,
-            ]
-            .contains(&program)
+            !programs::ALL
+                .iter()
+                .any(|p| p.name == program && !p.program_type.is_cgroup())
         })
         .map(|e| e.path())
         .collect()
@@ -432,7 +323,12 @@ pub fn load_pinned(bpffs: &BpffsDir) -> Result<Ebpf, LoadError> {
     if OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
-    let pins: Vec<(&str, PathBuf)> = names::ALL.iter().map(|n| (*n, bpffs.map(n))).collect();
+    contract::check_embedded()?;
+    let pins: Vec<(&str, PathBuf)> = names::ALL
+        .iter()
+        .filter(|m| m.pinned)
+        .map(|m| (m.name, bpffs.map(m.name)))
+        .collect();
     let mut loader = EbpfLoader::new();
     for (name, path) in &pins {
         loader.map_pin_path(name, path.as_path());
@@ -460,17 +356,13 @@ pub fn load_and_attach(bpffs: &BpffsDir, cgroup: &Path) -> Result<(Ebpf, Handove
         path: cgroup.to_path_buf(),
         source,
     })?;
-    // The sock programs first: sock_release must see every socket that a
-    // connect program gives a socket table entry.
-    let programs = SOCK_PROGRAMS
-        .iter()
-        .map(|n| (*n, false))
-        .chain(SOCK_ADDR_PROGRAMS.iter().map(|n| (*n, true)));
-    for (name, sock_addr) in programs {
-        let link = if sock_addr {
-            attach_as!(ebpf, name, CgroupSockAddr, &cgroup_fd)
-        } else {
-            attach_as!(ebpf, name, CgroupSock, &cgroup_fd)
+    for program in programs::ALL {
+        let name = program.name;
+        let link = match program.program_type {
+            ProgramType::CgroupSockAddr => attach_as!(ebpf, name, CgroupSockAddr, &cgroup_fd),
+            ProgramType::CgroupSock => attach_as!(ebpf, name, CgroupSock, &cgroup_fd),
+            // Attached to interfaces by `tc` and `xdp`.
+            ProgramType::SchedClassifier | ProgramType::Xdp => continue,
         };
         link.pin(bpffs.link(&format!("{name}@{generation}")))
             .map_err(|source| LoadError::Pin { name, source })?;
@@ -519,13 +411,6 @@ pub fn cleanup(bpffs: &BpffsDir) -> Result<(), LoadError> {
         }
     }
     Ok(())
-}
-
-/// Whether any program generation is pinned (a previous agent's state).
-pub fn has_pinned_links(bpffs: &BpffsDir) -> bool {
-    fs::read_dir(bpffs.links())
-        .map(|mut entries| entries.next().is_some())
-        .unwrap_or(false)
 }
 
 /// Program `name` of the loaded object as its type `T` (not loaded yet).

@@ -7,6 +7,7 @@
 //! `maglev`) for packets from outside it.
 
 pub mod adopt;
+pub mod contract;
 pub mod convert;
 pub mod external;
 pub mod inspect;

@@ -190,7 +190,7 @@ fn receive(fd: &OwnedFd, mut f: impl FnMut(&[u8])) -> io::Result<()> {
                 return Ok(());
             }
             let payload = &buf[off + size_of::<NlMsgHdr>()..off + len];
-            match hdr.ty as i32 {
+            match i32::from(hdr.ty) {
                 libc::NLMSG_DONE => return Ok(()),
                 libc::NLMSG_ERROR => {
                     let errno = payload
@@ -213,7 +213,7 @@ fn receive(fd: &OwnedFd, mut f: impl FnMut(&[u8])) -> io::Result<()> {
 
 fn sockid_addr(family: u8, words: [u32; 4], port: u16) -> Option<SocketAddr> {
     let port = u16::from_be(port);
-    let ip = match family as i32 {
+    let ip = match i32::from(family) {
         libc::AF_INET => IpAddr::V4(Ipv4Addr::from(words[0].to_ne_bytes())),
         libc::AF_INET6 => {
             let mut o = [0u8; 16];

@@ -46,7 +46,7 @@ pub struct InstalledBackend {
 }
 
 /// What the maps hold, as far as the agent knows.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct Installed {
     /// By the set's name (`BackendSetKey`'s Display form).
     pub sets: HashMap<String, InstalledSet>,
@@ -54,9 +54,34 @@ pub struct Installed {
     pub frontends: HashMap<FrontendAddr, FrontendValue>,
     pub cluster_ips: HashMap<IpAddr, u32>,
     pub node_ports: HashSet<(u16, Protocol)>,
-    /// Not part of what the maps hold (equal whatever it holds).
+    /// Not part of what the maps hold, hence not compared.
     memo: Memo,
 }
+
+/// Equal when they mirror the same map contents: the drift check compares
+/// the mirror with what it reads back from the maps, which comes without
+/// a memo. What one pass learned for the next is no map content.
+impl PartialEq for Installed {
+    fn eq(&self, other: &Self) -> bool {
+        // Destructured, so that a field added to the mirror cannot be left
+        // out of the comparison.
+        let Self {
+            sets,
+            backends,
+            frontends,
+            cluster_ips,
+            node_ports,
+            memo: _,
+        } = self;
+        *sets == other.sets
+            && *backends == other.backends
+            && *frontends == other.frontends
+            && *cluster_ips == other.cluster_ips
+            && *node_ports == other.node_ports
+    }
+}
+
+impl Eq for Installed {}
 
 /// What earlier passes learned, so that a pass costs what changed rather
 /// than what is installed. It trusts that only `sync` changes the mirror
@@ -71,14 +96,6 @@ struct Memo {
     /// Which slots hold which backend; built from the mirror when missing.
     refs: Option<BackendRefs>,
 }
-
-impl PartialEq for Memo {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl Eq for Memo {}
 
 #[derive(Clone, Debug)]
 struct KnownSet {
@@ -360,23 +377,23 @@ impl Installed {
         if self.memo.refs.is_none() {
             self.memo.refs = Some(BackendRefs::of(self));
         }
-        let mut pass = Pass::new(self, store);
+        let mut writer = Writer::new(self, store);
         // 1 + 2: ids, backends, slots.
         for (key, set) in &desired.backend_sets {
-            pass.sync_set(key, set);
+            writer.sync_set(key, set);
         }
         // 3: frontends switch over, each in one update.
-        pass.put_frontends(desired);
-        pass.put_cluster_ips(desired);
-        pass.put_node_ports(desired);
+        writer.put_frontends(desired);
+        writer.put_cluster_ips(desired);
+        writer.put_node_ports(desired);
         // 4: sweep, in reverse order of dependence.
-        pass.del_frontends(desired);
-        pass.del_cluster_ips(desired);
-        pass.del_node_ports(desired);
-        pass.trim_slots();
-        pass.del_sets();
-        pass.del_backends();
-        let report = pass.report;
+        writer.del_frontends(desired);
+        writer.del_cluster_ips(desired);
+        writer.del_node_ports(desired);
+        writer.trim_slots();
+        writer.del_sets();
+        writer.del_backends();
+        let report = writer.report;
         self.memo.forget_undesired();
         (report, self.departures())
     }
@@ -429,9 +446,9 @@ fn addr(key: &Arc<BackendSetKey>) -> usize {
     Arc::as_ptr(key) as usize
 }
 
-/// One sync pass: the store, what it has done so far, and what the sweeps
-/// need to know.
-struct Pass<'a, S> {
+/// The writes of one sync: the store, what they have done so far, and
+/// what the sweeps need to know.
+struct Writer<'a, S> {
     inst: &'a mut Installed,
     store: &'a mut S,
     report: SyncReport,
@@ -454,7 +471,7 @@ struct Present {
     node_ports: usize,
 }
 
-impl<'a, S: Store> Pass<'a, S> {
+impl<'a, S: Store> Writer<'a, S> {
     fn new(inst: &'a mut Installed, store: &'a mut S) -> Self {
         Self {
             inst,

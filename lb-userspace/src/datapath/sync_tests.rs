@@ -38,7 +38,7 @@ impl MemStore {
             return;
         }
         for (fe, v) in &self.frontends {
-            for slot in 1..=v.count as u32 {
+            for slot in 1..=u32::from(v.count) {
                 match self.slots.get(&(v.service_id, slot)) {
                     None => self.violations.push(format!(
                         "after {op}: {fe} count {} but slot {slot} empty",
@@ -66,7 +66,7 @@ impl MemStore {
         let Some(v) = self.frontends.get(fe) else {
             return vec![];
         };
-        let mut out: Vec<_> = (1..=v.count as u32)
+        let mut out: Vec<_> = (1..=u32::from(v.count))
             .filter_map(|s| self.slots.get(&(v.service_id, s)))
             .filter_map(|b| self.backends.get(b))
             .map(|a| (a.ip, a.port))
@@ -557,5 +557,35 @@ fn udp_departures_are_the_members_a_pass_took_away() {
         let got: BTreeSet<Departed> = departed.iter().copied().collect();
         assert_eq!(got, want, "step {i}");
         assert_eq!(got.len(), departed.len(), "no duplicates");
+    }
+}
+
+/// The drift check compares the agent's mirror with one read back from the
+/// maps: equal exactly when they mirror the same entries, whatever the
+/// first learned in its passes (its memo, which a read-back has not).
+#[test]
+fn mirrors_compare_by_what_the_maps_hold() {
+    let (store, installed) = run(&steps()[..1]);
+    let read_back = adopt(&store);
+    assert_eq!(installed, read_back);
+
+    let mut drifted = Vec::new();
+    let mut d = read_back.clone();
+    d.sets.values_mut().next().unwrap().slots.push(0);
+    drifted.push(("sets", d));
+    let mut d = read_back.clone();
+    d.backends.values_mut().next().unwrap().id += 1000;
+    drifted.push(("backends", d));
+    let mut d = read_back.clone();
+    d.frontends.values_mut().next().unwrap().count += 1;
+    drifted.push(("frontends", d));
+    let mut d = read_back.clone();
+    d.cluster_ips.insert(IpAddr::from([10, 96, 9, 9]), 7);
+    drifted.push(("cluster_ips", d));
+    let mut d = read_back;
+    d.node_ports.insert((30999, Protocol::Tcp));
+    drifted.push(("node_ports", d));
+    for (field, d) in drifted {
+        assert_ne!(installed, d, "a difference in {field}");
     }
 }

@@ -49,7 +49,7 @@ fn read_services(services: &[Arc<Service>], invalid: &mut Vec<InvalidObject>) ->
 /// namespace/name. Two objects with one namespace/name can only come from
 /// files. Which one is meant cannot be told (input order must not matter),
 /// so every copy is ignored.
-pub fn unique_services<T>(
+pub(super) fn unique_services<T>(
     sorted: Vec<T>,
     service: impl Fn(&T) -> &ServiceRef,
     invalid: &mut Vec<InvalidObject>,

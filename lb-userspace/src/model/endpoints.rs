@@ -18,7 +18,7 @@ use super::types::{InvalidObject, IpFamily, ObjectKind, Protocol, ServiceRef};
 
 /// One endpoint of one service port, as kube-proxy's `BaseEndpointInfo`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Endpoint {
+pub(super) struct Endpoint {
     pub ip: IpAddr,
     /// The EndpointSlice port's number: a named targetPort resolves per
     /// endpoint, so two endpoints of one service port may differ here.
@@ -37,14 +37,14 @@ pub struct Endpoint {
 /// A service port's identity as endpoints see it. Endpoints attach to a
 /// service port by name and protocol, never by number.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ServicePortName {
+pub(super) struct ServicePortName {
     pub name: String,
     pub protocol: Protocol,
 }
 
 /// Everything one Service's slices of one address family say.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ServiceEndpoints {
+pub(super) struct ServiceEndpoints {
     /// Merged endpoints of every slice port, deduplicated by IP:port and
     /// sorted by (IP, port).
     pub by_port: BTreeMap<ServicePortName, Vec<Endpoint>>,
@@ -54,7 +54,7 @@ pub struct ServiceEndpoints {
 }
 
 impl ServiceEndpoints {
-    pub fn port(&self, name: &str, protocol: Protocol) -> &[Endpoint] {
+    pub(super) fn port(&self, name: &str, protocol: Protocol) -> &[Endpoint] {
         self.by_port
             .get(&ServicePortName {
                 name: name.to_owned(),
@@ -66,14 +66,14 @@ impl ServiceEndpoints {
 
 /// All EndpointSlices, grouped by the Service and family they serve.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct EndpointsIndex {
+pub(super) struct EndpointsIndex {
     services: BTreeMap<(ServiceRef, IpFamily), ServiceEndpoints>,
 }
 
 impl EndpointsIndex {
     /// Reads every slice. `node_name` decides locality (an empty name is
     /// never local, as in kube-proxy). Bad entries are appended to `invalid`.
-    pub fn build(
+    pub(super) fn build(
         slices: &[Arc<EndpointSliceInfo>],
         node_name: &str,
         invalid: &mut Vec<InvalidObject>,
@@ -115,13 +115,13 @@ impl EndpointsIndex {
         EndpointsIndex { services }
     }
 
-    pub fn get(&self, service: &ServiceRef, family: IpFamily) -> Option<&ServiceEndpoints> {
+    pub(super) fn get(&self, service: &ServiceRef, family: IpFamily) -> Option<&ServiceEndpoints> {
         self.services.get(&(service.clone(), family))
     }
 }
 
 /// The report for a slice defined more than once (only files can do that).
-pub fn duplicate_slice(slice: &EndpointSliceInfo) -> InvalidObject {
+pub(super) fn duplicate_slice(slice: &EndpointSliceInfo) -> InvalidObject {
     InvalidObject {
         kind: ObjectKind::EndpointSlice,
         namespace: namespace_or_default(slice.namespace.as_deref()),
@@ -133,7 +133,7 @@ pub fn duplicate_slice(slice: &EndpointSliceInfo) -> InvalidObject {
 /// Merges the slices of one Service and family, given in slice
 /// namespace/name order (which copy of a repeated IP:port wins depends on
 /// it), as kube-proxy's EndpointSliceCache does.
-pub fn merge_slices<'a>(reads: impl IntoIterator<Item = &'a ReadSlice>) -> ServiceEndpoints {
+pub(super) fn merge_slices<'a>(reads: impl IntoIterator<Item = &'a ReadSlice>) -> ServiceEndpoints {
     let mut ports: BTreeMap<ServicePortName, BTreeMap<(IpAddr, u16), Endpoint>> = BTreeMap::new();
     let mut local_ready_ips = BTreeSet::new();
     for read in reads {
@@ -184,7 +184,7 @@ fn add_endpoint(endpoints: &mut BTreeMap<(IpAddr, u16), Endpoint>, ep: Endpoint)
 
 /// One EndpointSlice as read, before merging.
 #[derive(Debug)]
-pub struct ReadSlice {
+pub(super) struct ReadSlice {
     pub service: ServiceRef,
     pub family: IpFamily,
     /// Usable ports: (name, protocol) → the endpoints' port number.
@@ -193,7 +193,7 @@ pub struct ReadSlice {
     endpoints: Vec<Endpoint>,
 }
 
-pub fn read_slice(
+pub(super) fn read_slice(
     slice: &EndpointSliceInfo,
     node_name: &str,
     invalid: &mut Vec<InvalidObject>,

@@ -235,7 +235,12 @@ fn replace_service(rng: &mut Rng, services: &mut [Arc<Service>]) {
         }
         1 => {
             let ranges = rng.pick(SOURCE_RANGES);
-            spec.load_balancer_source_ranges = Some(ranges.iter().map(|s| s.to_string()).collect());
+            spec.load_balancer_source_ranges = Some(
+                ranges
+                    .iter()
+                    .map(std::string::ToString::to_string)
+                    .collect(),
+            );
             services[i] = Arc::new(object);
             return;
         }
@@ -358,7 +363,11 @@ fn incremental_follows_what_external_clients_get() {
         let ips = set.backends.iter().map(|b| b.ip.to_string()).collect();
         (f.snat, f.source_ranges.len(), ips)
     };
-    let ips = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let ips = |v: &[&str]| {
+        v.iter()
+            .map(std::string::ToString::to_string)
+            .collect::<Vec<_>>()
+    };
 
     let mut state = ClusterState {
         services: vec![lb("Cluster", "Local", &[]), np("Local")],
@@ -406,7 +415,7 @@ fn incremental_follows_what_external_clients_get() {
         (
             "source ranges changed (one bad)",
             Box::new(move |s| {
-                s.services[0] = lb("Cluster", "Local", &["10.0.0.0/16", "fd00::/8", "bad"])
+                s.services[0] = lb("Cluster", "Local", &["10.0.0.0/16", "fd00::/8", "bad"]);
             }),
             Recompute::Merged,
             (false, 1, ips(&["10.0.0.1", "10.0.0.2"])),

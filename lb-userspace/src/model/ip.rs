@@ -9,7 +9,22 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::types::IpFamily;
+/// An address family. Here, with the addresses, rather than in `types`,
+/// so that this module is a leaf of the model (`types` uses [`Cidr`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IpFamily {
+    V4,
+    V6,
+}
+
+impl IpFamily {
+    pub fn of(ip: &IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => IpFamily::V4,
+            IpAddr::V6(_) => IpFamily::V6,
+        }
+    }
+}
 
 /// Parses an IP address the way kube-proxy does. Surrounding whitespace is an
 /// error (as in Go). An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is

@@ -11,14 +11,14 @@ use std::sync::Arc;
 use super::FoldHashMap;
 
 /// Something derived from one object, holding that object.
-pub trait Derived {
+pub(super) trait Derived {
     type Object;
     fn object(&self) -> &Arc<Self::Object>;
 }
 
 /// One derived value per object of the last input, in input order.
 #[derive(Debug)]
-pub struct ByObject<V: Derived> {
+pub(super) struct ByObject<V: Derived> {
     /// The objects of `entries`, apart: comparing them reads one
     /// contiguous list rather than every value (a cache miss each).
     objects: Vec<Arc<V::Object>>,
@@ -28,7 +28,7 @@ pub struct ByObject<V: Derived> {
 /// What one `update` changed: the values derived for new objects and those
 /// of objects gone. An object that only moved in the input is in neither.
 #[derive(Debug)]
-pub struct Changes<V> {
+pub(super) struct Changes<V> {
     pub added: Vec<Arc<V>>,
     pub removed: Vec<Arc<V>>,
 }
@@ -43,7 +43,7 @@ impl<V: Derived> Default for ByObject<V> {
 }
 
 impl<V> Changes<V> {
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.added.is_empty() && self.removed.is_empty()
     }
 }
@@ -54,7 +54,7 @@ impl<V: Derived> ByObject<V> {
     /// same place as last time cost a pointer comparison, without hashing
     /// or rebuilding the list (sources list objects in a stable order, so
     /// one change touches one place).
-    pub fn update(
+    pub(super) fn update(
         &mut self,
         objects: &[Arc<V::Object>],
         mut derive: impl FnMut(&Arc<V::Object>) -> V,
@@ -107,11 +107,11 @@ impl<V: Derived> ByObject<V> {
     }
 
     /// Every value, in the order of the last input.
-    pub fn all(&self) -> &[Arc<V>] {
+    pub(super) fn all(&self) -> &[Arc<V>] {
         &self.entries
     }
 
-    pub fn clear(&mut self) {
+    pub(super) fn clear(&mut self) {
         self.objects.clear();
         self.entries.clear();
     }

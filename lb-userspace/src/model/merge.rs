@@ -61,7 +61,7 @@ impl NodePortUse<'_> {
 }
 
 /// Adds plans in namespace/name order; `finish` gives the desired state.
-pub struct Merger<'a> {
+pub(super) struct Merger<'a> {
     /// NodePorts answer on the node's addresses and on loopback, per family.
     node_addresses: BTreeMap<IpFamily, BTreeSet<IpAddr>>,
     cluster_ip_owners: FoldHashMap<IpAddr, &'a ServiceRef>,
@@ -80,7 +80,7 @@ pub struct Merger<'a> {
 }
 
 impl<'a> Merger<'a> {
-    pub fn new(node: &NodeInfo) -> Self {
+    pub(super) fn new(node: &NodeInfo) -> Self {
         let mut node_addresses: BTreeMap<IpFamily, BTreeSet<IpAddr>> = BTreeMap::new();
         let loopback = [
             IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -111,7 +111,7 @@ impl<'a> Merger<'a> {
     /// Adds one Service's plan; plans must come in namespace/name order.
     /// Reports only the conflicts (the plan's own problems are the
     /// caller's: `Incremental` keeps them apart).
-    pub fn add(&mut self, plan: &'a ServicePlan, invalid: &mut Vec<InvalidObject>) {
+    pub(super) fn add(&mut self, plan: &'a ServicePlan, invalid: &mut Vec<InvalidObject>) {
         for family in &plan.families {
             let ip = family.cluster_ip;
 
@@ -326,7 +326,7 @@ impl<'a> Merger<'a> {
         }
     }
 
-    pub fn finish(self) -> DesiredState {
+    pub(super) fn finish(self) -> DesiredState {
         // Each list holds every key once (claims are exclusive), so
         // collecting sorts (cheaply: they come mostly in order) and builds.
         DesiredState {

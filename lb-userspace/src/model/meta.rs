@@ -6,21 +6,21 @@
 use std::collections::BTreeMap;
 
 /// Services (and EndpointSlices) with this label belong to another proxy.
-pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
+pub(super) const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
 /// Set on the EndpointSlices of headless Services; kube-proxy skips objects
 /// carrying it.
-pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
+pub(super) const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
 
 /// kube-proxy lists Services and EndpointSlices with the selector
 /// `!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless`.
-pub fn has_skip_label(labels: Option<&BTreeMap<String, String>>) -> bool {
+pub(super) fn has_skip_label(labels: Option<&BTreeMap<String, String>>) -> bool {
     labels
         .is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME) || l.contains_key(LABEL_HEADLESS))
 }
 
 /// An object without a namespace lives in "default" (what `kubectl apply`
 /// would do with such a file).
-pub fn namespace_or_default(ns: Option<&str>) -> String {
+pub(super) fn namespace_or_default(ns: Option<&str>) -> String {
     match ns {
         Some(ns) if !ns.is_empty() => ns.to_owned(),
         _ => "default".to_owned(),
@@ -28,7 +28,7 @@ pub fn namespace_or_default(ns: Option<&str>) -> String {
 }
 
 /// A port number from the API (i32) if it is a usable port (1-65535).
-pub fn valid_port(n: i32) -> Option<u16> {
+pub(super) fn valid_port(n: i32) -> Option<u16> {
     u16::try_from(n).ok().filter(|p| *p != 0)
 }
 

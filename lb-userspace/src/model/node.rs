@@ -9,7 +9,7 @@ use super::ip::parse_ip_lenient;
 use super::types::NodeInfo;
 
 /// The Node label kube-proxy reads for topology hints.
-pub const LABEL_TOPOLOGY_ZONE: &str = "topology.kubernetes.io/zone";
+pub(super) const LABEL_TOPOLOGY_ZONE: &str = "topology.kubernetes.io/zone";
 
 /// Builds this node's [`NodeInfo`]. Addresses are `override_ips` when given,
 /// else the Node's InternalIP and ExternalIP status addresses (other types,

@@ -17,7 +17,7 @@ use super::plan::{FamilyPlan, PortPlan, ServicePlan};
 use super::types::DesiredState;
 
 /// Whether `merge` would settle `new` exactly as it settled `old`.
-pub fn same_claims(old: &ServicePlan, new: &ServicePlan) -> bool {
+pub(super) fn same_claims(old: &ServicePlan, new: &ServicePlan) -> bool {
     old.service == new.service
         && old.health_check.as_ref().map(|hc| hc.node_port)
             == new.health_check.as_ref().map(|hc| hc.node_port)
@@ -60,7 +60,7 @@ fn same_port_claims(old: &PortPlan, new: &PortPlan) -> bool {
 /// merged from a plan with the same claims (see `same_claims`). A set
 /// that no frontend used then is still unused; one that only external
 /// frontends used still is in `external_sets` only.
-pub fn patch(desired: &mut DesiredState, plan: &ServicePlan) {
+pub(super) fn patch(desired: &mut DesiredState, plan: &ServicePlan) {
     let sets = plan
         .families
         .iter()

@@ -37,7 +37,7 @@ use super::types::{
 
 /// What one Service asks for.
 #[derive(Debug)]
-pub struct ServicePlan {
+pub(super) struct ServicePlan {
     pub service: ServiceRef,
     /// One per ClusterIP family, in family order.
     pub families: Vec<FamilyPlan>,
@@ -47,7 +47,7 @@ pub struct ServicePlan {
 }
 
 #[derive(Debug)]
-pub struct FamilyPlan {
+pub(super) struct FamilyPlan {
     pub family: IpFamily,
     pub cluster_ip: IpAddr,
     /// The service ports that can be served (in spec order).
@@ -59,7 +59,7 @@ pub struct FamilyPlan {
 
 /// One service port in one family.
 #[derive(Debug)]
-pub struct PortPlan {
+pub(super) struct PortPlan {
     pub name: String,
     pub protocol: Protocol,
     pub node_port: Option<u16>,
@@ -78,7 +78,10 @@ pub struct PortPlan {
 }
 
 impl PortPlan {
-    pub fn set(&self, selection: Selection) -> Option<(&Arc<BackendSetKey>, &Arc<BackendSet>)> {
+    pub(super) fn set(
+        &self,
+        selection: Selection,
+    ) -> Option<(&Arc<BackendSetKey>, &Arc<BackendSet>)> {
         self.sets
             .iter()
             .find(|(s, _, _)| *s == selection)
@@ -87,13 +90,13 @@ impl PortPlan {
 }
 
 #[derive(Debug)]
-pub struct HealthCheckPlan {
+pub(super) struct HealthCheckPlan {
     pub node_port: u16,
     /// Local ready endpoints of the primary family.
     pub local_endpoints: usize,
 }
 
-pub fn service_invalid(service: &ServiceRef, reason: String) -> InvalidObject {
+pub(super) fn service_invalid(service: &ServiceRef, reason: String) -> InvalidObject {
     InvalidObject {
         kind: ObjectKind::Service,
         namespace: service.namespace.clone(),
@@ -103,7 +106,7 @@ pub fn service_invalid(service: &ServiceRef, reason: String) -> InvalidObject {
 }
 
 /// Plans one Service. `endpoints` gives its merged endpoints per family.
-pub fn plan_service<'e>(
+pub(super) fn plan_service<'e>(
     svc: &ServiceInfo,
     endpoints: impl Fn(IpFamily) -> Option<&'e ServiceEndpoints>,
     node: &NodeInfo,

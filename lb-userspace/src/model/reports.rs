@@ -10,18 +10,18 @@ use std::collections::BTreeMap;
 use super::types::InvalidObject;
 
 #[derive(Debug, Default)]
-pub struct Reports {
+pub(super) struct Reports {
     causes: BTreeMap<InvalidObject, usize>,
 }
 
 impl Reports {
-    pub fn add(&mut self, reports: &[InvalidObject]) {
+    pub(super) fn add(&mut self, reports: &[InvalidObject]) {
         for report in reports {
             *self.causes.entry(report.clone()).or_default() += 1;
         }
     }
 
-    pub fn remove(&mut self, reports: &[InvalidObject]) {
+    pub(super) fn remove(&mut self, reports: &[InvalidObject]) {
         for report in reports {
             if let Some(count) = self.causes.get_mut(report) {
                 *count -= 1;
@@ -33,7 +33,7 @@ impl Reports {
     }
 
     /// Every report once, sorted.
-    pub fn iter(&self) -> impl Iterator<Item = &InvalidObject> {
+    pub(super) fn iter(&self) -> impl Iterator<Item = &InvalidObject> {
         self.causes.keys()
     }
 }

@@ -27,12 +27,12 @@ use super::meta::{has_skip_label, namespace_or_default, valid_port};
 use super::types::{InvalidObject, IpFamily, ObjectKind, Protocol, ServiceRef};
 
 /// sessionAffinityConfig.clientIP.timeoutSeconds when unset (API default).
-pub const DEFAULT_AFFINITY_TIMEOUT_SECS: u32 = 10_800;
+pub(super) const DEFAULT_AFFINITY_TIMEOUT_SECS: u32 = 10_800;
 /// The largest timeout the API server accepts.
-pub const MAX_AFFINITY_TIMEOUT_SECS: u32 = 86_400;
+pub(super) const MAX_AFFINITY_TIMEOUT_SECS: u32 = 86_400;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ServiceType {
+pub(super) enum ServiceType {
     ClusterIp,
     NodePort,
     LoadBalancer,
@@ -40,7 +40,7 @@ pub enum ServiceType {
 
 /// One valid spec.ports entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServicePortInfo {
+pub(super) struct ServicePortInfo {
     /// "" when unnamed.
     pub name: String,
     pub protocol: Protocol,
@@ -51,7 +51,7 @@ pub struct ServicePortInfo {
 
 /// A Service as the model uses it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServiceInfo {
+pub(super) struct ServiceInfo {
     pub service: ServiceRef,
     pub service_type: ServiceType,
     /// The ClusterIP of each family the Service has one in. kube-proxy's
@@ -83,17 +83,17 @@ pub struct ServiceInfo {
 }
 
 impl ServiceInfo {
-    pub fn external_ips_of(&self, family: IpFamily) -> Vec<IpAddr> {
+    pub(super) fn external_ips_of(&self, family: IpFamily) -> Vec<IpAddr> {
         of_family(&self.external_ips, family)
     }
 
-    pub fn load_balancer_ips_of(&self, family: IpFamily) -> Vec<IpAddr> {
+    pub(super) fn load_balancer_ips_of(&self, family: IpFamily) -> Vec<IpAddr> {
         of_family(&self.load_balancer_ips, family)
     }
 
     /// The source ranges of one family (kube-proxy's per-family proxier
     /// only sees those: a range of the other family restricts nothing).
-    pub fn load_balancer_source_ranges_of(&self, family: IpFamily) -> Vec<Cidr> {
+    pub(super) fn load_balancer_source_ranges_of(&self, family: IpFamily) -> Vec<Cidr> {
         self.load_balancer_source_ranges
             .iter()
             .copied()
@@ -113,7 +113,7 @@ fn of_family(ips: &[IpAddr], family: IpFamily) -> Vec<IpAddr> {
 /// (silently: headless, ExternalName, labelled for another proxy) and for an
 /// invalid one (reported in `invalid`). Problems confined to a port, an
 /// address or the health check are reported and that part skipped.
-pub fn read_service(svc: &Service, invalid: &mut Vec<InvalidObject>) -> Option<ServiceInfo> {
+pub(super) fn read_service(svc: &Service, invalid: &mut Vec<InvalidObject>) -> Option<ServiceInfo> {
     let meta = &svc.metadata;
     if has_skip_label(meta.labels.as_ref()) {
         return None;
@@ -186,7 +186,7 @@ fn read_spec(svc: &Service, spec: &ServiceSpec) -> Result<Option<ReadSpec>, Stri
     // kube-proxy's ShouldSkipService: headless (or not yet allocated), and
     // ExternalName even when a clusterIP is set.
     let cluster_ip = match spec.cluster_ip.as_deref() {
-        None | Some("") | Some("None") => return Ok(None),
+        None | Some("" | "None") => return Ok(None),
         Some(ip) => ip,
     };
     let service_type = match spec.type_.as_deref() {
@@ -308,11 +308,11 @@ fn read_spec(svc: &Service, spec: &ServiceSpec) -> Result<Option<ReadSpec>, Stri
     for s in spec.load_balancer_source_ranges.iter().flatten() {
         match parse_cidr_lenient(s) {
             Some(c) if !load_balancer_source_ranges.contains(&c) => {
-                load_balancer_source_ranges.push(c)
+                load_balancer_source_ranges.push(c);
             }
             Some(_) => {}
             None => {
-                partial_errors.push(format!("spec.loadBalancerSourceRanges: invalid CIDR {s:?}"))
+                partial_errors.push(format!("spec.loadBalancerSourceRanges: invalid CIDR {s:?}"));
             }
         }
     }
@@ -328,7 +328,7 @@ fn read_spec(svc: &Service, spec: &ServiceSpec) -> Result<Option<ReadSpec>, Stri
             Some(n) => match valid_port(n) {
                 Some(p) => health_check_node_port = Some(p),
                 None => {
-                    partial_errors.push(format!("healthCheckNodePort {n} is out of range 1-65535"))
+                    partial_errors.push(format!("healthCheckNodePort {n} is out of range 1-65535"));
                 }
             },
         }
@@ -434,7 +434,7 @@ fn read_service_port(
     let node_port = match (service_type, port.node_port) {
         // The API server only allocates NodePorts for these types; a stray
         // value on a ClusterIP Service is ignored, not served.
-        (ServiceType::ClusterIp, _) | (_, None) | (_, Some(0)) => None,
+        (ServiceType::ClusterIp, _) | (_, None | Some(0)) => None,
         (_, Some(n)) => {
             Some(valid_port(n).ok_or_else(|| format!("nodePort {n} is out of range 1-65535"))?)
         }

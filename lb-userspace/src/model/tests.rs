@@ -176,7 +176,12 @@ enum Served {
 }
 
 fn to(backends: &[&str]) -> Served {
-    Served::To(backends.iter().map(|s| s.to_string()).collect())
+    Served::To(
+        backends
+            .iter()
+            .map(std::string::ToString::to_string)
+            .collect(),
+    )
 }
 
 fn served(c: &Computed, frontend: &str) -> Served {
@@ -233,7 +238,10 @@ fn set_of<'c>(c: &'c Computed, frontend: &str) -> &'c BackendSet {
 }
 
 fn reasons(c: &Computed) -> Vec<String> {
-    c.invalid.iter().map(|i| i.to_string()).collect()
+    c.invalid
+        .iter()
+        .map(std::string::ToString::to_string)
+        .collect()
 }
 
 fn svc_ref(ns: &str, name: &str) -> ServiceRef {

@@ -16,10 +16,10 @@ use super::slice_info::{EndpointSliceInfo, LABEL_SERVICE_NAME};
 use super::types::NodeInfo;
 
 /// This node in the reference tables.
-pub const NODE: &str = "test-node";
+pub(super) const NODE: &str = "test-node";
 
 /// `test-node`, 192.168.0.2, no zone.
-pub fn node() -> NodeInfo {
+pub(super) fn node() -> NodeInfo {
     NodeInfo {
         name: NODE.into(),
         addresses: vec!["192.168.0.2".parse().unwrap()],
@@ -28,18 +28,18 @@ pub fn node() -> NodeInfo {
 }
 
 /// "10.0.0.1:80" / "[fd00::1]:80".
-pub fn addr_port(ip: IpAddr, port: u16) -> String {
+pub(super) fn addr_port(ip: IpAddr, port: u16) -> String {
     match ip {
         IpAddr::V4(ip) => format!("{ip}:{port}"),
         IpAddr::V6(ip) => format!("[{ip}]:{port}"),
     }
 }
 
-pub struct ServiceBuilder(Service);
+pub(super) struct ServiceBuilder(Service);
 
 /// A ClusterIP Service with only `spec.clusterIP` set (as a hand-written
 /// file would have it).
-pub fn service(ns: &str, name: &str, cluster_ip: &str) -> ServiceBuilder {
+pub(super) fn service(ns: &str, name: &str, cluster_ip: &str) -> ServiceBuilder {
     let mut s = Service::default();
     s.metadata.namespace = Some(ns.into());
     s.metadata.name = Some(name.into());
@@ -63,16 +63,21 @@ impl ServiceBuilder {
         ports.last_mut().unwrap()
     }
 
-    pub fn with(mut self, f: impl FnOnce(&mut Service)) -> Self {
+    pub(super) fn with(mut self, f: impl FnOnce(&mut Service)) -> Self {
         f(&mut self.0);
         self
     }
 
-    pub fn port(self, name: &str, protocol: &str, port: i32) -> Self {
+    pub(super) fn port(self, name: &str, protocol: &str, port: i32) -> Self {
         self.raw_port(Some(name), Some(protocol), port)
     }
 
-    pub fn raw_port(mut self, name: Option<&str>, protocol: Option<&str>, port: i32) -> Self {
+    pub(super) fn raw_port(
+        mut self,
+        name: Option<&str>,
+        protocol: Option<&str>,
+        port: i32,
+    ) -> Self {
         self.spec()
             .ports
             .get_or_insert_with(Vec::new)
@@ -86,43 +91,44 @@ impl ServiceBuilder {
     }
 
     /// targetPort (number) of the last port.
-    pub fn target(mut self, port: i32) -> Self {
+    pub(super) fn target(mut self, port: i32) -> Self {
         self.last_port().target_port = Some(IntOrString::Int(port));
         self
     }
 
     /// targetPort (name) of the last port.
-    pub fn target_name(mut self, name: &str) -> Self {
+    pub(super) fn target_name(mut self, name: &str) -> Self {
         self.last_port().target_port = Some(IntOrString::String(name.into()));
         self
     }
 
     /// nodePort of the last port.
-    pub fn node_port(mut self, port: i32) -> Self {
+    pub(super) fn node_port(mut self, port: i32) -> Self {
         self.last_port().node_port = Some(port);
         self
     }
 
-    pub fn type_(mut self, t: &str) -> Self {
+    pub(super) fn type_(mut self, t: &str) -> Self {
         self.spec().type_ = Some(t.into());
         self
     }
 
     /// spec.ipFamilies and spec.clusterIPs (empty slices leave them unset).
-    pub fn families(mut self, families: &[&str], cluster_ips: &[&str]) -> Self {
-        let to_vec =
-            |v: &[&str]| (!v.is_empty()).then(|| v.iter().map(|s| s.to_string()).collect());
+    pub(super) fn families(mut self, families: &[&str], cluster_ips: &[&str]) -> Self {
+        let to_vec = |v: &[&str]| {
+            (!v.is_empty()).then(|| v.iter().map(std::string::ToString::to_string).collect())
+        };
         self.spec().ip_families = to_vec(families);
         self.spec().cluster_ips = to_vec(cluster_ips);
         self
     }
 
-    pub fn external_ips(mut self, ips: &[&str]) -> Self {
-        self.spec().external_ips = Some(ips.iter().map(|s| s.to_string()).collect());
+    pub(super) fn external_ips(mut self, ips: &[&str]) -> Self {
+        self.spec().external_ips = Some(ips.iter().map(std::string::ToString::to_string).collect());
         self
     }
 
-    pub fn lb_ingress(mut self, ip: Option<&str>, ip_mode: Option<&str>) -> Self {
+    pub(super) fn lb_ingress(mut self, ip: Option<&str>, ip_mode: Option<&str>) -> Self {
         let status = self.0.status.get_or_insert_with(ServiceStatus::default);
         let lb = status
             .load_balancer
@@ -138,24 +144,28 @@ impl ServiceBuilder {
     }
 
     /// spec.loadBalancerSourceRanges.
-    pub fn source_ranges(mut self, ranges: &[&str]) -> Self {
-        self.spec().load_balancer_source_ranges =
-            Some(ranges.iter().map(|s| s.to_string()).collect());
+    pub(super) fn source_ranges(mut self, ranges: &[&str]) -> Self {
+        self.spec().load_balancer_source_ranges = Some(
+            ranges
+                .iter()
+                .map(std::string::ToString::to_string)
+                .collect(),
+        );
         self
     }
 
-    pub fn itp(mut self, policy: &str) -> Self {
+    pub(super) fn itp(mut self, policy: &str) -> Self {
         self.spec().internal_traffic_policy = Some(policy.into());
         self
     }
 
-    pub fn etp(mut self, policy: &str) -> Self {
+    pub(super) fn etp(mut self, policy: &str) -> Self {
         self.spec().external_traffic_policy = Some(policy.into());
         self
     }
 
     /// sessionAffinity ClientIP with this timeoutSeconds (None: no config).
-    pub fn affinity(mut self, timeout: Option<i32>) -> Self {
+    pub(super) fn affinity(mut self, timeout: Option<i32>) -> Self {
         let spec = self.spec();
         spec.session_affinity = Some("ClientIP".into());
         spec.session_affinity_config = timeout.map(|t| SessionAffinityConfig {
@@ -166,12 +176,12 @@ impl ServiceBuilder {
         self
     }
 
-    pub fn health_check_node_port(mut self, port: i32) -> Self {
+    pub(super) fn health_check_node_port(mut self, port: i32) -> Self {
         self.spec().health_check_node_port = Some(port);
         self
     }
 
-    pub fn label(mut self, key: &str, value: &str) -> Self {
+    pub(super) fn label(mut self, key: &str, value: &str) -> Self {
         self.0
             .metadata
             .labels
@@ -180,19 +190,19 @@ impl ServiceBuilder {
         self
     }
 
-    pub fn build(self) -> Arc<Service> {
+    pub(super) fn build(self) -> Arc<Service> {
         Arc::new(self.0)
     }
 
-    pub fn build_raw(self) -> Service {
+    pub(super) fn build_raw(self) -> Service {
         self.0
     }
 }
 
-pub struct SliceBuilder(EndpointSlice);
+pub(super) struct SliceBuilder(EndpointSlice);
 
 /// An EndpointSlice of `service_name` (label kubernetes.io/service-name).
-pub fn slice(ns: &str, name: &str, service_name: &str, address_type: &str) -> SliceBuilder {
+pub(super) fn slice(ns: &str, name: &str, service_name: &str, address_type: &str) -> SliceBuilder {
     let mut s = EndpointSlice {
         address_type: address_type.into(),
         ..Default::default()
@@ -203,11 +213,11 @@ pub fn slice(ns: &str, name: &str, service_name: &str, address_type: &str) -> Sl
 }
 
 impl SliceBuilder {
-    pub fn port(self, name: &str, protocol: &str, port: i32) -> Self {
+    pub(super) fn port(self, name: &str, protocol: &str, port: i32) -> Self {
         self.raw_port(Some(name), Some(protocol), Some(port))
     }
 
-    pub fn raw_port(
+    pub(super) fn raw_port(
         mut self,
         name: Option<&str>,
         protocol: Option<&str>,
@@ -225,12 +235,12 @@ impl SliceBuilder {
         self
     }
 
-    pub fn endpoint(mut self, e: Endpoint) -> Self {
+    pub(super) fn endpoint(mut self, e: Endpoint) -> Self {
         self.0.endpoints.get_or_insert_with(Vec::new).push(e);
         self
     }
 
-    pub fn label(mut self, key: &str, value: &str) -> Self {
+    pub(super) fn label(mut self, key: &str, value: &str) -> Self {
         self.0
             .metadata
             .labels
@@ -239,27 +249,27 @@ impl SliceBuilder {
         self
     }
 
-    pub fn without_service_label(mut self) -> Self {
+    pub(super) fn without_service_label(mut self) -> Self {
         if let Some(l) = self.0.metadata.labels.as_mut() {
             l.remove(LABEL_SERVICE_NAME);
         }
         self
     }
 
-    pub fn build(self) -> Arc<EndpointSliceInfo> {
+    pub(super) fn build(self) -> Arc<EndpointSliceInfo> {
         Arc::new(self.0.into())
     }
 }
 
 /// An endpoint with one address, no conditions (ready), no node (remote).
-pub fn ep(ip: &str) -> Endpoint {
+pub(super) fn ep(ip: &str) -> Endpoint {
     Endpoint {
         addresses: vec![ip.into()],
         ..Default::default()
     }
 }
 
-pub trait EndpointExt {
+pub(super) trait EndpointExt {
     /// nodeName = this node.
     fn local(self) -> Self;
     fn node(self, name: &str) -> Self;
@@ -304,7 +314,7 @@ impl EndpointExt for Endpoint {
     }
 
     fn addresses(mut self, ips: &[&str]) -> Self {
-        self.addresses = ips.iter().map(|s| s.to_string()).collect();
+        self.addresses = ips.iter().map(std::string::ToString::to_string).collect();
         self
     }
 
@@ -337,30 +347,30 @@ impl EndpointExt for Endpoint {
 
 /// xorshift64*: random test inputs, reproducible from a seed without a
 /// dependency.
-pub struct Rng(pub u64);
+pub(super) struct Rng(pub u64);
 
 impl Rng {
-    pub fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    pub fn below(&mut self, n: usize) -> usize {
+    pub(super) fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
 
-    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+    pub(super) fn pick<T: Copy>(&mut self, items: &[T]) -> T {
         items[self.below(items.len())]
     }
 
-    pub fn chance(&mut self, percent: u64) -> bool {
+    pub(super) fn chance(&mut self, percent: u64) -> bool {
         self.next() % 100 < percent
     }
 
     /// Mostly from `good`, sometimes from `bad`.
-    pub fn either<T: Copy>(&mut self, good: &[T], bad: &[T]) -> T {
+    pub(super) fn either<T: Copy>(&mut self, good: &[T], bad: &[T]) -> T {
         if self.chance(92) {
             self.pick(good)
         } else {

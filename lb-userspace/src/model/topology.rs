@@ -11,7 +11,7 @@ use super::endpoints::Endpoint;
 /// Which selections a service port needs, as kube-proxy's
 /// `ServicePort.UsesClusterEndpoints` / `UsesLocalEndpoints`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PortPolicy {
+pub(super) struct PortPolicy {
     pub uses_cluster: bool,
     pub uses_local: bool,
 }
@@ -21,7 +21,7 @@ impl PortPolicy {
     /// load balancer IP (of the family being computed).
     /// `external_policy_local`: externalTrafficPolicy Local on a Service that
     /// can have external traffic at all (kube-proxy's `ExternalPolicyLocal`).
-    pub fn new(
+    pub(super) fn new(
         internal_policy_local: bool,
         external_policy_local: bool,
         externally_accessible: bool,
@@ -35,7 +35,7 @@ impl PortPolicy {
 
 /// How topology hints restrict the Cluster selection on this node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TopologyMode {
+pub(super) enum TopologyMode {
     /// No filtering.
     Any,
     /// Only endpoints hinted for this node (hints.forNodes).
@@ -46,7 +46,7 @@ pub enum TopologyMode {
 
 /// CategorizeEndpoints' result.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Categorized<'a> {
+pub(super) struct Categorized<'a> {
     /// Ready endpoints allowed by topology, else the serving+terminating
     /// ones; None when the port never uses Cluster policy.
     pub cluster: Option<Vec<&'a Endpoint>>,
@@ -63,7 +63,7 @@ pub struct Categorized<'a> {
 /// Splits one service port's endpoints. `zone` is the node's
 /// topology.kubernetes.io/zone label; "" (or no label) never matches a hint,
 /// nor does an empty node name.
-pub fn categorize_endpoints<'a>(
+pub(super) fn categorize_endpoints<'a>(
     endpoints: &'a [Endpoint],
     policy: PortPolicy,
     node_name: &str,
@@ -171,7 +171,7 @@ pub fn categorize_endpoints<'a>(
 /// - else every ready endpoint has zone hints and one is hinted for this
 ///   node's zone → PreferSameZone;
 /// - else no filtering.
-pub fn topology_mode_from_hints(
+pub(super) fn topology_mode_from_hints(
     endpoints: &[Endpoint],
     node_name: &str,
     zone: &str,
@@ -207,7 +207,7 @@ pub fn topology_mode_from_hints(
 
 /// Whether an endpoint may be used on this node under `mode` (no fallback
 /// here: the fallback happened when the mode was chosen).
-pub fn available_for_topology(
+pub(super) fn available_for_topology(
     e: &Endpoint,
     mode: TopologyMode,
     node_name: &str,
@@ -289,13 +289,13 @@ mod tests {
         }
         fn zones(self, z: &[&str]) -> Self {
             Endpoint {
-                zone_hints: z.iter().map(|s| s.to_string()).collect(),
+                zone_hints: z.iter().map(std::string::ToString::to_string).collect(),
                 ..self
             }
         }
         fn nodes(self, n: &[&str]) -> Self {
             Endpoint {
-                node_hints: n.iter().map(|s| s.to_string()).collect(),
+                node_hints: n.iter().map(std::string::ToString::to_string).collect(),
                 ..self
             }
         }
@@ -775,8 +775,13 @@ mod tests {
         for c in cases {
             let policy = PortPolicy::new(c.itp_local, c.etp_local, c.externally_accessible);
             let got = categorize_endpoints(&c.endpoints, policy, c.node, c.zone);
-            let want =
-                |v: Option<&[&str]>| v.map(|v| v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+            let want = |v: Option<&[&str]>| {
+                v.map(|v| {
+                    v.iter()
+                        .map(std::string::ToString::to_string)
+                        .collect::<Vec<_>>()
+                })
+            };
             assert_eq!(
                 got.cluster.as_deref().map(names),
                 want(c.cluster),

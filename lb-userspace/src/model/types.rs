@@ -9,6 +9,7 @@ use std::sync::Arc;
 pub use lb_common::FrontendKind;
 
 use super::ip::Cidr;
+pub use super::ip::IpFamily;
 
 /// L4 protocol of a service port. SCTP is not supported by this datapath and
 /// is reported as invalid input.
@@ -41,21 +42,6 @@ impl fmt::Display for Protocol {
             Protocol::Tcp => "TCP",
             Protocol::Udp => "UDP",
         })
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum IpFamily {
-    V4,
-    V6,
-}
-
-impl IpFamily {
-    pub fn of(ip: &IpAddr) -> Self {
-        match ip {
-            IpAddr::V4(_) => IpFamily::V4,
-            IpAddr::V6(_) => IpFamily::V6,
-        }
     }
 }
 

@@ -205,7 +205,7 @@ pub async fn check_node(client: Client, node_name: String) {
             "no Node object of this name: zone, addresses and eligibility come from defaults (check --node-name / NODE_NAME)"
         ),
         Err(e) => {
-            tracing::warn!(node = %node_name, error = %e, "cannot read this node's Node object yet")
+            tracing::warn!(node = %node_name, error = %e, "cannot read this node's Node object yet");
         }
     }
 }

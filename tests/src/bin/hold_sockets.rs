@@ -8,6 +8,10 @@
 //! theirs at once.
 //!
 //! Usage: hold_sockets TCP_FRONTEND UDP_FRONTEND COUNT
+#![expect(
+    unused_crate_dependencies,
+    reason = "a bin of the tests package links all of its dependencies; this one needs std and anyhow only"
+)]
 
 use std::io::{BufRead as _, Write as _};
 use std::net::{SocketAddr, TcpStream, UdpSocket};

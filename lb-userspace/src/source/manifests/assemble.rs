@@ -17,7 +17,7 @@ pub(super) fn assemble<'e>(
     files: impl IntoIterator<Item = &'e [Entry]> + Clone,
     node_name: &str,
 ) -> Snapshot {
-    let objects = files.clone().into_iter().map(|entries| entries.len()).sum();
+    let objects = files.clone().into_iter().map(<[Entry]>::len).sum();
     // Where each identity was first defined; borrowed from the entries.
     let mut seen: FoldHashMap<(ObjectKind, &str, &str), &str> =
         FoldHashMap::with_capacity_and_hasher(objects, Default::default());

@@ -91,7 +91,7 @@ pub(super) struct FileId {
 }
 
 impl FileId {
-    pub fn of(m: &Metadata) -> Self {
+    pub(super) fn of(m: &Metadata) -> Self {
         FileId {
             len: m.len(),
             mtime: (m.mtime(), m.mtime_nsec()),
@@ -107,7 +107,7 @@ impl FileId {
     /// identity must not be trusted to mean "unchanged" (git's "racily
     /// clean" entries). A timestamp in the future (clock skew) counts as
     /// recent.
-    pub fn is_recent(&self, now: SystemTime, margin: Duration) -> bool {
+    pub(super) fn is_recent(&self, now: SystemTime, margin: Duration) -> bool {
         let changed = self.mtime.max(self.ctime);
         let Some(settled) = now
             .duration_since(SystemTime::UNIX_EPOCH)

@@ -43,7 +43,7 @@ pub(super) struct Origin<'a> {
 }
 
 impl<'a> Origin<'a> {
-    pub fn file(file: &'a Path) -> Self {
+    pub(super) fn file(file: &'a Path) -> Self {
         Origin {
             file,
             document: None,
@@ -51,7 +51,7 @@ impl<'a> Origin<'a> {
         }
     }
 
-    pub fn document(file: &'a Path, index: usize, line: usize) -> Self {
+    pub(super) fn document(file: &'a Path, index: usize, line: usize) -> Self {
         Origin {
             file,
             document: Some((index, line)),
@@ -134,7 +134,7 @@ pub(super) enum Object {
 impl Object {
     /// What duplicates are detected by: kind, namespace (empty for Nodes)
     /// and name.
-    pub fn key(&self) -> (ObjectKind, &str, &str) {
+    pub(super) fn key(&self) -> (ObjectKind, &str, &str) {
         let (kind, namespace, name) = match self {
             Object::Service(s) => (
                 ObjectKind::Service,
@@ -151,7 +151,7 @@ impl Object {
 
     /// Equal objects of one kind (deep comparison).
     /// The same `Arc` is equal at the cost of a pointer comparison.
-    pub fn same_content(&self, other: &Object) -> bool {
+    pub(super) fn same_content(&self, other: &Object) -> bool {
         match (self, other) {
             (Object::Service(a), Object::Service(b)) => Arc::ptr_eq(a, b) || a == b,
             (Object::EndpointSlice(a), Object::EndpointSlice(b)) => Arc::ptr_eq(a, b) || a == b,
@@ -191,7 +191,7 @@ impl Collector {
     /// changed, decoding the others took 30 ms, the hash of their text
     /// 0.3 ms. Their `Arc`s stay the same, which `model::Incremental`
     /// relies on too.
-    pub fn reusing(previous: &[Entry]) -> Self {
+    pub(super) fn reusing(previous: &[Entry]) -> Self {
         let reusable = previous
             .iter()
             .filter_map(|entry| match entry {
@@ -209,7 +209,7 @@ impl Collector {
         }
     }
 
-    pub fn finish(self) -> Vec<Entry> {
+    pub(super) fn finish(self) -> Vec<Entry> {
         self.entries
     }
 
@@ -231,7 +231,7 @@ impl Collector {
 
     /// Records input that yielded no object at all (an unreadable file, an
     /// unparseable document).
-    pub fn unreadable(&mut self, origin: &Origin<'_>, cause: impl fmt::Display) {
+    pub(super) fn unreadable(&mut self, origin: &Origin<'_>, cause: impl fmt::Display) {
         self.report(InvalidObject {
             kind: ObjectKind::Manifest,
             namespace: String::new(),
@@ -241,7 +241,7 @@ impl Collector {
     }
 
     /// Reads one parsed document.
-    pub fn add(&mut self, value: Value, origin: &Origin<'_>) {
+    pub(super) fn add(&mut self, value: Value, origin: &Origin<'_>) {
         let Value::Object(map) = value else {
             self.unreadable(
                 origin,
@@ -328,7 +328,7 @@ impl Collector {
     /// the tree. Anything else (an unknown kind, a value of the wrong type,
     /// no name, ...) takes the general path through [`Collector::add`],
     /// which reports it exactly as for YAML.
-    pub fn add_json(&mut self, raw: &RawValue, origin: &Origin<'_>) {
+    pub(super) fn add_json(&mut self, raw: &RawValue, origin: &Origin<'_>) {
         self.add_json_item(raw, None, origin);
     }
 

@@ -36,7 +36,7 @@ pub(super) enum Mode {
     /// notify, falling back to polling if it cannot be set up.
     Notify,
     /// Polling only (tests of the fallback).
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg_attr(not(test), expect(dead_code, reason = "only the tests choose polling"))]
     Poll,
 }
 
