@@ -1128,6 +1128,7 @@ fn agent_drift_check_sees_exactly_what_changed_behind_the_mirror() -> Result<()>
         name: NODE.into(),
         ips: vec![NODE_V4.into(), NODE_V6.into()],
         host_ips: Vec::new(),
+        external_ip_cidrs: Vec::new(),
     };
     let mut log = InvalidLog::default();
     let pass = reconcile_once(dp, &node, &snapshot, &mut log);
@@ -1340,5 +1341,91 @@ fn agent_answers_health_checks_under_idle_connection_floods_with_1024_descriptor
     assert_eq!(env.request()?.server, "b1", "the Service change applies");
     assert!(env.ferry().is_running(), "{}", env.ferry().log_tail(30));
     drop((held_healthz, held_hc));
+    Ok(())
+}
+
+/// Issue 13's externalIP policy (CVE-2020-8554): with `--external-ip-cidr`,
+/// a Service's externalIP inside the block is served and the one outside
+/// it gets no frontend, for clients on the node and outside it; the
+/// Service is named in a warning log line and in an `ExternalIPNotAllowed`
+/// Event.
+#[test]
+fn agent_serves_only_external_ips_inside_the_allowed_cidrs() -> Result<()> {
+    require_root();
+    let _serial = serial();
+    const INSIDE: &str = "10.97.0.30";
+    const OUTSIDE: &str = "10.99.0.31";
+    let mut env = AgentEnv::new(1)?;
+    env.api.apply(web("10.96.0.10"))?;
+    env.api.apply(env.web_slice(&["b0"]))?;
+    env.api.apply(
+        Service::new("default", "ext")
+            .cluster_ip("10.96.0.30")
+            .port(ServicePort::tcp(80).name("http").target(8080))
+            .external_ips(&[INSIDE, OUTSIDE])
+            .to_value(),
+    )?;
+    let b0 = env.backend_ip("b0");
+    env.api.apply(
+        EndpointSlice::new("default", "ext-1", "ext", AddressType::IPv4)
+            .port("http", 8080, "TCP")
+            .endpoint(Endpoint::new(&b0).node(NODE))
+            .to_value(),
+    )?;
+    env.start_with("1h", |o| o.arg("--external-ip-cidr").arg("10.97.0.0/16"))?;
+    let inside: SocketAddr = format!("{INSIDE}:80").parse()?;
+    let outside: SocketAddr = format!("{OUTSIDE}:80").parse()?;
+    let services = env.ferry().wait_for_frontend(inside)?;
+    assert!(
+        json_mentions_frontend(&services, "10.96.0.30:80".parse()?),
+        "{services}"
+    );
+    assert!(!json_mentions_frontend(&services, outside), "{services}");
+    let north_south = env.ferry().north_south_json()?;
+    assert!(json_mentions_frontend(&north_south, inside), "{north_south}");
+    assert!(
+        !json_mentions_frontend(&north_south, outside),
+        "{north_south}"
+    );
+
+    assert_eq!(env.topo.node().run(|| tcp_request(inside))?.server, "b0");
+    // Untranslated: the connect goes to the address itself, which nothing
+    // in the test's namespaces routes.
+    let untouched = env.topo.node().run(|| tcp_request(outside));
+    assert!(untouched.is_err(), "{OUTSIDE} was answered: {untouched:?}");
+
+    env.api
+        .wait_until("an event about default/ext", WAIT, |a| {
+            a.events()
+                .iter()
+                .any(|e| e["involvedObject"]["name"] == "ext")
+        })?;
+    let events = env.api.events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["reason"], "ExternalIPNotAllowed");
+    assert_eq!(events[0]["type"], "Warning");
+    assert_eq!(events[0]["involvedObject"]["kind"], "Service");
+    let message = events[0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(OUTSIDE) && !message.contains(INSIDE),
+        "{message}"
+    );
+    let log = env.ferry().log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("externalIP not allowed"))
+        .with_context(|| format!("no warning in the log: {}", env.ferry().log_tail(30)))?;
+    assert!(
+        line.contains("WARN") && line.contains("default/ext") && line.contains(OUTSIDE),
+        "{line}"
+    );
+    // The policy is not bad input: nothing counted as invalid.
+    let text = env.metrics_text()?;
+    assert!(
+        text.lines()
+            .filter(|l| l.starts_with("ferry_invalid_objects{"))
+            .all(|l| l.ends_with(" 0")),
+        "{text}"
+    );
     Ok(())
 }
