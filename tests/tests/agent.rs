@@ -1429,3 +1429,120 @@ fn agent_serves_only_external_ips_inside_the_allowed_cidrs() -> Result<()> {
     );
     Ok(())
 }
+
+/// Descriptors open in a process.
+fn open_fds(pid: u32) -> Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
+/// Issue 13's forced EMFILE: the running agent's soft file limit lowered
+/// (prlimit) to a few descriptors above what it holds, far below its
+/// connection cap, so that held connections exhaust its descriptors and
+/// accept() fails with EMFILE while more wait in the backlog. While
+/// exhausted its CPU time stays under 10% of wall time (a loop that
+/// retries at once burns a core); once the clients close, /healthz
+/// answers again.
+#[test]
+fn agent_backs_off_when_accept_fails_with_emfile_and_recovers() -> Result<()> {
+    require_root();
+    let _serial = serial();
+    const HELD: usize = 1000;
+    const HEADROOM: usize = 16;
+    let mut env = AgentEnv::new(1)?;
+    env.api.apply(web("10.96.0.10"))?;
+    env.api.apply(env.web_slice(&["b0"]))?;
+    env.start("1h")?;
+    env.wait_backends(&["b0"])?;
+    assert_eq!(http_get(env.healthz, "/healthz")?.0, 200);
+    let pid = env.ferry().pid().context("the agent runs")?;
+    let base = open_fds(pid)?;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit with no new limit only writes `lim`, which we own.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            std::ptr::null(),
+            &mut lim,
+        )
+    };
+    ensure!(rc == 0, "prlimit: {}", std::io::Error::last_os_error());
+    // The cap the agent took from its file limit at start.
+    let cap = lb_userspace::http::Limits::for_file_limit(lim.rlim_cur as usize).max_connections;
+    let limit = (base + HEADROOM) as u64;
+    ensure!(
+        (HEADROOM as u64) < cap as u64 && limit < lim.rlim_cur,
+        "the cap ({cap}) would be reached before the file limit ({limit})"
+    );
+    // Only the soft limit, lowered: no capability needed.
+    lim.rlim_cur = limit;
+    // SAFETY: prlimit reads `lim`, which we own.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &lim,
+            std::ptr::null_mut(),
+        )
+    };
+    ensure!(rc == 0, "prlimit: {}", std::io::Error::last_os_error());
+
+    let (held, failed) = hold_idle(env.healthz, HELD);
+    ensure!(
+        held.len() > HEADROOM * 4,
+        "only {} connections held ({failed} failed)",
+        held.len()
+    );
+    let deadline = Instant::now() + WAIT;
+    while !env.ferry().log().contains("Too many open files") {
+        ensure!(
+            Instant::now() < deadline,
+            "accept never failed with EMFILE: {}",
+            env.ferry().log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (cpu0, fds0, t0) = (cpu_seconds(pid)?, open_fds(pid)?, Instant::now());
+    std::thread::sleep(Duration::from_secs(3));
+    let (cpu1, fds1, window) = (cpu_seconds(pid)?, open_fds(pid)?, t0.elapsed());
+    let cpu = (cpu1 - cpu0) / window.as_secs_f64() * 100.0;
+    eprintln!(
+        "FIGURES forced EMFILE: limit {limit} (agent held {base} before, connection cap {cap}), \
+         {} connections held ({failed} failed); descriptors open {fds0} → {fds1}; \
+         agent CPU {cpu:.2}% over {:.1} s exhausted",
+        held.len(),
+        window.as_secs_f64()
+    );
+    // Exhausted through the whole window (one descriptor may be free for
+    // the moment between an eviction and the next accept).
+    assert!(
+        fds0 + 2 >= limit as usize && fds1 + 2 >= limit as usize,
+        "not exhausted: {fds0}, {fds1} of {limit}"
+    );
+    assert!(cpu < 10.0, "agent CPU {cpu:.1}% while out of descriptors");
+
+    drop(held);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if http_get(env.healthz, "/healthz").is_ok_and(|(code, _, _)| code == 200) {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "/healthz never answered again: {}",
+            env.ferry().log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        env.ferry().log().contains("accepting connections again"),
+        "{}",
+        env.ferry().log_tail(20)
+    );
+    assert!(env.ferry().is_running(), "{}", env.ferry().log_tail(30));
+    Ok(())
+}
+
