@@ -101,8 +101,9 @@ pub fn parse_maglev_size(text: &str) -> Result<u32, String> {
 
 /// An IPv4 or IPv6 block ADDRESS/PREFIX; host bits are cleared.
 pub fn parse_cidr(text: &str) -> Result<crate::model::ip::Cidr, String> {
-    crate::model::ip::parse_cidr_lenient(text)
-        .ok_or_else(|| format!("{text:?} is not a CIDR block such as 203.0.113.0/24 or 2001:db8::/64"))
+    crate::model::ip::parse_cidr_lenient(text).ok_or_else(|| {
+        format!("{text:?} is not a CIDR block such as 203.0.113.0/24 or 2001:db8::/64")
+    })
 }
 
 /// MIN-MAX, both from 1024 to 65535, MIN <= MAX.
@@ -140,7 +141,8 @@ pub enum Command {
         #[arg(long)]
         host_netns: Option<PathBuf>,
         #[command(flatten)]
-        north_south: NorthSouthArgs,        /// Serve only externalIPs inside these blocks (repeatable, e.g.
+        north_south: NorthSouthArgs,
+        /// Serve only externalIPs inside these blocks (repeatable, e.g.
         /// 203.0.113.0/24): an externalIP outside all of them gets no
         /// frontend, and its Service is named in a warning.
         /// Default: every externalIP is served, as kube-proxy does, which

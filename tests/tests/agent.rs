@@ -1382,7 +1382,10 @@ fn agent_serves_only_external_ips_inside_the_allowed_cidrs() -> Result<()> {
     );
     assert!(!json_mentions_frontend(&services, outside), "{services}");
     let north_south = env.ferry().north_south_json()?;
-    assert!(json_mentions_frontend(&north_south, inside), "{north_south}");
+    assert!(
+        json_mentions_frontend(&north_south, inside),
+        "{north_south}"
+    );
     assert!(
         !json_mentions_frontend(&north_south, outside),
         "{north_south}"
@@ -1545,7 +1548,6 @@ fn agent_backs_off_when_accept_fails_with_emfile_and_recovers() -> Result<()> {
     assert!(env.ferry().is_running(), "{}", env.ferry().log_tail(30));
     Ok(())
 }
-
 
 /// Waits until the agent's last pass is newer than `after` (the
 /// `ferry_last_sync_timestamp_seconds` gauge); returns it.

@@ -14,7 +14,9 @@ fn the_image_builds_from_scratch_and_ferry_runs_from_its_root_filesystem() -> Re
     require_root();
     let _serial = serial();
     if Command::new("buildah").arg("--version").output().is_err() {
-        eprintln!("SKIPPED: buildah is not installed (apt-get install buildah; .ci/install-deps does)");
+        eprintln!(
+            "SKIPPED: buildah is not installed (apt-get install buildah; .ci/install-deps does)"
+        );
         return Ok(());
     }
     let root = tests::ferry::workspace_root();
@@ -31,7 +33,10 @@ fn the_image_builds_from_scratch_and_ferry_runs_from_its_root_filesystem() -> Re
         .context("running scripts/build-image.sh")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    ensure!(out.status.success(), "build-image.sh failed: {stdout}{stderr}");
+    ensure!(
+        out.status.success(),
+        "build-image.sh failed: {stdout}{stderr}"
+    );
     eprintln!("FIGURES {}", stdout.trim());
     assert!(
         stdout.contains(&format!("ferry --version: {version}")),
@@ -48,7 +53,9 @@ fn the_image_builds_from_scratch_and_ferry_runs_from_its_root_filesystem() -> Re
     let images = Command::new("buildah").args(["images", "-n"]).output()?;
     let images = String::from_utf8_lossy(&images.stdout);
     assert!(!images.contains("ferry-image-test"), "{images}");
-    let containers = Command::new("buildah").args(["containers", "-n"]).output()?;
+    let containers = Command::new("buildah")
+        .args(["containers", "-n"])
+        .output()?;
     let containers = String::from_utf8_lossy(&containers.stdout);
     assert!(!containers.contains(&tag), "{containers}");
     Ok(())

@@ -28,8 +28,8 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Service;
 
 use super::compute::unique_services;
-use super::ip::Cidr;
 use super::endpoints::{ReadSlice, ServiceEndpoints, duplicate_slice, merge_slices, read_slice};
+use super::ip::Cidr;
 use super::memo::{ByObject, Changes, Derived};
 use super::merge::Merger;
 use super::patch::{patch, same_claims};
