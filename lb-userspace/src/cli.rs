@@ -99,6 +99,13 @@ pub fn parse_maglev_size(text: &str) -> Result<u32, String> {
     Ok(n)
 }
 
+/// An IPv4 or IPv6 block ADDRESS/PREFIX; host bits are cleared.
+pub fn parse_cidr(text: &str) -> Result<crate::model::ip::Cidr, String> {
+    crate::model::ip::parse_cidr_lenient(text).ok_or_else(|| {
+        format!("{text:?} is not a CIDR block such as 203.0.113.0/24 or 2001:db8::/64")
+    })
+}
+
 /// MIN-MAX, both from 1024 to 65535, MIN <= MAX.
 pub fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
     let bad = || format!("{text:?} is not a port range MIN-MAX (1024-65535)");
@@ -135,6 +142,14 @@ pub enum Command {
         host_netns: Option<PathBuf>,
         #[command(flatten)]
         north_south: NorthSouthArgs,
+        /// Serve only externalIPs inside these blocks (repeatable, e.g.
+        /// 203.0.113.0/24): an externalIP outside all of them gets no
+        /// frontend, and its Service is named in a warning.
+        /// Default: every externalIP is served, as kube-proxy does, which
+        /// lets anyone who may create Services capture traffic to any
+        /// address (CVE-2020-8554).
+        #[arg(long = "external-ip-cidr", value_parser = parse_cidr)]
+        external_ip_cidrs: Vec<crate::model::ip::Cidr>,
     },
     /// Serve the cluster's Services as the Kubernetes API server describes
     /// them, in place of kube-proxy (one per node; see deploy/).
@@ -160,6 +175,14 @@ pub enum Command {
         host_netns: Option<PathBuf>,
         #[command(flatten)]
         north_south: NorthSouthArgs,
+        /// Serve only externalIPs inside these blocks (repeatable, e.g.
+        /// 203.0.113.0/24): an externalIP outside all of them gets no
+        /// frontend, and its Service is named in a warning and a Kubernetes Event on it.
+        /// Default: every externalIP is served, as kube-proxy does, which
+        /// lets anyone who may create Services capture traffic to any
+        /// address (CVE-2020-8554).
+        #[arg(long = "external-ip-cidr", value_parser = parse_cidr)]
+        external_ip_cidrs: Vec<crate::model::ip::Cidr>,
         /// Where /healthz and /livez answer.
         #[arg(long, default_value = crate::agent::DEFAULT_HEALTHZ_BIND_ADDRESS)]
         healthz_bind_address: SocketAddr,
@@ -316,5 +339,30 @@ mod tests {
         ));
         assert!(Cli::try_parse_from(["ferry", "agent", "--sync-period", "soon"]).is_err());
         assert!(Cli::try_parse_from(["ferry", "status", "-o", "json"]).is_ok());
+        let cli = Cli::try_parse_from([
+            "ferry",
+            "agent",
+            "--external-ip-cidr",
+            "203.0.113.7/24",
+            "--external-ip-cidr",
+            "2001:db8::/64",
+        ])
+        .unwrap();
+        let Command::Agent {
+            external_ip_cidrs, ..
+        } = cli.command
+        else {
+            panic!("not agent");
+        };
+        let blocks: Vec<String> = external_ip_cidrs.iter().map(ToString::to_string).collect();
+        assert_eq!(blocks, ["203.0.113.0/24", "2001:db8::/64"]);
+        assert!(
+            Cli::try_parse_from(["ferry", "agent", "--external-ip-cidr", "203.0.113.7"]).is_err()
+        );
+        let cli = Cli::try_parse_from(["ferry", "standalone", "--manifests", "m"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Standalone { external_ip_cidrs, .. } if external_ip_cidrs.is_empty()
+        ));
     }
 }

@@ -63,6 +63,7 @@ fn start_datapath(
     node_ips: Vec<std::net::IpAddr>,
     host_netns: Option<&std::path::Path>,
     north_south: &NorthSouthArgs,
+    external_ip_cidrs: Vec<lb_userspace::model::ip::Cidr>,
 ) -> Result<(Datapath, NodeConfig)> {
     let cgroup = cgroup_of(datapath_args)?;
     let bpffs = BpffsDir::new(&datapath_args.bpffs_dir);
@@ -70,6 +71,7 @@ fn start_datapath(
         name: node_name.unwrap_or_else(netutil::hostname),
         ips: node_ips,
         host_ips: netutil::host_addresses().context("listing the host's addresses")?,
+        external_ip_cidrs,
     };
     let host_cookie =
         netutil::netns_cookie(host_netns).context("reading the node network namespace's cookie")?;
@@ -110,6 +112,7 @@ async fn agent(
     node_ips: Vec<std::net::IpAddr>,
     host_netns: Option<PathBuf>,
     north_south: NorthSouthArgs,
+    external_ip_cidrs: Vec<lb_userspace::model::ip::Cidr>,
     healthz_bind_address: std::net::SocketAddr,
     metrics_bind_address: std::net::SocketAddr,
     sync_period: std::time::Duration,
@@ -120,6 +123,7 @@ async fn agent(
         node_ips,
         host_netns.as_deref(),
         &north_south,
+        external_ip_cidrs,
     )?;
     let opts = lb_userspace::agent::AgentOptions {
         kubeconfig,
@@ -155,6 +159,7 @@ async fn standalone(
     node_ips: Vec<std::net::IpAddr>,
     host_netns: Option<PathBuf>,
     north_south: NorthSouthArgs,
+    external_ip_cidrs: Vec<lb_userspace::model::ip::Cidr>,
 ) -> Result<()> {
     let (dp, node) = start_datapath(
         &datapath_args,
@@ -162,6 +167,7 @@ async fn standalone(
         node_ips,
         host_netns.as_deref(),
         &north_south,
+        external_ip_cidrs,
     )?;
 
     let (tx, rx) = watch::channel(None::<Arc<source::Snapshot>>);
@@ -246,6 +252,7 @@ fn main() -> Result<()> {
             node_ips,
             host_netns,
             north_south,
+            external_ip_cidrs,
         } => runtime()?.block_on(standalone(
             manifests,
             datapath,
@@ -253,6 +260,7 @@ fn main() -> Result<()> {
             node_ips,
             host_netns,
             north_south,
+            external_ip_cidrs,
         )),
         Command::Agent {
             kubeconfig,
@@ -261,6 +269,7 @@ fn main() -> Result<()> {
             node_ips,
             host_netns,
             north_south,
+            external_ip_cidrs,
             healthz_bind_address,
             metrics_bind_address,
             sync_period,
@@ -271,6 +280,7 @@ fn main() -> Result<()> {
             node_ips,
             host_netns,
             north_south,
+            external_ip_cidrs,
             healthz_bind_address,
             metrics_bind_address,
             sync_period,

@@ -14,7 +14,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::{
     datapath::{Datapath, SyncReport},
-    model::{self, Computed, Incremental, InvalidObject, NodeInfo},
+    model::{self, Computed, Incremental, InvalidObject, NodeInfo, ReportCause, ip::Cidr},
     source::{Snapshot, SnapshotReceiver},
 };
 
@@ -34,6 +34,8 @@ pub struct NodeConfig {
     pub ips: Vec<IpAddr>,
     /// The host's own addresses, the last fallback.
     pub host_ips: Vec<IpAddr>,
+    /// --external-ip-cidr (empty: every externalIP is served).
+    pub external_ip_cidrs: Vec<Cidr>,
 }
 
 impl NodeConfig {
@@ -42,6 +44,7 @@ impl NodeConfig {
         if info.addresses.is_empty() {
             info.addresses = self.host_ips.clone();
         }
+        info.external_ip_cidrs.clone_from(&self.external_ip_cidrs);
         info
     }
 }
@@ -65,13 +68,22 @@ impl InvalidLog {
     pub fn report(&mut self, invalid: &[InvalidObject]) {
         let now: HashSet<InvalidObject> = invalid.iter().cloned().collect();
         for obj in now.difference(&self.seen) {
-            tracing::warn!(
-                kind = %obj.kind,
-                namespace = %obj.namespace,
-                name = %obj.name,
-                reason = %obj.reason,
-                "skipping invalid object: {obj}"
-            );
+            match obj.cause {
+                ReportCause::Invalid => tracing::warn!(
+                    kind = %obj.kind,
+                    namespace = %obj.namespace,
+                    name = %obj.name,
+                    reason = %obj.reason,
+                    "skipping invalid object: {obj}"
+                ),
+                ReportCause::ExternalIpNotAllowed => tracing::warn!(
+                    kind = %obj.kind,
+                    namespace = %obj.namespace,
+                    name = %obj.name,
+                    reason = %obj.reason,
+                    "externalIP not allowed: {obj}"
+                ),
+            }
         }
         self.seen = now;
     }

@@ -281,23 +281,38 @@ fn kube_daemonset_runs_the_agent_on_every_node_without_privileged() {
 }
 
 #[test]
-fn kube_containerfile_builds_in_one_stage_and_ships_a_small_image() {
+fn kube_containerfile_builds_from_scratch_without_a_registry() {
     let text = std::fs::read_to_string(deploy_dir().join("Containerfile")).expect("Containerfile");
     let froms: Vec<&str> = text
         .lines()
         .filter(|l| l.trim_start().starts_with("FROM "))
         .collect();
-    assert_eq!(
-        froms.len(),
-        2,
-        "a build stage and a runtime stage: {froms:?}"
-    );
-    assert!(froms[0].contains(" AS build"), "{froms:?}");
-    assert!(froms[1].contains("debian:bookworm-slim"), "{froms:?}");
+    // No base image to pull (tests/tests/image.rs builds it here).
+    assert_eq!(froms, ["FROM scratch"]);
     assert!(
-        text.contains(".ci/install-deps"),
-        "same toolchain steps as CI"
+        text.contains("COPY rootfs/ /"),
+        "the staged root filesystem"
     );
-    assert!(text.contains("cargo build --release"));
-    assert!(text.contains("COPY --from=build"));
+    assert!(text.contains(r#"ENTRYPOINT ["/usr/local/bin/ferry"]"#));
+    assert!(!text.contains("RUN "), "nothing to run in an empty image");
+}
+
+#[test]
+fn kube_daemonsets_commented_external_ip_policy_parses() {
+    let text = std::fs::read_to_string(deploy_dir().join("daemonset.yaml")).expect("daemonset");
+    let example: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("# - --external-ip-cidr="))
+        .map(|cidr| format!("--external-ip-cidr={cidr}"))
+        .collect();
+    assert_eq!(example.len(), 1, "one commented example");
+    let argv = ["ferry", "agent"]
+        .map(String::from)
+        .into_iter()
+        .chain(example);
+    let cli = <crate::cli::Cli as clap::Parser>::try_parse_from(argv).expect("valid flags");
+    assert!(matches!(
+        cli.command,
+        crate::cli::Command::Agent { external_ip_cidrs, .. } if external_ip_cidrs.len() == 1
+    ));
 }

@@ -1,6 +1,7 @@
 //! Invalid objects reported as Kubernetes Events (core/v1, type Warning,
-//! reason [`REASON`]) on the object itself, so that `kubectl describe`
-//! shows why Ferry skips it.
+//! reason [`REASON`], or `ExternalIPNotAllowed` for an externalIP outside
+//! `--external-ip-cidr`: see [`ReportCause`]) on the object itself, so that
+//! `kubectl describe` shows why Ferry skips it.
 //!
 //! One Event per object and reason when it becomes invalid, not one per
 //! sync: an object that stays invalid is reported once; one that is fixed
@@ -26,11 +27,11 @@ use kube::{
 use tokio::{sync::mpsc, task::JoinSet};
 
 use crate::{
-    model::{InvalidObject, ObjectKind},
+    model::{InvalidObject, ObjectKind, ReportCause},
     source::Snapshot,
 };
 
-pub const REASON: &str = "FerryInvalidObject";
+pub const REASON: &str = ReportCause::Invalid.event_reason();
 pub const COMPONENT: &str = "ferry";
 /// Reports waiting to be posted, at most; more are dropped (and logged).
 const QUEUE: usize = 1024;
@@ -119,7 +120,7 @@ pub fn event(invalid: &InvalidObject, object: ObjectReference, node: &str) -> Ev
             ..Default::default()
         },
         involved_object: object,
-        reason: Some(REASON.to_string()),
+        reason: Some(invalid.cause.event_reason().to_string()),
         message: Some(message),
         type_: Some("Warning".to_string()),
         source: Some(EventSource {
@@ -255,6 +256,7 @@ mod tests {
 
     fn invalid(kind: ObjectKind, ns: &str, name: &str) -> InvalidObject {
         InvalidObject {
+            cause: ReportCause::Invalid,
             kind,
             namespace: ns.into(),
             name: name.into(),

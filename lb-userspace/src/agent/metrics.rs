@@ -27,7 +27,7 @@ use prometheus_client::{
 use crate::{
     datapath::{Installed, Maps, convert::name_from_map},
     http::{Request, Response},
-    model::ObjectKind,
+    model::{ObjectKind, ReportCause},
     reconcile::PassContext,
     source::kube::Watched,
 };
@@ -299,7 +299,8 @@ impl Metrics {
                 .computed
                 .invalid
                 .iter()
-                .filter(|i| i.kind == kind)
+                // A refused externalIP is this node's policy, not bad input.
+                .filter(|i| i.kind == kind && i.cause == ReportCause::Invalid)
                 .count();
             self.invalid
                 .get_or_create(&KindLabels {

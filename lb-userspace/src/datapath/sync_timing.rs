@@ -111,6 +111,7 @@ fn sync_timing() {
         name: "bench-node".into(),
         addresses: vec!["10.244.0.1".parse().unwrap()],
         zone: None,
+        external_ip_cidrs: Vec::new(),
     };
     let base = ClusterState {
         services: (0..SERVICES).map(service).collect(),

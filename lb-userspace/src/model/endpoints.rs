@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use super::meta::{namespace_or_default, valid_port};
 use super::slice_info::EndpointSliceInfo;
-use super::types::{InvalidObject, IpFamily, ObjectKind, Protocol, ServiceRef};
+use super::types::{InvalidObject, IpFamily, ObjectKind, Protocol, ReportCause, ServiceRef};
 
 /// One endpoint of one service port, as kube-proxy's `BaseEndpointInfo`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,6 +123,7 @@ impl EndpointsIndex {
 /// The report for a slice defined more than once (only files can do that).
 pub(super) fn duplicate_slice(slice: &EndpointSliceInfo) -> InvalidObject {
     InvalidObject {
+        cause: ReportCause::Invalid,
         kind: ObjectKind::EndpointSlice,
         namespace: namespace_or_default(slice.namespace.as_deref()),
         name: slice.name.clone().unwrap_or_default(),
@@ -206,6 +207,7 @@ pub(super) fn read_slice(
     let name = slice.name.clone().unwrap_or_default();
     let mut report = |reason: String| {
         invalid.push(InvalidObject {
+            cause: ReportCause::Invalid,
             kind: ObjectKind::EndpointSlice,
             namespace: namespace.clone(),
             name: name.clone(),

@@ -15,7 +15,9 @@
 //!   and no slice changes place: only the plans of the Services touched are
 //!   made again, in place. Anything else (an object added or removed, the
 //!   node's name or zone changed: plans depend on them) sorts every Service
-//!   and slice again, still reusing the plans whose objects did not change.
+//!   and slice again, still reusing the plans whose objects did not change
+//!   (all plans are made again when the zone or the externalIP policy
+//!   changed).
 //! - Those plans claiming what they claimed before, on the same node
 //!   addresses: the last desired state is patched (`patch`). Else every
 //!   plan is merged again, exactly as `compute` does.
@@ -27,6 +29,7 @@ use k8s_openapi::api::core::v1::Service;
 
 use super::compute::unique_services;
 use super::endpoints::{ReadSlice, ServiceEndpoints, duplicate_slice, merge_slices, read_slice};
+use super::ip::Cidr;
 use super::memo::{ByObject, Changes, Derived};
 use super::merge::Merger;
 use super::patch::{patch, same_claims};
@@ -45,6 +48,8 @@ pub struct Incremental {
     /// The node name and zone the memo holds results for.
     node_name: String,
     zone: Option<String>,
+    /// The externalIP policy the plans were made with.
+    external_ip_cidrs: Vec<Cidr>,
     services: ByObject<ServiceRead>,
     slices: ByObject<SliceRead>,
     /// By Service namespace/name, one per Service served.
@@ -145,10 +150,12 @@ impl Incremental {
             self.merged = None;
             self.node_name.clone_from(&node.name);
         }
-        if self.zone != node.zone {
+        if self.zone != node.zone || self.external_ip_cidrs != node.external_ip_cidrs {
+            // Plans depend on both (topology hints, externalIPs served).
             self.plans.clear();
             self.merged = None;
             self.zone.clone_from(&node.zone);
+            self.external_ip_cidrs.clone_from(&node.external_ip_cidrs);
         }
 
         let service_changes = self.services.update(&state.services, read_service_object);

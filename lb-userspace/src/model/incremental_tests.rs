@@ -137,6 +137,10 @@ fn random_node(rng: &mut Rng) -> NodeInfo {
     if rng.chance(30) {
         n.addresses.push("fd00::2".parse().unwrap());
     }
+    if rng.chance(30) {
+        // Admits one of EXTERNAL_IPS and refuses the others.
+        n.external_ip_cidrs = vec![super::ip::parse_cidr_lenient("192.0.2.0/31").unwrap()];
+    }
     n
 }
 

@@ -59,6 +59,12 @@ impl Cidr {
     }
 }
 
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix_len)
+    }
+}
+
 /// Parses a CIDR leniently: whitespace around it is trimmed (users paste
 /// `loadBalancerSourceRanges` with stray spaces and kube-proxy accepts them),
 /// IPv4 octets and the prefix length may carry leading zeros

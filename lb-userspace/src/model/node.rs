@@ -47,6 +47,7 @@ pub fn node_info(node: Option<&Node>, name: &str, override_ips: &[IpAddr]) -> No
         name: name.to_owned(),
         addresses,
         zone,
+        external_ip_cidrs: Vec::new(),
     }
 }
 

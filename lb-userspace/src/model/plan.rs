@@ -1,7 +1,7 @@
 //! One Service on its own: the backend sets of its ports and the frontends
 //! it asks for, before other Services' claims are settled (`merge`). What
 //! is planned here depends only on the Service, its endpoints and this
-//! node's name and zone, so an unchanged Service keeps its plan (and the
+//! node's name, zone and externalIP policy, so an unchanged Service keeps its plan (and the
 //! very same `Arc`s of keys and sets) from pass to pass.
 //!
 //! Two datapaths serve the frontends, and kube-proxy treats their clients
@@ -32,7 +32,7 @@ use super::service::{ServiceInfo, ServicePortInfo};
 use super::topology::{PortPolicy, categorize_endpoints};
 use super::types::{
     Backend, BackendSet, BackendSetKey, EmptyOutcome, FrontendAddr, FrontendKind, InvalidObject,
-    IpFamily, NodeInfo, ObjectKind, Protocol, Selection, ServiceRef,
+    IpFamily, NodeInfo, ObjectKind, Protocol, ReportCause, Selection, ServiceRef,
 };
 
 /// What one Service asks for.
@@ -98,6 +98,7 @@ pub(super) struct HealthCheckPlan {
 
 pub(super) fn service_invalid(service: &ServiceRef, reason: String) -> InvalidObject {
     InvalidObject {
+        cause: ReportCause::Invalid,
         kind: ObjectKind::Service,
         namespace: service.namespace.clone(),
         name: service.name.clone(),
@@ -112,11 +113,24 @@ pub(super) fn plan_service<'e>(
     node: &NodeInfo,
 ) -> ServicePlan {
     let mut invalid = Vec::new();
+    let (served_external_ips, refused) =
+        allowed_external_ips(&svc.external_ips, &node.external_ip_cidrs);
+    if !refused.is_empty() {
+        invalid.push(external_ips_not_allowed(
+            &svc.service,
+            &refused,
+            &node.external_ip_cidrs,
+        ));
+    }
     let families = svc
         .cluster_ips
         .iter()
         .map(|(&family, &cluster_ip)| {
-            let external_ips = svc.external_ips_of(family);
+            let external_ips: Vec<IpAddr> = served_external_ips
+                .iter()
+                .copied()
+                .filter(|ip| IpFamily::of(ip) == family)
+                .collect();
             let load_balancer_ips = svc.load_balancer_ips_of(family);
             let source_ranges: Arc<[Cidr]> = svc.load_balancer_source_ranges_of(family).into();
             let family_endpoints = endpoints(family);
@@ -159,6 +173,38 @@ pub(super) fn plan_service<'e>(
         families,
         health_check,
         invalid,
+    }
+}
+
+/// Splits a Service's externalIPs into those this node serves and those it
+/// refuses: with `--external-ip-cidr` blocks given (`cidrs` not empty), an
+/// externalIP outside every block is refused, so that a user who may create
+/// Services cannot capture traffic to an arbitrary address
+/// (CVE-2020-8554). Without blocks, every externalIP is served, as
+/// kube-proxy does. Both lists keep spec order.
+pub(super) fn allowed_external_ips(ips: &[IpAddr], cidrs: &[Cidr]) -> (Vec<IpAddr>, Vec<IpAddr>) {
+    ips.iter()
+        .copied()
+        .partition(|ip| cidrs.is_empty() || cidrs.iter().any(|cidr| cidr.contains(ip)))
+}
+
+/// The report naming a Service whose externalIPs `refused` get no frontend.
+fn external_ips_not_allowed(
+    service: &ServiceRef,
+    refused: &[IpAddr],
+    cidrs: &[Cidr],
+) -> InvalidObject {
+    let list = |items: Vec<String>| items.join(", ");
+    InvalidObject {
+        cause: ReportCause::ExternalIpNotAllowed,
+        kind: ObjectKind::Service,
+        namespace: service.namespace.clone(),
+        name: service.name.clone(),
+        reason: format!(
+            "externalIPs {} are outside every --external-ip-cidr ({}); not served",
+            list(refused.iter().map(IpAddr::to_string).collect()),
+            list(cidrs.iter().map(Cidr::to_string).collect()),
+        ),
     }
 }
 

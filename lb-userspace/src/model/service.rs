@@ -24,7 +24,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::ip::{Cidr, parse_cidr_lenient, parse_ip_lenient};
 use super::meta::{has_skip_label, namespace_or_default, valid_port};
-use super::types::{InvalidObject, IpFamily, ObjectKind, Protocol, ServiceRef};
+use super::types::{InvalidObject, IpFamily, ObjectKind, Protocol, ReportCause, ServiceRef};
 
 /// sessionAffinityConfig.clientIP.timeoutSeconds when unset (API default).
 pub(super) const DEFAULT_AFFINITY_TIMEOUT_SECS: u32 = 10_800;
@@ -83,6 +83,9 @@ pub(super) struct ServiceInfo {
 }
 
 impl ServiceInfo {
+    /// The plan filters externalIPs by this node's policy first, so only
+    /// tests read them by family unfiltered.
+    #[cfg(test)]
     pub(super) fn external_ips_of(&self, family: IpFamily) -> Vec<IpAddr> {
         of_family(&self.external_ips, family)
     }
@@ -124,6 +127,7 @@ pub(super) fn read_service(svc: &Service, invalid: &mut Vec<InvalidObject>) -> O
     };
     let mut report = |reason: String| {
         invalid.push(InvalidObject {
+            cause: ReportCause::Invalid,
             kind: ObjectKind::Service,
             namespace: service.namespace.clone(),
             name: service.name.clone(),

@@ -657,6 +657,7 @@ fn upstream_topology_through_compute() {
         name: name.into(),
         addresses: vec![ip("192.168.0.2")],
         zone: zone.map(Into::into),
+        external_ip_cidrs: Vec::new(),
     };
     let cases: Vec<(&str, NodeInfo, Arc<EndpointSliceInfo>, Served)> = vec![
         (
@@ -1122,6 +1123,7 @@ fn dual_stack_is_computed_per_family() {
         name: NODE.into(),
         addresses: vec![ip("192.168.0.2"), ip("fd00::2")],
         zone: None,
+        external_ip_cidrs: Vec::new(),
     };
     let dual = service("ns", "dual", "172.30.0.1")
         .families(&["IPv4", "IPv6"], &["172.30.0.1", "fd00:30::1"])
@@ -1200,6 +1202,7 @@ fn frontends_by_service_type() {
         name: NODE.into(),
         addresses: vec![ip("192.168.0.2"), ip("10.10.0.2")],
         zone: None,
+        external_ip_cidrs: Vec::new(),
     };
     // (type, has nodePort) → expected frontend kinds.
     let cases: Vec<(&str, Vec<(&str, FrontendKind)>)> = vec![
@@ -2328,6 +2331,7 @@ fn never_panics_on_arbitrary_input() {
             name: rng.pick(&nodes).to_string(),
             addresses: vec![ip("192.168.0.2"), ip("fd00::2")],
             zone: rng.chance(50).then(|| rng.pick(&zones).to_string()),
+            external_ip_cidrs: Vec::new(),
         };
         let c = run_on(&node, services.clone(), slices.clone());
         with_backends += usize::from(
@@ -2453,6 +2457,7 @@ fn upstream_topology_external_policy_local_for_external_clients() {
         .build();
     let node = NodeInfo {
         zone: Some("zone-a".into()),
+        external_ip_cidrs: Vec::new(),
         ..node()
     };
     let cluster = to(&["10.1.2.3:80", "10.1.2.6:80"]);
@@ -2524,6 +2529,7 @@ fn external_frontends_by_type_and_policy() {
         name: NODE.into(),
         addresses: vec![ip("192.168.0.2"), ip("10.10.0.2"), ip("fd00::2")],
         zone: None,
+        external_ip_cidrs: Vec::new(),
     };
     let v4_node_ports = ["192.168.0.2:30080/TCP", "10.10.0.2:30080/TCP"];
     let v6_node_ports = ["[fd00::2]:30080/TCP"];
@@ -2904,6 +2910,7 @@ fn an_external_only_set_too_large_is_reported_and_not_served_externally() {
         .build();
     let node = NodeInfo {
         zone: Some("zone-a".into()),
+        external_ip_cidrs: Vec::new(),
         ..node()
     };
     let c = run_on(&node, vec![svc], vec![s.build()]);
@@ -2919,4 +2926,103 @@ fn an_external_only_set_too_large_is_reported_and_not_served_externally() {
     assert_eq!(served(&c, "192.168.0.2:30080/TCP"), one);
     assert!(c.desired.external.is_empty());
     assert!(c.desired.external_sets.is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// externalIP policy (--external-ip-cidr, CVE-2020-8554)
+
+#[test]
+fn external_ips_outside_every_allowed_block_get_no_frontend_and_are_reported() {
+    let cidr = |s: &str| ip::parse_cidr_lenient(s).unwrap();
+    let svc = || {
+        service("ns", "s", "172.30.0.1")
+            .families(&["IPv4", "IPv6"], &["172.30.0.1", "fd00:30::1"])
+            .type_("LoadBalancer")
+            .port("p", "TCP", 80)
+            .external_ips(&["203.0.113.5", "198.51.100.7", "2001:db8::5", "2001:db9::5"])
+            .lb_ingress(Some("198.51.100.9"), None)
+            .build()
+    };
+    let slices = || {
+        vec![
+            slice("ns", "s-4", "s", "IPv4")
+                .port("p", "TCP", 8080)
+                .endpoint(ep("10.0.0.1").local())
+                .build(),
+            slice("ns", "s-6", "s", "IPv6")
+                .port("p", "TCP", 8080)
+                .endpoint(ep("fd00:10::1").local())
+                .build(),
+        ]
+    };
+    let mut restricted = node();
+    restricted.external_ip_cidrs = vec![cidr("203.0.113.0/24"), cidr("2001:db8::/64")];
+
+    let c = run_on(&restricted, vec![svc()], slices());
+    let backend = to(&["10.0.0.1:8080"]);
+    assert_eq!(served(&c, "203.0.113.5:80/TCP"), backend);
+    assert_eq!(served_externally(&c, "203.0.113.5:80/TCP"), backend);
+    assert_eq!(
+        served(&c, "[2001:db8::5]:80/TCP"),
+        to(&["[fd00:10::1]:8080"])
+    );
+    for refused in ["198.51.100.7:80/TCP", "[2001:db9::5]:80/TCP"] {
+        assert_eq!(served(&c, refused), Served::Unknown, "{refused}");
+        assert_eq!(served_externally(&c, refused), Served::Unknown, "{refused}");
+    }
+    // Load balancer IPs are the cloud provider's, not the Service author's:
+    // the policy leaves them alone.
+    assert_eq!(served(&c, "198.51.100.9:80/TCP"), backend);
+    assert_eq!(
+        reasons(&c),
+        [
+            "Service ns/s: externalIPs 198.51.100.7, 2001:db9::5 are outside every \
+          --external-ip-cidr (203.0.113.0/24, 2001:db8::/64); not served"
+        ]
+    );
+    assert_eq!(c.invalid[0].cause, ReportCause::ExternalIpNotAllowed);
+    assert_eq!(
+        c.invalid[0].cause.event_reason(),
+        "ExternalIPNotAllowed",
+        "the Event's reason"
+    );
+
+    // Without the flag: kube-proxy's behaviour, every externalIP served,
+    // nothing reported.
+    let c = run(vec![svc()], slices());
+    for ext in ["203.0.113.5:80/TCP", "198.51.100.7:80/TCP"] {
+        assert_eq!(served(&c, ext), backend, "{ext}");
+        assert_eq!(served_externally(&c, ext), backend, "{ext}");
+    }
+    assert_eq!(
+        served(&c, "[2001:db9::5]:80/TCP"),
+        to(&["[fd00:10::1]:8080"])
+    );
+    assert!(c.invalid.is_empty(), "{:?}", reasons(&c));
+}
+
+#[test]
+fn a_service_whose_only_external_ip_is_refused_is_not_externally_reachable() {
+    // ClusterIP + externalIPs + externalTrafficPolicy Local: the refused
+    // externalIP was the only way in from outside, so no Local selection is
+    // planned and only the ClusterIP is served.
+    let mut restricted = node();
+    restricted.external_ip_cidrs = vec![ip::parse_cidr_lenient("203.0.113.0/24").unwrap()];
+    let svc = service("ns", "s", "172.30.0.1")
+        .port("p", "TCP", 80)
+        .external_ips(&["198.51.100.7"])
+        .etp("Local")
+        .build();
+    let slices = vec![
+        slice("ns", "s-4", "s", "IPv4")
+            .port("p", "TCP", 8080)
+            .endpoint(ep("10.0.0.1").node("node1"))
+            .build(),
+    ];
+    let c = run_on(&restricted, vec![svc], slices);
+    assert_eq!(served(&c, "172.30.0.1:80/TCP"), to(&["10.0.0.1:8080"]));
+    assert_eq!(served(&c, "198.51.100.7:80/TCP"), Served::Unknown);
+    assert!(c.desired.external.is_empty());
+    assert_eq!(c.desired.backend_sets.len(), 1);
+    assert_eq!(c.invalid.len(), 1);
 }

@@ -24,6 +24,7 @@ pub(super) fn node() -> NodeInfo {
         name: NODE.into(),
         addresses: vec!["192.168.0.2".parse().unwrap()],
         zone: None,
+        external_ip_cidrs: Vec::new(),
     }
 }
 

@@ -236,9 +236,31 @@ impl fmt::Display for ObjectKind {
     }
 }
 
-/// Bad input, reported with the object's identity and skipped.
+/// Why part of an object is not served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ReportCause {
+    /// Bad input: the object (or the bad part) is skipped.
+    Invalid,
+    /// A valid externalIP outside every `--external-ip-cidr`: this node's
+    /// policy withholds its frontends (CVE-2020-8554).
+    ExternalIpNotAllowed,
+}
+
+impl ReportCause {
+    /// The reason of the Kubernetes Event posted on the object.
+    pub const fn event_reason(self) -> &'static str {
+        match self {
+            ReportCause::Invalid => "FerryInvalidObject",
+            ReportCause::ExternalIpNotAllowed => "ExternalIPNotAllowed",
+        }
+    }
+}
+
+/// Part of an object (or all of it) not served, reported with the object's
+/// identity: bad input, or an externalIP this node's policy refuses.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct InvalidObject {
+    pub cause: ReportCause,
     pub kind: ObjectKind,
     pub namespace: String,
     pub name: String,
@@ -261,7 +283,8 @@ impl fmt::Display for InvalidObject {
     }
 }
 
-/// What this node is, for locality, NodePorts and topology.
+/// What this node is, for locality, NodePorts and topology, and which
+/// externalIPs it serves.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeInfo {
     pub name: String,
@@ -270,6 +293,10 @@ pub struct NodeInfo {
     pub addresses: Vec<IpAddr>,
     /// Label topology.kubernetes.io/zone of the Node, if any.
     pub zone: Option<String>,
+    /// `--external-ip-cidr`: externalIPs outside every block get no
+    /// frontend and are reported. Empty: every externalIP is served, as
+    /// kube-proxy does.
+    pub external_ip_cidrs: Vec<Cidr>,
 }
 
 /// The model's input: the objects as read (from the API server or files).

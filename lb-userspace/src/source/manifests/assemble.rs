@@ -4,7 +4,7 @@
 
 use std::collections::hash_map;
 
-use crate::model::{ClusterState, FoldHashMap, InvalidObject, ObjectKind};
+use crate::model::{ClusterState, FoldHashMap, InvalidObject, ObjectKind, ReportCause};
 use crate::source::Snapshot;
 
 use super::objects::{Entry, Object};
@@ -39,6 +39,7 @@ pub(super) fn assemble<'e>(
             hash_map::Entry::Occupied(first) => {
                 let (kind, namespace, name) = key;
                 snapshot.invalid.push(InvalidObject {
+                    cause: ReportCause::Invalid,
                     kind,
                     namespace: namespace.to_owned(),
                     name: name.to_owned(),

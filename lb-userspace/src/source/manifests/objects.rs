@@ -21,7 +21,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::files::content_hash;
-use crate::model::{EndpointSliceInfo, FoldHashMap, InvalidObject, ObjectKind};
+use crate::model::{EndpointSliceInfo, FoldHashMap, InvalidObject, ObjectKind, ReportCause};
 use crate::source::slim;
 
 /// Namespace given to Services and EndpointSlices that name none, as
@@ -233,6 +233,7 @@ impl Collector {
     /// unparseable document).
     pub(super) fn unreadable(&mut self, origin: &Origin<'_>, cause: impl fmt::Display) {
         self.report(InvalidObject {
+            cause: ReportCause::Invalid,
             kind: ObjectKind::Manifest,
             namespace: String::new(),
             name: String::new(),
@@ -460,6 +461,7 @@ impl Collector {
                     format!("{path}: {}", e.into_inner())
                 };
                 self.report(InvalidObject {
+                    cause: ReportCause::Invalid,
                     kind: known.object_kind(),
                     namespace,
                     name,
@@ -470,6 +472,7 @@ impl Collector {
         };
         if name.is_empty() {
             self.report(InvalidObject {
+                cause: ReportCause::Invalid,
                 kind: known.object_kind(),
                 namespace,
                 name,
@@ -490,6 +493,7 @@ impl Collector {
     ) {
         let (namespace, name) = identity(map, namespaced);
         self.report(InvalidObject {
+            cause: ReportCause::Invalid,
             kind,
             namespace,
             name,
