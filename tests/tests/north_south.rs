@@ -1403,3 +1403,89 @@ fn cleanup_leaves_nothing_attached_in_the_node_namespaces() -> Result<()> {
     assert_eq!(e.errno, Some(libc::ECONNREFUSED), "{e}");
     Ok(())
 }
+
+/// `ferry explain --flow` (issue 15): for UDP flows from the client to a
+/// NodePort, the Maglev backend explain names for each 5-tuple is the pod
+/// that answered it, and the flow's connection-table entry leads there.
+#[test]
+fn explain_flow_names_the_backend_each_flow_reached() -> Result<()> {
+    require_root();
+    let _serial = serial();
+    let mut c = Cluster::new()?;
+    let pods = ["pod1", "pod1b", "pod2"];
+    c.apply(&objects(
+        &c.topo,
+        service("why", 40, 30086, "Cluster"),
+        &pods,
+    ))?;
+    c.start_ferries()?;
+    c.wait_node_port(30086, &[Proto::Udp])?;
+    c.wait_node_port_backends(30086, &pods)?;
+    let src = IpAddr::from(CLIENT_LO_V4);
+    let target = sa(c.node("node1").addr_like(src), 30086);
+    wait_answered(c.client(), Proto::Udp, src, target)?;
+    const N: u16 = 12;
+    let replies = requests_from_ports(c.client(), Proto::Udp, src, 44000, N, target)?;
+    ensure!(
+        servers_of(&replies).len() > 1,
+        "{N} source ports all went to one backend"
+    );
+    let fe = fe_name(target, Proto::Udp);
+    let dir = c
+        .ferry("node1")
+        .options()
+        .bpffs_dir
+        .to_string_lossy()
+        .into_owned();
+    let pod_addrs: Vec<(String, String)> = c
+        .topo
+        .pods()
+        .iter()
+        .map(|p| (p.name.clone(), sa(p.v4.into(), PORT).to_string()))
+        .collect();
+    let pod_at = |addr: &str| -> String {
+        pod_addrs
+            .iter()
+            .find(|(_, a)| a == addr)
+            .map_or_else(|| format!("unknown {addr}"), |(name, _)| name.clone())
+    };
+    let mut explained = Vec::new();
+    for i in 0..N {
+        let flow = sa(src, 44000 + i).to_string();
+        let out = c.ferry("node1").cli(&[
+            "explain",
+            &fe,
+            "--flow",
+            &flow,
+            "--bpffs-dir",
+            &dir,
+            "-o",
+            "json",
+        ])?;
+        ensure!(
+            out.status.success(),
+            "ferry explain failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout)?;
+        let f = &v["frontends"][0];
+        ensure!(f["kind"] == "NodePort", "{v:#}");
+        ensure!(f["external_clients"]["masquerade"] == true, "{v:#}");
+        ensure!(f["matches"] == true, "maps and model differ: {v:#}");
+        let ns = &f["client"]["north_south"];
+        let maglev = pod_at(ns["maglev_backend"].as_str().unwrap_or(""));
+        let becomes = ns["flow"]["becomes"].as_str().unwrap_or("");
+        let pod = pod_addrs.iter().find(|(name, _)| *name == maglev);
+        ensure!(
+            pod.is_some_and(|(_, addr)| becomes.ends_with(addr.as_str())),
+            "the flow entry of {flow} ({becomes:?}) does not lead to Maglev's {maglev}: {v:#}"
+        );
+        explained.push(maglev);
+    }
+    let answered: Vec<String> = replies.iter().map(|r| r.server.clone()).collect();
+    assert_eq!(
+        explained, answered,
+        "explain's Maglev picks vs the pods that answered"
+    );
+    Ok(())
+}

@@ -41,6 +41,7 @@ use tokio::{
 use self::{events::EventReporter, metrics::Metrics, state::AgentState};
 use crate::{
     datapath::{BpffsDir, Datapath, Maps},
+    explain::{ExplainServer, ExplainSource},
     healthcheck::HealthServer,
     http::{self, Connections, Handler, Limits, Response},
     reconcile::{self, NodeConfig},
@@ -84,6 +85,8 @@ pub enum AgentError {
     Signal(io::Error),
     #[error("starting the control loop's thread: {0}")]
     Thread(io::Error),
+    #[error("serving the explain socket under /run/ferry: {0}")]
+    Explain(io::Error),
 }
 
 /// Feeds what the source does into the agent's state and metrics.
@@ -173,6 +176,14 @@ pub async fn run(
         }),
         connections.clone(),
     ));
+    let explain_source = Arc::new(ExplainSource::default());
+    let explain_server =
+        ExplainServer::start(&opts.bpffs, explain_source.clone(), connections.clone())
+            .map_err(AgentError::Explain)?;
+    tracing::info!(
+        socket = %explain_server.path().display(),
+        "ferry explain answers here"
+    );
     tracing::info!(
         healthz = %opts.healthz_bind_address,
         metrics = %opts.metrics_bind_address,
@@ -245,6 +256,7 @@ pub async fn run(
         stop_rx,
         repair,
         move |ctx| {
+            explain_source.record(ctx.snapshot, &ctx.pass.node);
             let latency = s.synced(ctx.snapshot);
             m.record_pass(ctx, latency);
             s.record_pass(ctx);
@@ -280,5 +292,6 @@ pub async fn run(
     let _ = stop_tx.send(true);
     control_loop.join().await;
     tasks.shutdown().await;
+    drop(explain_server);
     Ok(())
 }
