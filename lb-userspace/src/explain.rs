@@ -2,7 +2,7 @@
 //! what the maps hold for it.
 //!
 //! The running Ferry (standalone or agent) answers on a unix socket,
-//! `/run/ferry/explain-<hash of the bpffs dir>.sock`, found from
+//! `/run/ferry/explain/<hash of the bpffs dir>.sock`, found from
 //! `--bpffs-dir` as `ferry services` finds the maps. A unix socket rather
 //! than the agent's metrics port: standalone mode has no metrics port, the
 //! socket is reachable only by root on the node (0600; an explanation lists
@@ -39,7 +39,7 @@ use crate::{
 };
 
 /// Where the running Ferry's explain sockets live.
-pub const RUN_DIR: &str = "/run/ferry";
+pub const RUN_DIR: &str = "/run/ferry/explain";
 const PREFIX: &str = "/explain/";
 
 /// The explain socket of the Ferry that owns `bpffs` (one per bpffs dir:
@@ -53,7 +53,7 @@ pub fn socket_path(bpffs: &BpffsDir) -> PathBuf {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    Path::new(RUN_DIR).join(format!("explain-{h:016x}.sock"))
+    Path::new(RUN_DIR).join(format!("{h:016x}.sock"))
 }
 
 /// The objects and node of the last pass, which explanations are computed
@@ -133,6 +133,30 @@ impl ExplainServer {
         let handler = Handler::blocking(move |req| source.respond(req));
         let task = tokio::spawn(http::serve(listener, handler, connections));
         Ok(ExplainServer { path, task })
+    }
+
+    /// [`ExplainServer::start`], logged; a failure (no writable
+    /// /run/ferry/explain) is a warning: explanations are for people, and
+    /// never worth not serving Services.
+    pub fn start_or_warn(
+        bpffs: &BpffsDir,
+        source: Arc<ExplainSource>,
+        connections: Arc<Connections>,
+    ) -> Option<Self> {
+        match Self::start(bpffs, source, connections) {
+            Ok(server) => {
+                tracing::info!(socket = %server.path.display(), "ferry explain answers here");
+                Some(server)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    socket = %socket_path(bpffs).display(),
+                    error = %e,
+                    "cannot serve the explain socket; ferry explain will not answer"
+                );
+                None
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {

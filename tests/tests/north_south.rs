@@ -1118,6 +1118,29 @@ fn load_balancer_source_ranges_drop_other_sources() -> Result<()> {
         }
     }
 
+    // `ferry explain --client ADDRESS` says the same as the packets did.
+    for (ip, other_src) in lbs {
+        let fe = fe_name(sa(ip, 80), Proto::Tcp);
+        let src = c.node("node1").client_peer_like(ip);
+        for (client, want) in [
+            (src, "admitted by loadBalancerSourceRanges"),
+            (
+                other_src,
+                "dropped: the source is not in loadBalancerSourceRanges",
+            ),
+        ] {
+            let v = explain_json(
+                &c,
+                "node1",
+                &["explain", &fe, "--client", &client.to_string()],
+            )?;
+            let f = &v["frontends"][0];
+            assert_eq!(f["kind"], "LoadBalancer", "{v:#}");
+            let outcome = f["client"]["outcome"].as_str().unwrap_or("");
+            assert!(outcome.contains(want), "{client}: {want:?} expected: {v:#}");
+        }
+    }
+
     // Ranges that exclude the client: dropped on the LB IP, the NodePort
     // still serves (source ranges only guard LB IPs).
     c.apply(&objects(
@@ -1404,6 +1427,26 @@ fn cleanup_leaves_nothing_attached_in_the_node_namespaces() -> Result<()> {
     Ok(())
 }
 
+/// `ferry ARGS --bpffs-dir DIR -o json` against the Ferry of `node`.
+fn explain_json(c: &Cluster, node: &str, args: &[&str]) -> Result<Value> {
+    let ferry = c
+        .ferries
+        .iter()
+        .find(|f| f.node == node)
+        .and_then(|f| f.ferry.as_ref())
+        .with_context(|| format!("no ferry for {node}"))?;
+    let dir = ferry.options().bpffs_dir.to_string_lossy().into_owned();
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["--bpffs-dir", &dir, "-o", "json"]);
+    let out = ferry.cli(&all)?;
+    ensure!(
+        out.status.success(),
+        "ferry {all:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
 /// `ferry explain --flow` (issue 15): for UDP flows from the client to a
 /// NodePort, the Maglev backend explain names for each 5-tuple is the pod
 /// that answered it, and the flow's connection-table entry leads there.
@@ -1431,12 +1474,6 @@ fn explain_flow_names_the_backend_each_flow_reached() -> Result<()> {
         "{N} source ports all went to one backend"
     );
     let fe = fe_name(target, Proto::Udp);
-    let dir = c
-        .ferry("node1")
-        .options()
-        .bpffs_dir
-        .to_string_lossy()
-        .into_owned();
     let pod_addrs: Vec<(String, String)> = c
         .topo
         .pods()
@@ -1452,22 +1489,7 @@ fn explain_flow_names_the_backend_each_flow_reached() -> Result<()> {
     let mut explained = Vec::new();
     for i in 0..N {
         let flow = sa(src, 44000 + i).to_string();
-        let out = c.ferry("node1").cli(&[
-            "explain",
-            &fe,
-            "--flow",
-            &flow,
-            "--bpffs-dir",
-            &dir,
-            "-o",
-            "json",
-        ])?;
-        ensure!(
-            out.status.success(),
-            "ferry explain failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: Value = serde_json::from_slice(&out.stdout)?;
+        let v = explain_json(&c, "node1", &["explain", &fe, "--flow", &flow])?;
         let f = &v["frontends"][0];
         ensure!(f["kind"] == "NodePort", "{v:#}");
         ensure!(f["external_clients"]["masquerade"] == true, "{v:#}");

@@ -85,8 +85,6 @@ pub enum AgentError {
     Signal(io::Error),
     #[error("starting the control loop's thread: {0}")]
     Thread(io::Error),
-    #[error("serving the explain socket under /run/ferry: {0}")]
-    Explain(io::Error),
 }
 
 /// Feeds what the source does into the agent's state and metrics.
@@ -178,12 +176,7 @@ pub async fn run(
     ));
     let explain_source = Arc::new(ExplainSource::default());
     let explain_server =
-        ExplainServer::start(&opts.bpffs, explain_source.clone(), connections.clone())
-            .map_err(AgentError::Explain)?;
-    tracing::info!(
-        socket = %explain_server.path().display(),
-        "ferry explain answers here"
-    );
+        ExplainServer::start_or_warn(&opts.bpffs, explain_source.clone(), connections.clone());
     tracing::info!(
         healthz = %opts.healthz_bind_address,
         metrics = %opts.metrics_bind_address,

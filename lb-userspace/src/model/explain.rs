@@ -475,17 +475,16 @@ impl ServiceDecisions {
                     {
                         return EndpointReason::DuplicateAcrossSlices;
                     }
-                    match self.reasons.get(&(
-                        family,
-                        port.clone(),
-                        selection,
-                        se.endpoint.ip,
-                        number,
-                    )) {
+                    let recorded = self
+                        .reasons
+                        .get(&(family, port.clone(), selection, se.endpoint.ip, number))
+                        .copied();
+                    // The plan categorizes every selection a frontend
+                    // uses, over every merged endpoint of its port.
+                    debug_assert!(recorded.is_some(), "{selection:?} not recorded");
+                    match recorded {
                         Some(EndpointReason::OtherNode) => policy_local,
-                        Some(r) => *r,
-                        // The plan never looked at this selection: cannot
-                        // happen for a selection a frontend uses.
+                        Some(r) => r,
                         None => EndpointReason::NotReady,
                     }
                 };
