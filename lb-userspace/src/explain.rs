@@ -452,7 +452,8 @@ fn compare(
             if have.masquerade != want.masquerade {
                 out.push("north-south: masquerade differs".into());
             }
-            if have.source_ranges != !want.source_ranges.is_empty() {
+            let restricted = !want.source_ranges.is_empty();
+            if have.source_ranges != restricted {
                 out.push("north-south: source ranges differ".into());
             }
         }
