@@ -2,7 +2,7 @@
 //! what the maps hold for it.
 //!
 //! The running Ferry (standalone or agent) answers on a unix socket,
-//! `/run/ferry/explain/<hash of the bpffs dir>.sock`, found from
+//! `/run/ferry/explain/<bpffs dir name>-<hash of its path>.sock`, found from
 //! `--bpffs-dir` as `ferry services` finds the maps. A unix socket rather
 //! than the agent's metrics port: standalone mode has no metrics port, the
 //! socket is reachable only by root on the node (0600; an explanation lists
@@ -53,7 +53,17 @@ pub fn socket_path(bpffs: &BpffsDir) -> PathBuf {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    Path::new(RUN_DIR).join(format!("{h:016x}.sock"))
+    // The dir's own name first, for people and for sweeping a dead run's
+    // socket by name; bounded so that sun_path (108 bytes) always holds it.
+    let name: String = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .take(48)
+        .collect();
+    Path::new(RUN_DIR).join(format!("{name}-{h:016x}.sock"))
 }
 
 /// The objects and node of the last pass, which explanations are computed
@@ -713,8 +723,16 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a, socket_path(&BpffsDir::new("/sys/fs/bpf/ferry")));
         assert!(a.starts_with(RUN_DIR));
-        // sun_path holds 108 bytes.
-        assert!(a.as_os_str().len() < 108);
+        assert!(
+            b.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("ferry-test-1-"),
+            "{b:?}"
+        );
+        // sun_path holds 108 bytes, whatever the dir's name.
+        let long = socket_path(&BpffsDir::new(format!("/sys/fs/bpf/{}", "x".repeat(300))));
+        assert!(long.as_os_str().len() < 108, "{long:?}");
     }
 
     #[test]
