@@ -797,4 +797,100 @@ mod tests {
         assert_eq!(source.respond(&get("/explain/nonsense")).status, 400);
         assert_eq!(source.respond(&get("/other")).status, 404);
     }
+
+    /// A ClusterIP's explanation with these desired backends, and a maps
+    /// view with those.
+    fn pair(desired: &[&str], in_maps: &[&str]) -> (FrontendExplanation, FrontendView) {
+        let model = FrontendExplanation {
+            frontend: "10.96.0.10:80/TCP".into(),
+            address: "10.96.0.10".parse().unwrap(),
+            port: 80,
+            protocol: "TCP".into(),
+            kind: "ClusterIP".into(),
+            service: "ns/web".into(),
+            port_name: "".into(),
+            node_clients: model::SelectionExplanation {
+                backend_set: "ns/web/TCP".into(),
+                selection: "Cluster".into(),
+                backends: desired
+                    .iter()
+                    .map(|a| model::DesiredBackend {
+                        address: a.to_string(),
+                        terminating: false,
+                        local: false,
+                    })
+                    .collect(),
+                when_empty: "drop".into(),
+                affinity_timeout_secs: None,
+            },
+            external_clients: None,
+            endpoints: Vec::new(),
+        };
+        let view = FrontendView {
+            frontend: "10.96.0.10:80/TCP".into(),
+            kind: "ClusterIP",
+            service: "ns/web/TCP".into(),
+            service_id: 1,
+            backends: in_maps
+                .iter()
+                .map(|a| inspect::BackendView {
+                    address: a.to_string(),
+                    state: "active",
+                    local: false,
+                })
+                .collect(),
+            when_empty: "drop",
+            affinity_timeout_secs: None,
+            translated: 0,
+            refused: 0,
+        };
+        (model, view)
+    }
+
+    #[test]
+    fn maps_are_compared_with_the_desired_state() {
+        let (m, v) = pair(
+            &["10.0.0.1:80", "10.0.0.2:80"],
+            &["10.0.0.2:80", "10.0.0.1:80"],
+        );
+        assert_eq!(compare(&m, Some(&v), None), Vec::<String>::new());
+        let (m, v) = pair(
+            &["10.0.0.1:80", "10.0.0.2:80"],
+            &["10.0.0.1:80", "10.0.0.3:80"],
+        );
+        assert_eq!(
+            compare(&m, Some(&v), None),
+            [
+                "backend 10.0.0.2:80 is missing from the slots",
+                "backend 10.0.0.3:80 is in the slots but not desired"
+            ]
+        );
+        let (m, mut v) = pair(&[], &[]);
+        v.when_empty = "reject";
+        v.service = "ns/other/TCP".into();
+        assert_eq!(
+            compare(&m, Some(&v), None).len(),
+            2,
+            "{:?}",
+            compare(&m, Some(&v), None)
+        );
+        assert_eq!(compare(&m, None, None), ["the frontend is not in the maps"]);
+    }
+
+    #[test]
+    fn node_clients_get_the_errno_of_an_empty_set() {
+        let (_, mut v) = pair(&[], &[]);
+        assert!(node_client_outcome(Some(&v), None).contains("EHOSTUNREACH (113)"));
+        v.when_empty = "reject";
+        assert!(node_client_outcome(Some(&v), None).contains("ECONNREFUSED (111)"));
+        let (_, v) = pair(&["10.0.0.1:80"], &["10.0.0.1:80"]);
+        let stale = AffinityView {
+            backend: Some("10.0.0.1:80".into()),
+            slot: 1,
+            last_used_secs_ago: 100.0,
+            in_force: false,
+        };
+        assert!(node_client_outcome(Some(&v), Some(&stale)).contains("lapsed"));
+        assert!(node_client_outcome(None, None).contains("not in the maps"));
+    }
 }
