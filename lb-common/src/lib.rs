@@ -463,6 +463,53 @@ pub mod map_flags {
 
 /// Default capacities. The agent may raise them at load time
 /// (`EbpfLoader::set_max_entries`); these are what the object declares.
+/// The Maglev hash of a north-south flow, the same on every node (the
+/// agents compute the same tables) and the same in the kernel and in
+/// `ferry explain --flow`: murmur3's mixing steps over the client's address
+/// words, then its port, then the frontend port and protocol. Addresses
+/// and ports as the packet carries them (network order, read natively).
+pub mod maglev_hash {
+    #[inline(always)]
+    pub fn mix(h: u32, k: u32) -> u32 {
+        let k = k
+            .wrapping_mul(0xcc9e_2d51)
+            .rotate_left(15)
+            .wrapping_mul(0x1b87_3593);
+        (h ^ k)
+            .rotate_left(13)
+            .wrapping_mul(5)
+            .wrapping_add(0xe654_6b64)
+    }
+
+    #[inline(always)]
+    pub fn finish(mut h: u32) -> u32 {
+        h ^= h >> 16;
+        h = h.wrapping_mul(0x85eb_ca6b);
+        h ^= h >> 13;
+        h = h.wrapping_mul(0xc2b2_ae35);
+        h ^ (h >> 16)
+    }
+
+    #[inline(always)]
+    pub fn addr4(addr: u32) -> u32 {
+        mix(0, addr)
+    }
+
+    #[inline(always)]
+    pub fn addr6(a: [u32; 4]) -> u32 {
+        mix(mix(mix(mix(0, a[0]), a[1]), a[2]), a[3])
+    }
+
+    /// `addr_hash` from [`addr4`] or [`addr6`].
+    #[inline(always)]
+    pub fn flow(addr_hash: u32, sport: u16, dport: u16, proto: u8) -> u32 {
+        finish(mix(
+            mix(addr_hash, u32::from(sport)),
+            (u32::from(dport) << 8) | u32::from(proto),
+        ))
+    }
+}
+
 pub mod capacity {
     /// Frontends per family (ClusterIP, NodePort × node addresses, ...).
     pub const FRONTENDS: u32 = 262_144;

@@ -42,6 +42,7 @@ use lb_common::{
     FLOW_F_CLOSING, FLOW_F_REPLY, FLOW_F_SNAT, Flow4, Flow4Nat, Flow6, Flow6Nat, Frontend4Key,
     Frontend6Key, MaglevEntry, PROTO_TCP, PROTO_UDP, SOURCE_RANGE4_FRONTEND_BITS,
     SOURCE_RANGE6_FRONTEND_BITS, SourceRange4, SourceRange6, addr6_bytes, external_counter,
+    maglev_hash,
 };
 
 use crate::frame::{Frame, ROUTE_RESOLVED, Tc, Xdp};
@@ -166,29 +167,6 @@ fn closing(l4: &L4) -> bool {
 #[inline(always)]
 fn config() -> Option<&'static ExternalConfig> {
     EXT_CONFIG.get(0)
-}
-
-/// murmur3's mixing steps: the hash the Maglev lookup uses, the same on
-/// every node (the agents compute the same tables).
-#[inline(always)]
-fn mix(h: u32, k: u32) -> u32 {
-    let k = k
-        .wrapping_mul(0xcc9e_2d51)
-        .rotate_left(15)
-        .wrapping_mul(0x1b87_3593);
-    (h ^ k)
-        .rotate_left(13)
-        .wrapping_mul(5)
-        .wrapping_add(0xe654_6b64)
-}
-
-#[inline(always)]
-fn finish(mut h: u32) -> u32 {
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^ (h >> 16)
 }
 
 #[inline(always)]
@@ -324,7 +302,7 @@ impl Ip for V4 {
     }
     #[inline(always)]
     fn hash_addr(addr: u32) -> u32 {
-        mix(0, addr)
+        maglev_hash::addr4(addr)
     }
     #[inline(always)]
     fn snat_addr(cfg: &ExternalConfig, ifindex: u32) -> u32 {
@@ -496,7 +474,7 @@ impl Ip for V6 {
     }
     #[inline(always)]
     fn hash_addr(a: [u32; 4]) -> u32 {
-        mix(mix(mix(mix(0, a[0]), a[1]), a[2]), a[3])
+        maglev_hash::addr6(a)
     }
     #[inline(always)]
     fn snat_addr(cfg: &ExternalConfig, ifindex: u32) -> [u32; 4] {
@@ -900,10 +878,7 @@ fn new_flow<C: Frame, F: Ip>(
         count(external_counter::DROP_SOURCE_RANGE);
         return C::DROP;
     }
-    let hash = finish(mix(
-        mix(F::hash_addr(saddr), u32::from(l4.sport)),
-        (u32::from(l4.dport) << 8) | u32::from(l4.proto),
-    ));
+    let hash = maglev_hash::flow(F::hash_addr(saddr), l4.sport, l4.dport, l4.proto);
     let Some(entry) = maglev_entry(fe, hash) else {
         count(external_counter::DROP_NO_BACKEND);
         return C::DROP;
@@ -947,7 +922,7 @@ fn masquerade<C: Frame, F: Ip>(pkt: &Packet<F>, t: &mut Translation<F>) -> i32 {
     );
     let Some(port) = claim_snat_port::<F>(
         cfg,
-        finish(t.hash ^ 0x5bd1_e995),
+        maglev_hash::finish(t.hash ^ 0x5bd1_e995),
         (t.daddr, t.dport),
         snat_addr,
         l4.proto,

@@ -216,6 +216,30 @@ pub enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
+    /// Why a frontend serves what it does: asks the running ferry
+    /// (standalone or agent, found by --bpffs-dir) for the model's
+    /// decision, endpoint by endpoint in kube-proxy's terms, and compares it
+    /// with what the maps hold.
+    Explain {
+        /// ADDRESS:PORT/PROTOCOL (10.96.0.10:80/TCP, [fd00::10]:53/UDP) or
+        /// NAMESPACE/NAME[:PORT] (port name or number).
+        frontend: String,
+        #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
+        bpffs_dir: PathBuf,
+        /// Also say what this client gets now: a network namespace path (a
+        /// client on the node: its session affinity entry, or the errno
+        /// of a refused connect), or a source address (a client outside
+        /// the node: source ranges, drop).
+        #[arg(long)]
+        client: Option<String>,
+        /// A client outside the node by address and port (SRC:PORT, with
+        /// the frontend the rest of the 5-tuple): its connection-table
+        /// entry and the backend Maglev picks for it.
+        #[arg(long)]
+        flow: Option<SocketAddr>,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
     /// Detach every program and remove every pinned map.
     Cleanup {
         #[command(flatten)]

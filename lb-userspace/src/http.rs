@@ -22,11 +22,44 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
+    net::{TcpListener, UnixListener},
     sync::Notify,
     task::JoinSet,
 };
+
+/// A listening socket [`serve`] accepts on: TCP for the agent's ports, a
+/// unix socket for `ferry explain`'s local endpoint.
+pub trait Listener: Send + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn accept(&self) -> impl std::future::Future<Output = io::Result<Self::Stream>> + Send;
+    /// For logs.
+    fn describe(&self) -> String;
+}
+
+impl Listener for TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn accept(&self) -> io::Result<Self::Stream> {
+        TcpListener::accept(self).await.map(|(s, _)| s)
+    }
+    fn describe(&self) -> String {
+        self.local_addr()
+            .map_or_else(|_| "?".into(), |a| a.to_string())
+    }
+}
+
+impl Listener for UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn accept(&self) -> io::Result<Self::Stream> {
+        UnixListener::accept(self).await.map(|(s, _)| s)
+    }
+    fn describe(&self) -> String {
+        self.local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
+            .unwrap_or_else(|| "?".into())
+    }
+}
 
 /// Upper bound on a request head; anything longer is answered 431.
 const MAX_HEAD: usize = 8 * 1024;
@@ -312,16 +345,16 @@ fn is_fd_exhaustion(e: &io::Error) -> bool {
 /// Accepts and answers the connections of `listener` with `handler` until
 /// the task is dropped (which closes every connection it still holds),
 /// within the cap and deadlines of `conns`.
-pub async fn serve(listener: TcpListener, handler: Handler, conns: Arc<Connections>) {
+pub async fn serve<L: Listener>(listener: L, handler: Handler, conns: Arc<Connections>) {
     let mut tasks = JoinSet::new();
     let mut backoff = ACCEPT_BACKOFF_MIN;
     let mut failing = false;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok(stream) => {
                     if failing {
-                        tracing::info!(listener = ?listener.local_addr().ok(), "accepting connections again");
+                        tracing::info!(listener = %listener.describe(), "accepting connections again");
                     }
                     failing = false;
                     backoff = ACCEPT_BACKOFF_MIN;
@@ -334,7 +367,7 @@ pub async fn serve(listener: TcpListener, handler: Handler, conns: Arc<Connectio
                 Err(e) => {
                     // One line per run of failures, not per failure.
                     if !failing {
-                        tracing::warn!(listener = ?listener.local_addr().ok(), error = %e, "accept failed; backing off");
+                        tracing::warn!(listener = %listener.describe(), error = %e, "accept failed; backing off");
                     }
                     failing = true;
                     // The failed connection stays queued and the listener
@@ -352,7 +385,10 @@ pub async fn serve(listener: TcpListener, handler: Handler, conns: Arc<Connectio
 }
 
 /// Reads a request head; Ok(None) when it is too large.
-async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
+async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> io::Result<Option<usize>> {
     let mut chunk = [0u8; 1024];
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -371,7 +407,11 @@ async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Opti
 
 /// Serves one connection: head within the read deadline (or evicted
 /// before), answer within the write deadline, close.
-async fn serve_connection(mut stream: TcpStream, handler: Handler, admission: Admission) {
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    handler: Handler,
+    admission: Admission,
+) {
     let limits = admission.conns.limits;
     let mut buf = Vec::with_capacity(512);
     let head = tokio::select! {
@@ -400,6 +440,7 @@ async fn serve_connection(mut stream: TcpStream, handler: Handler, admission: Ad
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpStream;
 
     #[test]
     fn parses_request_lines() {

@@ -6,6 +6,8 @@
 //! - `datapath`: the eBPF programs and maps, and syncing them.
 //! - `reconcile`: the loop between the two.
 //! - `agent`: `ferry agent`'s wiring: health, metrics, status, events.
+//! - `explain`: `ferry explain`: the running Ferry's decision for a
+//!   frontend (over its unix socket) beside what the maps hold.
 //!
 //! The throwaway namespaces and cgroups the tests, the bench and the demo
 //! run it in are the `sandbox` crate, not part of this one.
@@ -13,6 +15,7 @@
 pub mod agent;
 pub mod cli;
 pub mod datapath;
+pub mod explain;
 pub mod healthcheck;
 pub mod http;
 pub mod model;

@@ -16,6 +16,7 @@ use clap::Parser as _;
 use lb_userspace::{
     cli::{Cli, Command, DatapathArgs, LogFormat, NorthSouthArgs, OutputFormat},
     datapath::{self, BpffsDir, Datapath},
+    explain::{ExplainServer, ExplainSource},
     healthcheck::HealthServer,
     http, netutil,
     reconcile::{self, NodeConfig},
@@ -174,15 +175,30 @@ async fn standalone(
     let (stop_tx, stop_rx) = watch::channel(false);
     let source_task = tokio::spawn(source::manifests::run(manifests, node.name.clone(), tx));
     let proxy_healthy = Arc::new(AtomicBool::new(true));
+    let connections = http::Connections::new(http::Limits::from_file_limit());
+    let explain_source = Arc::new(ExplainSource::default());
+    let explain_server = ExplainServer::start_or_warn(
+        &BpffsDir::new(&datapath_args.bpffs_dir),
+        explain_source.clone(),
+        connections.clone(),
+    );
     let mut health = HealthServer::new(
         proxy_healthy.clone(),
         host_netns.clone(),
-        http::Connections::new(http::Limits::from_file_limit()),
+        connections,
         tokio::runtime::Handle::current(),
     );
     // Passes block in syscalls: off the workers serving health checks.
-    let control_loop =
-        reconcile::spawn_thread(reconcile::run(dp, node, rx, stop_rx, move |pass| {
+    let never = Arc::new(tokio::sync::Notify::new());
+    let control_loop = reconcile::spawn_thread(reconcile::run_with(
+        dp,
+        node,
+        rx,
+        stop_rx,
+        never,
+        move |ctx| {
+            let pass = ctx.pass;
+            explain_source.record(ctx.snapshot, &pass.node);
             proxy_healthy.store(pass.report.errors.is_empty(), Ordering::Relaxed);
             health.update(&pass.computed.desired.health_checks, &pass.node.addresses);
             tracing::info!(
@@ -192,12 +208,14 @@ async fn standalone(
                 duration_us = pass.duration.as_micros() as u64,
                 "synced"
             );
-        }))
-        .context("starting the control loop's thread")?;
+        },
+    ))
+    .context("starting the control loop's thread")?;
     shutdown_signal().await?;
     tracing::info!("stopping; the datapath stays in place (ferry cleanup removes it)");
     let _ = stop_tx.send(true);
     control_loop.join().await;
+    drop(explain_server);
     source_task.abort();
     let _ = source_task.await;
     Ok(())
@@ -228,6 +246,26 @@ fn services(bpffs_dir: PathBuf, north_south: bool, output: OutputFormat) -> Resu
                 print!("\n{}", external::table(&m));
             }
         }
+    }
+    Ok(())
+}
+
+fn explain(
+    frontend: String,
+    bpffs_dir: PathBuf,
+    client: Option<String>,
+    flow: Option<std::net::SocketAddr>,
+    output: OutputFormat,
+) -> Result<()> {
+    use lb_userspace::explain::{self, Client};
+    let query = lb_userspace::model::ExplainQuery::parse(&frontend).map_err(anyhow::Error::msg)?;
+    let client = Client::from_args(client.as_deref(), flow).map_err(anyhow::Error::msg)?;
+    let bpffs = BpffsDir::new(bpffs_dir);
+    let explanation = explain::fetch(&bpffs, &query)?;
+    let report = explain::report(&bpffs, explanation, client.as_ref())?;
+    match output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        OutputFormat::Table => print!("{}", explain::render(&report)),
     }
     Ok(())
 }
@@ -294,6 +332,13 @@ fn main() -> Result<()> {
             north_south,
             output,
         } => services(bpffs_dir, north_south, output),
+        Command::Explain {
+            frontend,
+            bpffs_dir,
+            client,
+            flow,
+            output,
+        } => explain(frontend, bpffs_dir, client, flow, output),
         Command::Cleanup { datapath } => {
             datapath::cleanup(&BpffsDir::new(&datapath.bpffs_dir))?;
             Ok(())

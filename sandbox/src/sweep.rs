@@ -2,8 +2,9 @@
 //!
 //! Only resources named by one [`Naming`] are touched: namespaces
 //! `/run/netns/<prefix><pid>-*`, cgroups `<cgroup2 root>/<prefix><pid>-*`,
-//! bpffs dirs `/sys/fs/bpf/<dir_prefix><pid>-*` and temp dirs
-//! `$TMPDIR/<dir_prefix><pid>-*`; [`sweep_stale`] takes those whose pid is
+//! bpffs dirs `/sys/fs/bpf/<dir_prefix><pid>-*`, the explain sockets of
+//! Ferries on those dirs (`/run/ferry/explain/<dir_prefix><pid>-*`, left
+//! when Ferry is killed) and temp dirs `$TMPDIR/<dir_prefix><pid>-*`; [`sweep_stale`] takes those whose pid is
 //! no longer a process, [`sweep_own`] those of this process (a last net
 //! after its guards have run).
 
@@ -23,6 +24,7 @@ pub struct SweepReport {
     pub netns: Vec<String>,
     pub cgroups: Vec<PathBuf>,
     pub bpffs_dirs: Vec<PathBuf>,
+    pub explain_sockets: Vec<PathBuf>,
     pub temp_dirs: Vec<PathBuf>,
     pub errors: Vec<String>,
 }
@@ -32,6 +34,7 @@ impl SweepReport {
         self.netns.is_empty()
             && self.cgroups.is_empty()
             && self.bpffs_dirs.is_empty()
+            && self.explain_sockets.is_empty()
             && self.temp_dirs.is_empty()
             && self.errors.is_empty()
     }
@@ -103,6 +106,15 @@ fn sweep(naming: Naming, owner_selected: impl Fn(u32) -> bool) -> SweepReport {
                     Ok(()) => r.bpffs_dirs.push(path),
                     Err(e) => r.errors.push(format!("{e:#}")),
                 }
+            }
+        }
+    }
+
+    for (name, path) in entries(Path::new(lb_userspace::explain::RUN_DIR)) {
+        if selected(&name, dir_prefix) {
+            match fs::remove_file(&path) {
+                Ok(()) => r.explain_sockets.push(path),
+                Err(e) => r.errors.push(format!("{}: {e}", path.display())),
             }
         }
     }

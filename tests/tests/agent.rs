@@ -28,7 +28,7 @@ use lb_userspace::source::Snapshot;
 use lb_userspace::source::kube::{
     self as kube_source, Observer, SERVICE_PROXY_LABEL_SELECTOR, Watched,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 use tests::apiserver::{ApiServer, Kind};
 use tests::*;
 
@@ -852,6 +852,43 @@ fn end_to_end_checks(
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("cannot reach the agent"),
         "{refused:?}"
+    );
+    // `ferry explain` asks the agent for the model's decision (issue 15):
+    // the invalid Service is reported, the three endpoints kept, and the
+    // maps agree.
+    let dir = env
+        .ferry()
+        .options()
+        .bpffs_dir
+        .to_string_lossy()
+        .into_owned();
+    let out = env.ferry().cli(&[
+        "explain",
+        "default/web:http",
+        "--bpffs-dir",
+        &dir,
+        "-o",
+        "json",
+    ])?;
+    assert!(out.status.success(), "{out:?}");
+    let e: Value = serde_json::from_slice(&out.stdout)?;
+    let f = &e["frontends"][0];
+    assert_eq!(f["frontend"], "10.96.0.10:80/TCP", "{e:#}");
+    assert_eq!(f["matches"], true, "{e:#}");
+    let reasons: Vec<&Value> = f["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|ep| &ep["reason"])
+        .collect();
+    assert_eq!(reasons, [&json!("ready"); 3], "{e:#}");
+    let out = env
+        .ferry()
+        .cli(&["explain", "default/bad", "--bpffs-dir", &dir])?;
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("10.96.0.300"),
+        "the invalid Service's reason: {out:?}"
     );
     let status = env.status()?;
     assert_eq!(status["apiServer"]["connected"], true, "{status}");

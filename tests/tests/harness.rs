@@ -554,6 +554,8 @@ fn sweep_removes_leftovers_of_dead_runs_only() -> Result<()> {
     let live_bpf = BpffsDir::new()?;
     let bpf = PathBuf::from(format!("/sys/fs/bpf/ferry-test-{dead}-0"));
     let tmp = std::env::temp_dir().join(format!("ferry-test-{dead}-manifests-x"));
+    // The explain socket a killed Ferry on that bpffs dir left.
+    let socket = lb_userspace::explain::socket_path(&lb_userspace::datapath::BpffsDir::new(&bpf));
     let _fallback = Defer(|| {
         let _ = Command::new("ip")
             .args(["netns", "del", &ns_name])
@@ -563,6 +565,7 @@ fn sweep_removes_leftovers_of_dead_runs_only() -> Result<()> {
         let _ = fs::remove_dir(&cg);
         let _ = fs::remove_dir_all(&bpf);
         let _ = fs::remove_dir_all(&tmp);
+        let _ = fs::remove_file(&socket);
     });
     command_stdout(Command::new("ip").args(["netns", "add", &ns_name]))?;
     fs::create_dir(&cg)?;
@@ -570,6 +573,8 @@ fn sweep_removes_leftovers_of_dead_runs_only() -> Result<()> {
     fs::create_dir(&bpf)?;
     fs::create_dir(&tmp)?;
     fs::write(tmp.join("a.yaml"), "x: 1\n")?;
+    fs::create_dir_all(socket.parent().expect("a dir"))?;
+    fs::write(&socket, "")?;
     // An orphan of the "dead run" inside its cgroup.
     let mut orphan = Command::new("sleep");
     orphan.arg("30").stdin(Stdio::null());
@@ -586,6 +591,8 @@ fn sweep_removes_leftovers_of_dead_runs_only() -> Result<()> {
     assert!(report.cgroups.contains(&cg), "{report:?}");
     assert!(report.bpffs_dirs.contains(&bpf), "{report:?}");
     assert!(report.temp_dirs.contains(&tmp), "{report:?}");
+    assert!(report.explain_sockets.contains(&socket), "{report:?}");
+    assert!(!socket.exists());
     assert_namespaces_gone(std::slice::from_ref(&ns_name));
     assert!(!cg.exists() && !bpf.exists() && !tmp.exists());
     // The orphan was killed by cgroup.kill.

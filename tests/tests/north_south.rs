@@ -1096,6 +1096,29 @@ fn load_balancer_source_ranges_drop_other_sources() -> Result<()> {
         }
     }
 
+    // `ferry explain --client ADDRESS` says the same as the packets did.
+    for (ip, other_src) in lbs {
+        let fe = fe_name(sa(ip, 80), Proto::Tcp);
+        let src = c.node("node1").client_peer_like(ip);
+        for (client, want) in [
+            (src, "admitted by loadBalancerSourceRanges"),
+            (
+                other_src,
+                "dropped: the source is not in loadBalancerSourceRanges",
+            ),
+        ] {
+            let v = explain_json(
+                &c,
+                "node1",
+                &["explain", &fe, "--client", &client.to_string()],
+            )?;
+            let f = &v["frontends"][0];
+            assert_eq!(f["kind"], "LoadBalancer", "{v:#}");
+            let outcome = f["client"]["outcome"].as_str().unwrap_or("");
+            assert!(outcome.contains(want), "{client}: {want:?} expected: {v:#}");
+        }
+    }
+
     // Ranges that exclude the client: dropped on the LB IP, the NodePort
     // still serves (source ranges only guard LB IPs).
     c.apply(&objects(
@@ -1382,5 +1405,90 @@ fn cleanup_leaves_nothing_attached_in_the_node_namespaces() -> Result<()> {
         .run(|| tcp_connect_err(target))
         .expect("nothing translates the NodePort any more");
     assert_eq!(e.errno, Some(libc::ECONNREFUSED), "{e}");
+    Ok(())
+}
+
+/// `ferry ARGS --bpffs-dir DIR -o json` against the Ferry of `node`.
+fn explain_json(c: &Cluster, node: &str, args: &[&str]) -> Result<Value> {
+    let ferry = c
+        .ferries
+        .iter()
+        .find(|f| f.node == node)
+        .and_then(|f| f.ferry.as_ref())
+        .with_context(|| format!("no ferry for {node}"))?;
+    let dir = ferry.options().bpffs_dir.to_string_lossy().into_owned();
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["--bpffs-dir", &dir, "-o", "json"]);
+    let out = ferry.cli(&all)?;
+    ensure!(
+        out.status.success(),
+        "ferry {all:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// `ferry explain --flow` (issue 15): for UDP flows from the client to a
+/// NodePort, the Maglev backend explain names for each 5-tuple is the pod
+/// that answered it, and the flow's connection-table entry leads there.
+#[test]
+fn explain_flow_names_the_backend_each_flow_reached() -> Result<()> {
+    require_root();
+    let _serial = serial();
+    let mut c = Cluster::new()?;
+    let pods = ["pod1", "pod1b", "pod2"];
+    c.apply(&objects(
+        &c.topo,
+        service("why", 40, 30086, "Cluster"),
+        &pods,
+    ))?;
+    c.start_ferries()?;
+    c.wait_node_port(30086, &[Proto::Udp])?;
+    c.wait_node_port_backends(30086, &pods)?;
+    let src = IpAddr::from(CLIENT_LO_V4);
+    let target = sa(c.node("node1").addr_like(src), 30086);
+    wait_answered(c.client(), Proto::Udp, src, target)?;
+    const N: u16 = 12;
+    let replies = requests_from_ports(c.client(), Proto::Udp, src, 44000, N, target)?;
+    ensure!(
+        servers_of(&replies).len() > 1,
+        "{N} source ports all went to one backend"
+    );
+    let fe = fe_name(target, Proto::Udp);
+    let pod_addrs: Vec<(String, String)> = c
+        .topo
+        .pods()
+        .iter()
+        .map(|p| (p.name.clone(), sa(p.v4.into(), PORT).to_string()))
+        .collect();
+    let pod_at = |addr: &str| -> String {
+        pod_addrs
+            .iter()
+            .find(|(_, a)| a == addr)
+            .map_or_else(|| format!("unknown {addr}"), |(name, _)| name.clone())
+    };
+    let mut explained = Vec::new();
+    for i in 0..N {
+        let flow = sa(src, 44000 + i).to_string();
+        let v = explain_json(&c, "node1", &["explain", &fe, "--flow", &flow])?;
+        let f = &v["frontends"][0];
+        ensure!(f["kind"] == "NodePort", "{v:#}");
+        ensure!(f["external_clients"]["masquerade"] == true, "{v:#}");
+        ensure!(f["matches"] == true, "maps and model differ: {v:#}");
+        let ns = &f["client"]["north_south"];
+        let maglev = pod_at(ns["maglev_backend"].as_str().unwrap_or(""));
+        let becomes = ns["flow"]["becomes"].as_str().unwrap_or("");
+        let pod = pod_addrs.iter().find(|(name, _)| *name == maglev);
+        ensure!(
+            pod.is_some_and(|(_, addr)| becomes.ends_with(addr.as_str())),
+            "the flow entry of {flow} ({becomes:?}) does not lead to Maglev's {maglev}: {v:#}"
+        );
+        explained.push(maglev);
+    }
+    let answered: Vec<String> = replies.iter().map(|r| r.server.clone()).collect();
+    assert_eq!(
+        explained, answered,
+        "explain's Maglev picks vs the pods that answered"
+    );
     Ok(())
 }

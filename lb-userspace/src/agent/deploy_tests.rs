@@ -278,6 +278,12 @@ fn kube_daemonset_runs_the_agent_on_every_node_without_privileged() {
         host_path_at(datapath.cgroup.as_deref().expect("--cgroup")),
         "/sys/fs/cgroup"
     );
+    // The explain socket: writable (the root file system is not), and the
+    // host's, so that `ferry explain` on the node reaches the agent.
+    assert_eq!(
+        host_path_at(Path::new(crate::explain::RUN_DIR)),
+        crate::explain::RUN_DIR
+    );
 }
 
 #[test]

@@ -41,6 +41,7 @@ use tokio::{
 use self::{events::EventReporter, metrics::Metrics, state::AgentState};
 use crate::{
     datapath::{BpffsDir, Datapath, Maps},
+    explain::{ExplainServer, ExplainSource},
     healthcheck::HealthServer,
     http::{self, Connections, Handler, Limits, Response},
     reconcile::{self, NodeConfig},
@@ -173,6 +174,9 @@ pub async fn run(
         }),
         connections.clone(),
     ));
+    let explain_source = Arc::new(ExplainSource::default());
+    let explain_server =
+        ExplainServer::start_or_warn(&opts.bpffs, explain_source.clone(), connections.clone());
     tracing::info!(
         healthz = %opts.healthz_bind_address,
         metrics = %opts.metrics_bind_address,
@@ -245,6 +249,7 @@ pub async fn run(
         stop_rx,
         repair,
         move |ctx| {
+            explain_source.record(ctx.snapshot, &ctx.pass.node);
             let latency = s.synced(ctx.snapshot);
             m.record_pass(ctx, latency);
             s.record_pass(ctx);
@@ -280,5 +285,6 @@ pub async fn run(
     let _ = stop_tx.send(true);
     control_loop.join().await;
     tasks.shutdown().await;
+    drop(explain_server);
     Ok(())
 }

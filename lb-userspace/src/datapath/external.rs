@@ -246,6 +246,34 @@ fn frontend_key6(f: &FrontendAddr) -> Option<Frontend6Key> {
     }
 }
 
+/// The `SOURCE_RANGES4` key of (frontend, source prefix), as written and
+/// as looked up (a full-length prefix: one source address).
+fn range_key4(fa: Ipv4Addr, f: &FrontendAddr, src: Ipv4Addr, prefix_len: u8) -> Key<SourceRange4> {
+    Key::new(
+        SOURCE_RANGE4_FRONTEND_BITS + u32::from(prefix_len),
+        SourceRange4 {
+            frontend_addr: u32::from_ne_bytes(fa.octets()),
+            port: f.port.to_be(),
+            proto: f.protocol.number(),
+            _pad: 0,
+            source: u32::from_ne_bytes(src.octets()),
+        },
+    )
+}
+
+fn range_key6(fa: Ipv6Addr, f: &FrontendAddr, src: Ipv6Addr, prefix_len: u8) -> Key<SourceRange6> {
+    Key::new(
+        SOURCE_RANGE6_FRONTEND_BITS + u32::from(prefix_len),
+        SourceRange6 {
+            frontend_addr: words(&fa.octets()),
+            port: f.port.to_be(),
+            proto: f.protocol.number(),
+            _pad: 0,
+            source: words(&src.octets()),
+        },
+    )
+}
+
 fn words(octets: &[u8; 16]) -> [u32; 4] {
     let mut w = [0u32; 4];
     for (i, c) in octets.chunks_exact(4).enumerate() {
@@ -642,16 +670,7 @@ impl External {
         let f = &r.frontend;
         match (f.ip, r.network) {
             (IpAddr::V4(fa), IpAddr::V4(src)) => {
-                let key = Key::new(
-                    SOURCE_RANGE4_FRONTEND_BITS + u32::from(r.prefix_len),
-                    SourceRange4 {
-                        frontend_addr: u32::from_ne_bytes(fa.octets()),
-                        port: f.port.to_be(),
-                        proto: f.protocol.number(),
-                        _pad: 0,
-                        source: u32::from_ne_bytes(src.octets()),
-                    },
-                );
+                let key = range_key4(fa, f, src, r.prefix_len);
                 if insert {
                     self.maps.ranges4.insert(&key, 1, 0).map_err(err)
                 } else {
@@ -659,16 +678,7 @@ impl External {
                 }
             }
             (IpAddr::V6(fa), IpAddr::V6(src)) => {
-                let key = Key::new(
-                    SOURCE_RANGE6_FRONTEND_BITS + u32::from(r.prefix_len),
-                    SourceRange6 {
-                        frontend_addr: words(&fa.octets()),
-                        port: f.port.to_be(),
-                        proto: f.protocol.number(),
-                        _pad: 0,
-                        source: words(&src.octets()),
-                    },
-                );
+                let key = range_key6(fa, f, src, r.prefix_len);
                 if insert {
                     self.maps.ranges6.insert(&key, 1, 0).map_err(err)
                 } else {
@@ -727,7 +737,7 @@ impl External {
 }
 
 /// The external frontends as the maps hold them, for `ferry services`.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, PartialEq, Eq)]
 pub struct ExternalView {
     pub frontend: String,
     pub kind: &'static str,
@@ -813,5 +823,169 @@ pub fn table(maps: &ExternalMaps) -> String {
         .map(|(name, n)| format!("{name}={n}"))
         .collect();
     out.push_str(&format!("packets: {}\n", counters.join(" ")));
+    out
+}
+
+/// What the north-south maps decide for one client of one external
+/// frontend (`ferry explain --client ADDRESS` / `--flow`).
+#[derive(Clone, Debug, serde::Serialize, PartialEq)]
+pub struct ClientView {
+    /// The frontend's entry; None: not served to clients outside the node.
+    pub frontend: Option<ExternalView>,
+    /// With source ranges on the frontend: whether `SOURCE_RANGES` admits
+    /// the client (else the packet is dropped). None: unrestricted.
+    pub source_allowed: Option<bool>,
+    /// The backend this client's flow from `port` hashes to in the
+    /// frontend's Maglev table (only with a client port).
+    pub maglev_backend: Option<String>,
+    /// The connection-table entry of the flow as it arrives, if any.
+    pub flow: Option<FlowEntryView>,
+}
+
+#[derive(Clone, Debug, serde::Serialize, PartialEq)]
+pub struct FlowEntryView {
+    /// The flow after translation: source -> destination.
+    pub becomes: String,
+    pub masqueraded: bool,
+    pub closing: bool,
+    pub last_seen_secs_ago: f64,
+}
+
+/// Looks a client (and, with `port`, its flow) up the way `ferry_external`
+/// does: frontend, source ranges, flow table, Maglev table.
+pub fn client_view(
+    maps: &ExternalMaps,
+    f: &FrontendAddr,
+    client: IpAddr,
+    port: Option<u16>,
+    now_ns: u64,
+) -> ClientView {
+    let proto = f.protocol.number();
+    let value = match f.ip {
+        IpAddr::V4(a) => maps
+            .frontends4
+            .get(
+                &Frontend4Key {
+                    addr: a.octets(),
+                    port: f.port.to_be(),
+                    proto,
+                    _pad: 0,
+                },
+                0,
+            )
+            .ok(),
+        IpAddr::V6(a) => maps
+            .frontends6
+            .get(
+                &Frontend6Key {
+                    addr: a.octets(),
+                    port: f.port.to_be(),
+                    proto,
+                    _pad: 0,
+                },
+                0,
+            )
+            .ok(),
+    };
+    let mut out = ClientView {
+        frontend: None,
+        source_allowed: None,
+        maglev_backend: None,
+        flow: None,
+    };
+    let Some(value) = value else {
+        return out;
+    };
+    out.frontend = views(maps)
+        .into_iter()
+        .find(|v| v.frontend == f.to_string());
+    if value.flags & EXTERNAL_F_SOURCE_RANGES != 0 {
+        out.source_allowed = Some(match (f.ip, client) {
+            (IpAddr::V4(fa), IpAddr::V4(src)) => {
+                maps.ranges4.get(&range_key4(fa, f, src, 32), 0).is_ok()
+            }
+            (IpAddr::V6(fa), IpAddr::V6(src)) => {
+                maps.ranges6.get(&range_key6(fa, f, src, 128), 0).is_ok()
+            }
+            _ => false,
+        });
+    }
+    let Some(port) = port else {
+        return out;
+    };
+    let (sport, dport) = (port.to_be(), f.port.to_be());
+    let addr_hash = match client {
+        IpAddr::V4(c) => lb_common::maglev_hash::addr4(u32::from_ne_bytes(c.octets())),
+        IpAddr::V6(c) => lb_common::maglev_hash::addr6(words(&c.octets())),
+    };
+    let hash = lb_common::maglev_hash::flow(addr_hash, sport, dport, proto);
+    let size = maps.config.get(&0, 0).map_or(0, |c| c.maglev_size);
+    if let Some(index) = value
+        .table
+        .checked_mul(size)
+        .and_then(|base| base.checked_add(hash.checked_rem(size)?))
+        && let Ok(entry) = maps.maglev.get(&index, 0)
+        && entry.port != 0
+    {
+        let ip = match f.ip {
+            IpAddr::V4(_) => ip_of4(entry.addr[0]),
+            IpAddr::V6(_) => ip_of6(entry.addr),
+        };
+        out.maglev_backend =
+            Some(std::net::SocketAddr::new(ip, u16::from_be(entry.port)).to_string());
+    }
+    let nat = match (client, f.ip) {
+        (IpAddr::V4(c), IpAddr::V4(d)) => maps
+            .flows4
+            .get(
+                &Flow4 {
+                    saddr: u32::from_ne_bytes(c.octets()),
+                    daddr: u32::from_ne_bytes(d.octets()),
+                    sport,
+                    dport,
+                    proto,
+                    _pad: [0; 3],
+                },
+                0,
+            )
+            .ok()
+            .map(|n| {
+                (
+                    std::net::SocketAddr::new(ip_of4(n.saddr), u16::from_be(n.sport)),
+                    std::net::SocketAddr::new(ip_of4(n.daddr), u16::from_be(n.dport)),
+                    n.flags,
+                    n.last_seen_ns,
+                )
+            }),
+        (IpAddr::V6(c), IpAddr::V6(d)) => maps
+            .flows6
+            .get(
+                &Flow6 {
+                    saddr: words(&c.octets()),
+                    daddr: words(&d.octets()),
+                    sport,
+                    dport,
+                    proto,
+                    _pad: [0; 3],
+                },
+                0,
+            )
+            .ok()
+            .map(|n| {
+                (
+                    std::net::SocketAddr::new(ip_of6(n.saddr), u16::from_be(n.sport)),
+                    std::net::SocketAddr::new(ip_of6(n.daddr), u16::from_be(n.dport)),
+                    n.flags,
+                    n.last_seen_ns,
+                )
+            }),
+        _ => None,
+    };
+    out.flow = nat.map(|(s, d, flags, seen)| FlowEntryView {
+        becomes: format!("{s} -> {d}"),
+        masqueraded: flags & lb_common::FLOW_F_SNAT != 0,
+        closing: flags & lb_common::FLOW_F_CLOSING != 0,
+        last_seen_secs_ago: now_ns.saturating_sub(seen) as f64 / 1e9,
+    });
     out
 }

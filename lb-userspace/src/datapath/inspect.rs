@@ -3,7 +3,8 @@
 use std::collections::HashMap;
 
 use lb_common::{
-    BACKEND_F_LOCAL, BACKEND_F_TERMINATING, FRONTEND_F_AFFINITY, FRONTEND_F_DROP, FrontendKind,
+    AffinityKey, BACKEND_F_LOCAL, BACKEND_F_TERMINATING, FRONTEND_F_AFFINITY, FRONTEND_F_DROP,
+    FrontendKind,
 };
 use serde::Serialize;
 
@@ -11,6 +12,7 @@ use super::{
     adopt::{ReadError, read_installed},
     maps::Maps,
     store::BackendAddr,
+    sync::Installed,
 };
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -55,7 +57,11 @@ fn addr_string(ip: std::net::IpAddr, port: u16) -> String {
 /// Every frontend with its live backends (slots 1..=count) and counters,
 /// sorted by service then frontend.
 pub fn frontends(maps: &Maps) -> Result<Vec<FrontendView>, ReadError> {
-    let installed = read_installed(maps)?;
+    Ok(frontends_of(maps, &read_installed(maps)?))
+}
+
+/// [`frontends`] from what was read back already.
+pub fn frontends_of(maps: &Maps, installed: &Installed) -> Vec<FrontendView> {
     let by_id: HashMap<u32, (&String, &Vec<u32>)> = installed
         .sets
         .iter()
@@ -107,7 +113,73 @@ pub fn frontends(maps: &Maps) -> Result<Vec<FrontendView>, ReadError> {
         })
         .collect();
     out.sort_by(|a, b| (&a.service, &a.frontend).cmp(&(&b.service, &b.frontend)));
-    Ok(out)
+    out
+}
+
+/// One client's session affinity entry (`AFFINITY`), as the connect
+/// program would judge it now.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct AffinityView {
+    pub backend: Option<String>,
+    pub slot: u32,
+    pub last_used_secs_ago: f64,
+    /// Fresh (used within the timeout) and its slot still within the count
+    /// and holding the backend: the next connect goes there.
+    pub in_force: bool,
+}
+
+/// The affinity entry of (client netns cookie, backend set id), if any.
+pub fn affinity_of(
+    maps: &Maps,
+    installed: &Installed,
+    netns_cookie: u64,
+    service_id: u32,
+) -> Option<AffinityView> {
+    let key = AffinityKey {
+        netns_cookie,
+        service_id,
+        _pad: 0,
+    };
+    let entry = maps.affinity.get(&key, 0).ok()?;
+    let backend = installed
+        .backends
+        .iter()
+        .find(|(_, b)| b.id == entry.backend_id)
+        .map(|(a, _)| addr_string(a.ip, a.port));
+    let frontend = installed
+        .frontends
+        .values()
+        .find(|f| f.service_id == service_id);
+    let slots = installed
+        .sets
+        .values()
+        .find(|s| s.id == service_id)
+        .map(|s| s.slots.as_slice())
+        .unwrap_or_default();
+    let age_ns = monotonic_ns().saturating_sub(entry.last_used_ns);
+    let in_force = frontend.is_some_and(|f| {
+        age_ns <= u64::from(f.affinity_timeout_secs) * 1_000_000_000
+            && entry.slot >= 1
+            && entry.slot <= u32::from(f.count)
+            && slots.get(entry.slot as usize - 1) == Some(&entry.backend_id)
+    });
+    Some(AffinityView {
+        backend,
+        slot: entry.slot,
+        last_used_secs_ago: age_ns as f64 / 1e9,
+        in_force,
+    })
+}
+
+/// `bpf_ktime_get_ns()`'s clock.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the struct we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// A plain table, one line per frontend.

@@ -135,17 +135,44 @@ pub(super) fn duplicate_slice(slice: &EndpointSliceInfo) -> InvalidObject {
 /// namespace/name order (which copy of a repeated IP:port wins depends on
 /// it), as kube-proxy's EndpointSliceCache does.
 pub(super) fn merge_slices<'a>(reads: impl IntoIterator<Item = &'a ReadSlice>) -> ServiceEndpoints {
+    merge_slices_with(reads, None)
+}
+
+/// What merging did with one endpoint copy of one slice port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum MergeOutcome {
+    /// First copy of its IP:port: used.
+    Added,
+    /// Used in place of an earlier (terminating) copy, which is dropped.
+    Replaced,
+    /// An earlier copy is used; this one is dropped.
+    Duplicate,
+}
+
+/// Receives (slice index in merge order, endpoint index in the slice, the
+/// port it was merged under, the outcome) for every endpoint copy merged.
+pub(super) type MergeRecord<'r> =
+    Option<&'r mut dyn FnMut(usize, usize, &ServicePortName, MergeOutcome)>;
+
+/// [`merge_slices`], handing every merge decision to `record`.
+pub(super) fn merge_slices_with<'a>(
+    reads: impl IntoIterator<Item = &'a ReadSlice>,
+    mut record: MergeRecord<'_>,
+) -> ServiceEndpoints {
     let mut ports: BTreeMap<ServicePortName, BTreeMap<(IpAddr, u16), Endpoint>> = BTreeMap::new();
     let mut local_ready_ips = BTreeSet::new();
-    for read in reads {
+    for (slice_index, read) in reads.into_iter().enumerate() {
         for (port_name, number) in &read.ports {
             let endpoints = ports.entry(port_name.clone()).or_default();
-            for ep in &read.endpoints {
+            for (ep_index, ep) in read.endpoints.iter().enumerate() {
                 let ep = Endpoint {
                     port: *number,
                     ..ep.clone()
                 };
-                add_endpoint(endpoints, ep);
+                let outcome = add_endpoint(endpoints, ep);
+                if let Some(record) = record.as_mut() {
+                    record(slice_index, ep_index, port_name, outcome);
+                }
             }
         }
         // kube-proxy counts endpoints per slice port, so a slice without a
@@ -173,12 +200,18 @@ pub(super) fn merge_slices<'a>(reads: impl IntoIterator<Item = &'a ReadSlice>) -
 /// slices, or a pod IP reused while the old pod terminates): keep the
 /// non-terminating copy; between two copies of equal state the first seen
 /// (by slice namespace/name) stays.
-fn add_endpoint(endpoints: &mut BTreeMap<(IpAddr, u16), Endpoint>, ep: Endpoint) {
+fn add_endpoint(endpoints: &mut BTreeMap<(IpAddr, u16), Endpoint>, ep: Endpoint) -> MergeOutcome {
     match endpoints.get(&(ep.ip, ep.port)) {
         // Replace only a terminating copy by a non-terminating one.
-        Some(existing) if !existing.terminating || ep.terminating => {}
-        _ => {
+        Some(existing) if !existing.terminating || ep.terminating => MergeOutcome::Duplicate,
+        existing => {
+            let outcome = if existing.is_some() {
+                MergeOutcome::Replaced
+            } else {
+                MergeOutcome::Added
+            };
             endpoints.insert((ep.ip, ep.port), ep);
+            outcome
         }
     }
 }
@@ -189,9 +222,9 @@ pub(super) struct ReadSlice {
     pub service: ServiceRef,
     pub family: IpFamily,
     /// Usable ports: (name, protocol) → the endpoints' port number.
-    ports: Vec<(ServicePortName, u16)>,
+    pub ports: Vec<(ServicePortName, u16)>,
     /// Usable endpoints, port not yet set.
-    endpoints: Vec<Endpoint>,
+    pub endpoints: Vec<Endpoint>,
 }
 
 pub(super) fn read_slice(

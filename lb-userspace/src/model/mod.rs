@@ -12,6 +12,8 @@
 //!   ranges).
 //! - `merge`: conflicts between Services settled; the desired state.
 //! - `compute`: all of the above from scratch.
+//! - `explain`: one frontend's decision, endpoint by endpoint, recorded
+//!   by the same functions while they decide (`ferry explain`).
 //! - `incremental`: the same result, reusing what did not change since the
 //!   last pass (`memo`: results remembered by object identity; `patch`: the
 //!   last desired state updated for Services whose claims did not change;
@@ -36,6 +38,7 @@
 
 mod compute;
 mod endpoints;
+mod explain;
 mod incremental;
 pub mod ip;
 mod memo;
@@ -55,12 +58,17 @@ mod incremental_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
 pub use compute::compute;
+pub use explain::{
+    DesiredBackend, EndpointExplanation, ExplainError, ExplainQuery, Explanation,
+    ExternalExplanation, FrontendExplanation, SelectionExplanation, explain, kind_name,
+};
 pub use incremental::{Incremental, Recompute};
 pub use node::node_info;
 pub use slice_info::{EndpointAddress, EndpointInfo, EndpointSliceInfo, LABEL_SERVICE_NAME};
+pub use topology::EndpointReason;
 pub use types::*;
 
 /// Hash maps for lookups on the control loop's hot path. Keys are

@@ -29,7 +29,7 @@ use lb_common::capacity::MAX_BACKENDS_PER_SERVICE;
 use super::endpoints::{Endpoint, ServiceEndpoints};
 use super::ip::Cidr;
 use super::service::{ServiceInfo, ServicePortInfo};
-use super::topology::{PortPolicy, categorize_endpoints};
+use super::topology::{EndpointReason, PortPolicy, categorize_endpoints_with};
 use super::types::{
     Backend, BackendSet, BackendSetKey, EmptyOutcome, FrontendAddr, FrontendKind, InvalidObject,
     IpFamily, NodeInfo, ObjectKind, Protocol, ReportCause, Selection, ServiceRef,
@@ -106,11 +106,42 @@ pub(super) fn service_invalid(service: &ServiceRef, reason: String) -> InvalidOb
     }
 }
 
+/// One service port in one family, as a [`PlanRecord`] is told about it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct PortRef<'a> {
+    pub family: IpFamily,
+    pub name: &'a str,
+    pub protocol: Protocol,
+}
+
+/// Receives every endpoint's reason, per service port, family and
+/// selection, as the plan decides it (see `topology::SelectionRecord`).
+pub(super) type PlanRecord<'r> =
+    Option<&'r mut dyn FnMut(PortRef<'_>, Selection, &Endpoint, EndpointReason)>;
+
+/// A shorter borrow of a record, for one call.
+fn reborrow<'s>(record: &'s mut PlanRecord<'_>) -> PlanRecord<'s> {
+    match record {
+        Some(r) => Some(&mut **r),
+        None => None,
+    }
+}
+
 /// Plans one Service. `endpoints` gives its merged endpoints per family.
 pub(super) fn plan_service<'e>(
     svc: &ServiceInfo,
     endpoints: impl Fn(IpFamily) -> Option<&'e ServiceEndpoints>,
     node: &NodeInfo,
+) -> ServicePlan {
+    plan_service_with(svc, endpoints, node, None)
+}
+
+/// [`plan_service`], handing each endpoint's reason to `record`.
+pub(super) fn plan_service_with<'e>(
+    svc: &ServiceInfo,
+    endpoints: impl Fn(IpFamily) -> Option<&'e ServiceEndpoints>,
+    node: &NodeInfo,
+    mut record: PlanRecord<'_>,
 ) -> ServicePlan {
     let mut invalid = Vec::new();
     let (served_external_ips, refused) =
@@ -150,6 +181,7 @@ pub(super) fn plan_service<'e>(
                         },
                         node,
                         &mut invalid,
+                        reborrow(&mut record),
                     )
                 })
                 .collect();
@@ -224,6 +256,7 @@ fn plan_port(
     ctx: &PortContext<'_>,
     node: &NodeInfo,
     invalid: &mut Vec<InvalidObject>,
+    record: PlanRecord<'_>,
 ) -> Option<PortPlan> {
     let PortContext {
         svc, port, family, ..
@@ -241,7 +274,25 @@ fn plan_port(
         svc.external_policy_local,
         externally_accessible,
     );
-    let categorized = categorize_endpoints(endpoints, policy, &node.name, node.zone.as_deref());
+    let port_ref = PortRef {
+        family,
+        name: &port.name,
+        protocol: port.protocol,
+    };
+    let mut forward = record.map(|record| {
+        move |selection: Selection, e: &Endpoint, reason: EndpointReason| {
+            record(port_ref, selection, e, reason);
+        }
+    });
+    let categorized = categorize_endpoints_with(
+        endpoints,
+        policy,
+        &node.name,
+        node.zone.as_deref(),
+        forward
+            .as_mut()
+            .map(|f| f as &mut dyn FnMut(Selection, &Endpoint, EndpointReason)),
+    );
 
     let cluster_ip_selection = if svc.internal_policy_local {
         Selection::Local

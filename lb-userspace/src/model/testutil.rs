@@ -16,10 +16,10 @@ use super::slice_info::{EndpointSliceInfo, LABEL_SERVICE_NAME};
 use super::types::NodeInfo;
 
 /// This node in the reference tables.
-pub(super) const NODE: &str = "test-node";
+pub(crate) const NODE: &str = "test-node";
 
 /// `test-node`, 192.168.0.2, no zone.
-pub(super) fn node() -> NodeInfo {
+pub(crate) fn node() -> NodeInfo {
     NodeInfo {
         name: NODE.into(),
         addresses: vec!["192.168.0.2".parse().unwrap()],
@@ -29,18 +29,18 @@ pub(super) fn node() -> NodeInfo {
 }
 
 /// "10.0.0.1:80" / "[fd00::1]:80".
-pub(super) fn addr_port(ip: IpAddr, port: u16) -> String {
+pub(crate) fn addr_port(ip: IpAddr, port: u16) -> String {
     match ip {
         IpAddr::V4(ip) => format!("{ip}:{port}"),
         IpAddr::V6(ip) => format!("[{ip}]:{port}"),
     }
 }
 
-pub(super) struct ServiceBuilder(Service);
+pub(crate) struct ServiceBuilder(Service);
 
 /// A ClusterIP Service with only `spec.clusterIP` set (as a hand-written
 /// file would have it).
-pub(super) fn service(ns: &str, name: &str, cluster_ip: &str) -> ServiceBuilder {
+pub(crate) fn service(ns: &str, name: &str, cluster_ip: &str) -> ServiceBuilder {
     let mut s = Service::default();
     s.metadata.namespace = Some(ns.into());
     s.metadata.name = Some(name.into());
@@ -64,16 +64,16 @@ impl ServiceBuilder {
         ports.last_mut().unwrap()
     }
 
-    pub(super) fn with(mut self, f: impl FnOnce(&mut Service)) -> Self {
+    pub(crate) fn with(mut self, f: impl FnOnce(&mut Service)) -> Self {
         f(&mut self.0);
         self
     }
 
-    pub(super) fn port(self, name: &str, protocol: &str, port: i32) -> Self {
+    pub(crate) fn port(self, name: &str, protocol: &str, port: i32) -> Self {
         self.raw_port(Some(name), Some(protocol), port)
     }
 
-    pub(super) fn raw_port(
+    pub(crate) fn raw_port(
         mut self,
         name: Option<&str>,
         protocol: Option<&str>,
@@ -92,30 +92,30 @@ impl ServiceBuilder {
     }
 
     /// targetPort (number) of the last port.
-    pub(super) fn target(mut self, port: i32) -> Self {
+    pub(crate) fn target(mut self, port: i32) -> Self {
         self.last_port().target_port = Some(IntOrString::Int(port));
         self
     }
 
     /// targetPort (name) of the last port.
-    pub(super) fn target_name(mut self, name: &str) -> Self {
+    pub(crate) fn target_name(mut self, name: &str) -> Self {
         self.last_port().target_port = Some(IntOrString::String(name.into()));
         self
     }
 
     /// nodePort of the last port.
-    pub(super) fn node_port(mut self, port: i32) -> Self {
+    pub(crate) fn node_port(mut self, port: i32) -> Self {
         self.last_port().node_port = Some(port);
         self
     }
 
-    pub(super) fn type_(mut self, t: &str) -> Self {
+    pub(crate) fn type_(mut self, t: &str) -> Self {
         self.spec().type_ = Some(t.into());
         self
     }
 
     /// spec.ipFamilies and spec.clusterIPs (empty slices leave them unset).
-    pub(super) fn families(mut self, families: &[&str], cluster_ips: &[&str]) -> Self {
+    pub(crate) fn families(mut self, families: &[&str], cluster_ips: &[&str]) -> Self {
         let to_vec = |v: &[&str]| {
             (!v.is_empty()).then(|| v.iter().map(std::string::ToString::to_string).collect())
         };
@@ -124,12 +124,12 @@ impl ServiceBuilder {
         self
     }
 
-    pub(super) fn external_ips(mut self, ips: &[&str]) -> Self {
+    pub(crate) fn external_ips(mut self, ips: &[&str]) -> Self {
         self.spec().external_ips = Some(ips.iter().map(std::string::ToString::to_string).collect());
         self
     }
 
-    pub(super) fn lb_ingress(mut self, ip: Option<&str>, ip_mode: Option<&str>) -> Self {
+    pub(crate) fn lb_ingress(mut self, ip: Option<&str>, ip_mode: Option<&str>) -> Self {
         let status = self.0.status.get_or_insert_with(ServiceStatus::default);
         let lb = status
             .load_balancer
@@ -145,7 +145,7 @@ impl ServiceBuilder {
     }
 
     /// spec.loadBalancerSourceRanges.
-    pub(super) fn source_ranges(mut self, ranges: &[&str]) -> Self {
+    pub(crate) fn source_ranges(mut self, ranges: &[&str]) -> Self {
         self.spec().load_balancer_source_ranges = Some(
             ranges
                 .iter()
@@ -155,18 +155,18 @@ impl ServiceBuilder {
         self
     }
 
-    pub(super) fn itp(mut self, policy: &str) -> Self {
+    pub(crate) fn itp(mut self, policy: &str) -> Self {
         self.spec().internal_traffic_policy = Some(policy.into());
         self
     }
 
-    pub(super) fn etp(mut self, policy: &str) -> Self {
+    pub(crate) fn etp(mut self, policy: &str) -> Self {
         self.spec().external_traffic_policy = Some(policy.into());
         self
     }
 
     /// sessionAffinity ClientIP with this timeoutSeconds (None: no config).
-    pub(super) fn affinity(mut self, timeout: Option<i32>) -> Self {
+    pub(crate) fn affinity(mut self, timeout: Option<i32>) -> Self {
         let spec = self.spec();
         spec.session_affinity = Some("ClientIP".into());
         spec.session_affinity_config = timeout.map(|t| SessionAffinityConfig {
@@ -177,12 +177,12 @@ impl ServiceBuilder {
         self
     }
 
-    pub(super) fn health_check_node_port(mut self, port: i32) -> Self {
+    pub(crate) fn health_check_node_port(mut self, port: i32) -> Self {
         self.spec().health_check_node_port = Some(port);
         self
     }
 
-    pub(super) fn label(mut self, key: &str, value: &str) -> Self {
+    pub(crate) fn label(mut self, key: &str, value: &str) -> Self {
         self.0
             .metadata
             .labels
@@ -191,19 +191,19 @@ impl ServiceBuilder {
         self
     }
 
-    pub(super) fn build(self) -> Arc<Service> {
+    pub(crate) fn build(self) -> Arc<Service> {
         Arc::new(self.0)
     }
 
-    pub(super) fn build_raw(self) -> Service {
+    pub(crate) fn build_raw(self) -> Service {
         self.0
     }
 }
 
-pub(super) struct SliceBuilder(EndpointSlice);
+pub(crate) struct SliceBuilder(EndpointSlice);
 
 /// An EndpointSlice of `service_name` (label kubernetes.io/service-name).
-pub(super) fn slice(ns: &str, name: &str, service_name: &str, address_type: &str) -> SliceBuilder {
+pub(crate) fn slice(ns: &str, name: &str, service_name: &str, address_type: &str) -> SliceBuilder {
     let mut s = EndpointSlice {
         address_type: address_type.into(),
         ..Default::default()
@@ -214,11 +214,11 @@ pub(super) fn slice(ns: &str, name: &str, service_name: &str, address_type: &str
 }
 
 impl SliceBuilder {
-    pub(super) fn port(self, name: &str, protocol: &str, port: i32) -> Self {
+    pub(crate) fn port(self, name: &str, protocol: &str, port: i32) -> Self {
         self.raw_port(Some(name), Some(protocol), Some(port))
     }
 
-    pub(super) fn raw_port(
+    pub(crate) fn raw_port(
         mut self,
         name: Option<&str>,
         protocol: Option<&str>,
@@ -236,12 +236,12 @@ impl SliceBuilder {
         self
     }
 
-    pub(super) fn endpoint(mut self, e: Endpoint) -> Self {
+    pub(crate) fn endpoint(mut self, e: Endpoint) -> Self {
         self.0.endpoints.get_or_insert_with(Vec::new).push(e);
         self
     }
 
-    pub(super) fn label(mut self, key: &str, value: &str) -> Self {
+    pub(crate) fn label(mut self, key: &str, value: &str) -> Self {
         self.0
             .metadata
             .labels
@@ -250,27 +250,27 @@ impl SliceBuilder {
         self
     }
 
-    pub(super) fn without_service_label(mut self) -> Self {
+    pub(crate) fn without_service_label(mut self) -> Self {
         if let Some(l) = self.0.metadata.labels.as_mut() {
             l.remove(LABEL_SERVICE_NAME);
         }
         self
     }
 
-    pub(super) fn build(self) -> Arc<EndpointSliceInfo> {
+    pub(crate) fn build(self) -> Arc<EndpointSliceInfo> {
         Arc::new(self.0.into())
     }
 }
 
 /// An endpoint with one address, no conditions (ready), no node (remote).
-pub(super) fn ep(ip: &str) -> Endpoint {
+pub(crate) fn ep(ip: &str) -> Endpoint {
     Endpoint {
         addresses: vec![ip.into()],
         ..Default::default()
     }
 }
 
-pub(super) trait EndpointExt {
+pub(crate) trait EndpointExt {
     /// nodeName = this node.
     fn local(self) -> Self;
     fn node(self, name: &str) -> Self;
@@ -348,30 +348,30 @@ impl EndpointExt for Endpoint {
 
 /// xorshift64*: random test inputs, reproducible from a seed without a
 /// dependency.
-pub(super) struct Rng(pub u64);
+pub(crate) struct Rng(pub u64);
 
 impl Rng {
-    pub(super) fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    pub(super) fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
 
-    pub(super) fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+    pub(crate) fn pick<T: Copy>(&mut self, items: &[T]) -> T {
         items[self.below(items.len())]
     }
 
-    pub(super) fn chance(&mut self, percent: u64) -> bool {
+    pub(crate) fn chance(&mut self, percent: u64) -> bool {
         self.next() % 100 < percent
     }
 
     /// Mostly from `good`, sometimes from `bad`.
-    pub(super) fn either<T: Copy>(&mut self, good: &[T], bad: &[T]) -> T {
+    pub(crate) fn either<T: Copy>(&mut self, good: &[T], bad: &[T]) -> T {
         if self.chance(92) {
             self.pick(good)
         } else {

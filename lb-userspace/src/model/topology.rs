@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use super::endpoints::Endpoint;
+use super::types::Selection;
 
 /// Which selections a service port needs, as kube-proxy's
 /// `ServicePort.UsesClusterEndpoints` / `UsesLocalEndpoints`.
@@ -60,14 +61,175 @@ pub(super) struct Categorized<'a> {
     pub has_any: bool,
 }
 
+/// Why an endpoint is in a selection or not: computed by the very
+/// functions that decide (`categorize_endpoints_with`), so an explanation
+/// can never disagree with the selection.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum EndpointReason {
+    /// Kept: ready (and allowed by topology hints, for Cluster).
+    Ready,
+    /// Kept: serving and terminating, chosen because the selection has no
+    /// ready endpoint.
+    TerminatingFallback,
+    /// Dropped: ready=false and not terminating.
+    NotReady,
+    /// Dropped: terminating with serving=false (never a fallback).
+    NotServing,
+    /// Dropped: serving but terminating while ready endpoints exist.
+    TerminatingNotNeeded,
+    /// Dropped from the Local selection: the endpoint is on another node.
+    /// An explanation names the policy that asked for the Local selection
+    /// (`InternalTrafficPolicyLocal` or `ExternalTrafficPolicyLocal`).
+    OtherNode,
+    /// Dropped: internalTrafficPolicy Local and the endpoint is on another
+    /// node.
+    InternalTrafficPolicyLocal,
+    /// Dropped for clients outside the node: externalTrafficPolicy Local
+    /// and the endpoint is on another node.
+    ExternalTrafficPolicyLocal,
+    /// Dropped by topology: every ready endpoint has zone hints, some name
+    /// this node's zone, this one's do not.
+    TopologyOtherZone,
+    /// Dropped by topology: every ready endpoint has node hints, some name
+    /// this node, this one's do not.
+    TopologyOtherNode,
+    /// Dropped: in a slice of the other address family than the frontend.
+    OtherFamily,
+    /// Dropped: the same address and port is in another slice, whose copy
+    /// is used (the non-terminating one, else the first by slice name).
+    DuplicateAcrossSlices,
+    /// Dropped: the slice has no port of this service port's name and
+    /// protocol.
+    NoMatchingPort,
+}
+
+impl EndpointReason {
+    /// Whether the endpoint is a backend of the selection.
+    pub fn kept(self) -> bool {
+        matches!(
+            self,
+            EndpointReason::Ready | EndpointReason::TerminatingFallback
+        )
+    }
+
+    /// kube-proxy's terms, for people.
+    pub fn describe(self) -> &'static str {
+        match self {
+            EndpointReason::Ready => "kept: ready",
+            EndpointReason::TerminatingFallback => {
+                "kept: serving+terminating, fallback used (no ready endpoint)"
+            }
+            EndpointReason::NotReady => "dropped: not ready",
+            EndpointReason::NotServing => "dropped: terminating and not serving",
+            EndpointReason::TerminatingNotNeeded => "dropped: terminating (ready endpoints exist)",
+            EndpointReason::OtherNode => "dropped: on another node (Local selection)",
+            EndpointReason::InternalTrafficPolicyLocal => {
+                "dropped: internalTrafficPolicy Local, endpoint on another node"
+            }
+            EndpointReason::ExternalTrafficPolicyLocal => {
+                "dropped: externalTrafficPolicy Local, endpoint on another node"
+            }
+            EndpointReason::TopologyOtherZone => "dropped: topology hint for another zone",
+            EndpointReason::TopologyOtherNode => "dropped: topology hint for another node",
+            EndpointReason::OtherFamily => "dropped: other address family",
+            EndpointReason::DuplicateAcrossSlices => "dropped: duplicate across slices",
+            EndpointReason::NoMatchingPort => "dropped: its slice has no such port",
+        }
+    }
+}
+
+/// Receives each endpoint's reason, per selection, as it is decided. The
+/// normal compute passes none; an explanation passes one for one Service.
+pub(super) type SelectionRecord<'r> =
+    Option<&'r mut dyn FnMut(Selection, &Endpoint, EndpointReason)>;
+
+/// Why an endpoint that is neither ready nor chosen as a fallback is left
+/// out, from its conditions alone.
+fn condition_reason(e: &Endpoint) -> EndpointReason {
+    if e.ready {
+        EndpointReason::Ready
+    } else if e.serving && e.terminating {
+        EndpointReason::TerminatingNotNeeded
+    } else if e.terminating {
+        EndpointReason::NotServing
+    } else {
+        EndpointReason::NotReady
+    }
+}
+
+/// The Cluster selection's decision for one endpoint. `fallback`: no ready
+/// endpoint passed, so serving+terminating ones are used (ignoring
+/// topology).
+fn cluster_reason(
+    e: &Endpoint,
+    mode: TopologyMode,
+    node_name: &str,
+    zone: &str,
+    fallback: bool,
+) -> EndpointReason {
+    if fallback {
+        if e.serving && e.terminating {
+            EndpointReason::TerminatingFallback
+        } else {
+            condition_reason(e)
+        }
+    } else if !e.ready {
+        condition_reason(e)
+    } else if available_for_topology(e, mode, node_name, zone) {
+        EndpointReason::Ready
+    } else if mode == TopologyMode::PreferSameNode {
+        EndpointReason::TopologyOtherNode
+    } else {
+        EndpointReason::TopologyOtherZone
+    }
+}
+
+/// Which local endpoints the Local selection uses.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LocalMode {
+    Ready,
+    ServingTerminating,
+    Nothing,
+}
+
+/// The Local selection's decision for one endpoint.
+fn local_reason(e: &Endpoint, mode: LocalMode) -> EndpointReason {
+    if !e.local {
+        return EndpointReason::OtherNode;
+    }
+    match mode {
+        LocalMode::Ready if e.ready => EndpointReason::Ready,
+        LocalMode::ServingTerminating if e.serving && e.terminating => {
+            EndpointReason::TerminatingFallback
+        }
+        _ => condition_reason(e),
+    }
+}
+
 /// Splits one service port's endpoints. `zone` is the node's
 /// topology.kubernetes.io/zone label; "" (or no label) never matches a hint,
 /// nor does an empty node name.
+#[cfg(test)]
 pub(super) fn categorize_endpoints<'a>(
     endpoints: &'a [Endpoint],
     policy: PortPolicy,
     node_name: &str,
     zone: Option<&str>,
+) -> Categorized<'a> {
+    categorize_endpoints_with(endpoints, policy, node_name, zone, None)
+}
+
+/// [`categorize_endpoints`], also handing each endpoint's reason per
+/// selection it computes to `record`.
+pub(super) fn categorize_endpoints_with<'a>(
+    endpoints: &'a [Endpoint],
+    policy: PortPolicy,
+    node_name: &str,
+    zone: Option<&str>,
+    mut record: SelectionRecord<'_>,
 ) -> Categorized<'a> {
     let zone = zone.unwrap_or("");
     if endpoints.is_empty() {
@@ -86,18 +248,26 @@ pub(super) fn categorize_endpoints<'a>(
 
     if policy.uses_cluster {
         topology_mode = topology_mode_from_hints(endpoints, node_name, zone);
+        let reason =
+            |e: &Endpoint, fallback| cluster_reason(e, topology_mode, node_name, zone, fallback);
         let mut selected: Vec<&Endpoint> = endpoints
             .iter()
-            .filter(|e| e.ready && available_for_topology(e, topology_mode, node_name, zone))
+            .filter(|e| reason(e, false).kept())
             .collect();
         // No ready endpoint anywhere (topology never empties the set: a mode
         // is only chosen when some ready endpoint matches it): fall back to
         // serving+terminating ones, ignoring topology and locality.
-        if selected.is_empty() {
+        let fallback = selected.is_empty();
+        if fallback {
             selected = endpoints
                 .iter()
-                .filter(|e| e.serving && e.terminating)
+                .filter(|e| reason(e, true).kept())
                 .collect();
+        }
+        if let Some(record) = record.as_mut() {
+            for e in endpoints {
+                record(Selection::Cluster, e, reason(e, fallback));
+            }
         }
         has_any = !selected.is_empty();
         cluster = Some(selected);
@@ -125,17 +295,27 @@ pub(super) fn categorize_endpoints<'a>(
         }
     }
 
-    let local: Vec<&Endpoint> = if has_local_ready {
-        endpoints.iter().filter(|e| e.local && e.ready).collect()
+    let local_mode = if has_local_ready {
+        LocalMode::Ready
     } else if has_local_serving_terminating {
         use_serving_terminating = true;
+        LocalMode::ServingTerminating
+    } else {
+        LocalMode::Nothing
+    };
+    let local: Vec<&Endpoint> = if local_mode == LocalMode::Nothing {
+        Vec::new()
+    } else {
         endpoints
             .iter()
-            .filter(|e| e.local && e.serving && e.terminating)
+            .filter(|e| local_reason(e, local_mode).kept())
             .collect()
-    } else {
-        Vec::new()
     };
+    if let Some(record) = record.as_mut() {
+        for e in endpoints {
+            record(Selection::Local, e, local_reason(e, local_mode));
+        }
+    }
 
     let Some(cluster_eps) = cluster else {
         return Categorized {
