@@ -224,7 +224,12 @@ fn start_ferry(
         READY_TIMEOUT,
         Duration::from_millis(200),
         || {
-            let v = f.ferry().north_south_json()?;
+            // Until the agent has pinned its maps, `ferry services` fails:
+            // that is still starting, not an error.
+            let v = match f.ferry().north_south_json() {
+                Ok(v) => v,
+                Err(e) => return Ok(Wait::Pending(format!("{e:#}"))),
+            };
             let served = v["frontends"].as_array().is_some_and(|a| {
                 a.iter()
                     .any(|e| e["frontend"].as_str() == Some(fe.as_str()))
