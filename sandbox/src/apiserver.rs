@@ -14,9 +14,10 @@
 //!   the given resourceVersion on (replayed from history, then live), an
 //!   object that starts or stops matching the selectors shows up as ADDED
 //!   or DELETED; BOOKMARKs on [`ApiServer::send_bookmarks`];
-//!   `timeoutSeconds` ends the stream. A resourceVersion older than the
-//!   last [`ApiServer::expire`] gets an ERROR event with code 410 (Gone),
-//!   which makes clients relist.
+//!   `timeoutSeconds` ends the stream. After [`ApiServer::expire`], a
+//!   watch of a kind from any resourceVersion gets an ERROR event with
+//!   code 410 (Gone) until that kind is listed again, so a client relists
+//!   even when it never saw the 410 of its open watch (dropped first).
 //! - get, create (POST), merge patch (PATCH) of single objects; Events
 //!   posted by the agent are kept for assertions ([`ApiServer::events`]).
 //! - faults: [`ApiServer::expire`] (410 to every open watch),
@@ -149,6 +150,12 @@ struct State {
     rv: u64,
     /// Watches from a resourceVersion below this get 410 Gone.
     compacted: u64,
+    /// Kinds expired and not listed since: every watch from a
+    /// resourceVersion gets 410 Gone. Without this, a client whose open
+    /// watch was closed before the 410 reached it would resume from its
+    /// (current) resourceVersion and never relist, and a test waiting
+    /// for the relist would depend on that race.
+    must_relist: std::collections::BTreeSet<Kind>,
     objects: BTreeMap<Key, Value>,
     history: Vec<Change>,
     subs: Vec<Sub>,
@@ -203,6 +210,7 @@ impl ApiServer {
             state: Mutex::new(State {
                 rv: 1,
                 compacted: 0,
+                must_relist: Default::default(),
                 objects: BTreeMap::new(),
                 history: Vec::new(),
                 subs: Vec::new(),
@@ -318,6 +326,7 @@ impl ApiServer {
         // Watching from the current resourceVersion stays possible (there
         // is nothing to replay); anything older is gone.
         st.compacted = st.rv;
+        st.must_relist = Kind::ALL.into_iter().collect();
         st.history.clear();
         let rv = st.rv;
         for sub in st.subs.drain(..) {
@@ -823,7 +832,8 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             start_watch(&shared, sub, query.get("resourceVersion"), timeout)
         }
         (&Method::GET, None, false) => {
-            let st = shared.lock();
+            let mut st = shared.lock();
+            st.must_relist.remove(&kind);
             let sub = Sub {
                 kind,
                 namespace: target.namespace.clone(),
@@ -934,7 +944,7 @@ fn start_watch(
         let mut st = shared.lock();
         let asked = rv.and_then(|r| r.parse::<u64>().ok()).filter(|r| *r > 0);
         match asked {
-            Some(asked) if asked < st.compacted => {
+            Some(asked) if asked < st.compacted || st.must_relist.contains(&sub.kind) => {
                 let _ = tx.send(gone(asked, st.rv));
                 drop(tx);
             }

@@ -375,6 +375,35 @@ fn source_keeps_the_last_snapshot_through_an_outage_and_converges_after() -> Res
     Ok(())
 }
 
+/// A 410 the agent never saw (its watches were down when the history was
+/// compacted, and nothing changed since, so its resourceVersion is still
+/// the current one) must still end in a relist: the fixture keeps
+/// answering 410 until each kind is listed again, like an API server
+/// whose watch cache no longer holds the client's resourceVersion.
+#[test]
+fn source_relists_after_a_410_that_came_while_its_watches_were_down() -> Result<()> {
+    let api = cluster()?;
+    let src = Source::start(&api, NODE)?;
+    src.wait_for("the first snapshot", |s| s.node.is_some())?;
+    let kinds = [Kind::Service, Kind::EndpointSlice, Kind::Node];
+    let lists_before: Vec<usize> = kinds.iter().map(|k| lists(&api, *k)).collect();
+
+    api.set_reachable(false)?;
+    api.wait_until("every watch to notice", WAIT, |_| {
+        let errors = src.rec.errors.lock().unwrap();
+        Watched::ALL.iter().all(|w| errors.contains(w))
+    })?;
+    api.expire();
+    api.set_reachable(true)?;
+    api.wait_until("every kind relisted and watched again", WAIT, |a| {
+        kinds
+            .iter()
+            .zip(&lists_before)
+            .all(|(k, n)| lists(a, *k) > *n && a.watches(*k) == 1)
+    })?;
+    Ok(())
+}
+
 #[test]
 fn source_resumes_dropped_watches_without_relisting_and_takes_bookmarks() -> Result<()> {
     let api = cluster()?;
