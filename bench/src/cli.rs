@@ -209,6 +209,8 @@ fn bench(a: BenchArgs) -> Result<()> {
             flow_secs: a.flow_secs.unwrap_or(if q { 0.3 } else { 2.0 }),
             program_repeats: pick(a.program_repeats, 3, 2).max(1),
             change_repeats: pick(a.change_repeats, 10, 4).max(2),
+            new_flows: if q { 2000 } else { 20_000 },
+            north_south_connections: if q { 300 } else { 2000 },
             out_dir: a
                 .out_dir
                 .unwrap_or_else(|| workspace_root().join("bench").join("results")),

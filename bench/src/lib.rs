@@ -116,6 +116,13 @@ pub struct Options {
     pub change_scale: usize,
     /// Endpoint changes timed (alternately removing and restoring it).
     pub change_repeats: usize,
+    /// North-south: new flows per hook and scale in the per-packet
+    /// section (`bench-packets`, at every scale).
+    pub new_flows: u32,
+    /// North-south: an outside client's new connections per datapath and
+    /// scale through the namespace topology (`bench-north-south`, at the
+    /// scales up to 10,000).
+    pub north_south_connections: usize,
     pub out_dir: PathBuf,
     pub seed: u64,
     /// CPU the client and server threads are pinned to (None: not pinned).
@@ -239,6 +246,17 @@ pub struct Results {
     pub results: Vec<DpResult>,
     /// One change through `ferry agent` at `options.change_scale`.
     pub agent_change: Option<agent_change::AgentChange>,
+    /// North-south cost per packet (tc and XDP), at every scale.
+    pub packets: Option<Vec<packets::Row>>,
+    /// North-south new connections from outside the node.
+    pub north_south: Option<Vec<north_south::Row>>,
+}
+
+/// The north-south connection bench's scales: the run's, up to 10,000
+/// (the largest; each Service is a kube-proxy-shaped ruleset of its
+/// own for the iptables and nftables datapaths).
+fn north_south_scales(scales: &[usize]) -> Vec<usize> {
+    scales.iter().copied().filter(|n| *n <= 10_000).collect()
 }
 
 /// Runs the whole bench and writes the report; returns its path.
@@ -265,6 +283,8 @@ pub fn run(opts: Options) -> Result<PathBuf> {
         options: opts.clone(),
         results: Vec::new(),
         agent_change: None,
+        packets: None,
+        north_south: None,
     };
     let started = Instant::now();
     let mut outcome = run_in_sandbox(&opts, &mut results.results);
@@ -277,6 +297,22 @@ pub fn run(opts: Options) -> Result<PathBuf> {
         match agent_change::run(opts.change_scale, changes) {
             Ok(figures) => results.agent_change = Some(figures),
             Err(e) => outcome = Err(e.context("one change through ferry agent")),
+        }
+    }
+    if outcome.is_ok() && opts.datapaths.contains(&Dp::Ferry) {
+        eprintln!("[bench] north-south: cost per packet (tc and XDP)");
+        let scales: Vec<u32> = opts.scales.iter().map(|n| *n as u32).collect();
+        match packets::run(&scales, opts.new_flows, opts.seed) {
+            Ok(rows) => results.packets = Some(rows),
+            Err(e) => outcome = Err(e.context("north-south cost per packet")),
+        }
+    }
+    let ns_scales = north_south_scales(&opts.scales);
+    if outcome.is_ok() && opts.datapaths.contains(&Dp::Ferry) && !ns_scales.is_empty() {
+        eprintln!("[bench] north-south: new connections from outside the node");
+        match north_south::run(&ns_scales, opts.north_south_connections, opts.seed) {
+            Ok(rows) => results.north_south = Some(rows),
+            Err(e) => outcome = Err(e.context("north-south new connections")),
         }
     }
     let leftovers = sandbox::sweep::sweep_own(NAMING);

@@ -49,7 +49,7 @@ fn lb_ip(i: usize) -> Ipv4Addr {
 }
 
 /// The datapaths, in the order they run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum Path {
     Direct,
     FerryXdp,
@@ -79,6 +79,7 @@ impl Path {
 }
 
 /// One datapath at one scale.
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Row {
     pub services: usize,
     pub path: Path,

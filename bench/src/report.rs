@@ -815,6 +815,15 @@ fn markdown(res: &Results, latency_svg: &str, programming_svg: &str) -> String {
         s.push_str(&a.markdown());
     }
 
+    if let Some(rows) = &res.packets {
+        s.push_str("\n## North-south: cost per packet\n\nBPF_PROG_TEST_RUN of the tc and XDP programs in a namespace with a real route and resolved neighbours (see bench/README.md for the packets), ns per packet; the established flow repeats 100,000 times, a new flow and its floor run once per packet.\n\n");
+        s.push_str(&super::packets::markdown(rows));
+    }
+    if let Some(rows) = &res.north_south {
+        s.push_str("\n## North-south: new connections from outside the node\n\nAn outside client's new TCP connections (connect, 1-byte request and response) to load balancer IPs through node1 of the namespace topology: routed straight to the pods, Ferry with XDP, Ferry with tc alone, kube-proxy-shaped iptables and nftables rules (DNAT and masquerade), the same Services for each.\n\n");
+        s.push_str(&super::north_south::markdown(rows));
+    }
+
     s.push_str(WHY);
 
     s.push_str("\n## Ferry's memory\n\nKernel memory of the pinned maps (bytes_memlock: the LRU maps and the per-CPU counters are preallocated at their capacity, the lookup maps take memory for their hash buckets (one per entry of capacity) and for the entries they hold) and the agent's resident set after programming and at its peak. The agent keeps Services slimmed (no managedFields, annotations) and EndpointSlices reduced to what the model reads (`EndpointSliceInfo`: 56 bytes per endpoint plus its node name).\n\n");

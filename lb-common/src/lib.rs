@@ -855,7 +855,12 @@ pub struct Flow4 {
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    /// Two fields, not `[u8; 3]`: the eBPF side builds these on the
+    /// stack for every packet, and LLVM turns a three-byte zero array into
+    /// a call of a byte-loop `memset` (BPF has no such builtin), where a
+    /// byte and a half-word are two stores.
+    pub _pad0: u8,
+    pub _pad1: u16,
 }
 
 /// Key of `FLOWS6`.
@@ -867,7 +872,9 @@ pub struct Flow6 {
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    /// As in [`Flow4`].
+    pub _pad0: u8,
+    pub _pad1: u16,
 }
 
 /// The entry is the reply direction (backend → client) of its flow.
@@ -888,9 +895,11 @@ pub struct Flow4Nat {
     pub dport: u16,
     /// `FLOW_F_*`.
     pub flags: u8,
-    pub _pad: [u8; 3],
-    /// `bpf_ktime_get_ns()` of the last packet (updated at most once a
-    /// second).
+    /// As in [`Flow4`].
+    pub _pad0: u8,
+    pub _pad1: u16,
+    /// CLOCK_MONOTONIC (`bpf_ktime_get_coarse_ns()`, tick resolution) of
+    /// the last packet, updated at most once a second.
     pub last_seen_ns: u64,
 }
 
@@ -903,7 +912,9 @@ pub struct Flow6Nat {
     pub sport: u16,
     pub dport: u16,
     pub flags: u8,
-    pub _pad: [u8; 3],
+    /// As in [`Flow4`].
+    pub _pad0: u8,
+    pub _pad1: u16,
     pub last_seen_ns: u64,
 }
 

@@ -33,7 +33,7 @@ use aya_ebpf::{
         BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH,
         BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, bpf_redir_neigh,
     },
-    helpers::generated::{bpf_csum_diff, bpf_ktime_get_ns},
+    helpers::generated::{bpf_csum_diff, bpf_ktime_get_coarse_ns},
     maps::lpm_trie::Key,
     programs::{TcContext, XdpContext},
 };
@@ -44,6 +44,8 @@ use lb_common::{
     SOURCE_RANGE6_FRONTEND_BITS, SourceRange4, SourceRange6, addr6_bytes, external_counter,
     maglev_hash,
 };
+
+use core::mem::MaybeUninit;
 
 use crate::frame::{Frame, ROUTE_RESOLVED, Tc, Xdp};
 use crate::maps::{
@@ -77,6 +79,17 @@ const SNAT_TRIES: u32 = 8;
 
 const TCP_FIN: u8 = 0x01;
 const TCP_RST: u8 = 0x04;
+
+/// The flow table's clock: CLOCK_MONOTONIC at tick resolution
+/// (`bpf_ktime_get_coarse_ns`, Linux 5.11). Its timeouts are seconds, and
+/// the precise clock costs a TSC read per packet (in a VM about a tenth of
+/// an established packet's cost); the coarse one is a load. An entry's time
+/// may be up to a tick ahead of it (written by userspace from the precise
+/// clock), so ages saturate at 0.
+#[inline(always)]
+fn clock() -> u64 {
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
 
 #[inline(always)]
 fn count(index: u32) {
@@ -319,7 +332,8 @@ impl Ip for V4 {
             sport,
             dport,
             proto,
-            _pad: [0; 3],
+            _pad0: 0,
+            _pad1: 0,
         }
     }
     #[inline(always)]
@@ -330,7 +344,8 @@ impl Ip for V4 {
             sport,
             dport,
             flags,
-            _pad: [0; 3],
+            _pad0: 0,
+            _pad1: 0,
             last_seen_ns: now,
         }
     }
@@ -491,7 +506,8 @@ impl Ip for V6 {
             sport,
             dport,
             proto,
-            _pad: [0; 3],
+            _pad0: 0,
+            _pad1: 0,
         }
     }
     #[inline(always)]
@@ -509,7 +525,8 @@ impl Ip for V6 {
             sport,
             dport,
             flags,
-            _pad: [0; 3],
+            _pad0: 0,
+            _pad1: 0,
             last_seen_ns: now,
         }
     }
@@ -622,15 +639,31 @@ impl Ip for V6 {
 const ROUTE_NONE: u8 = 0;
 const ROUTE_NO_NEIGH: u8 = 2;
 
+/// Zeroes `*p` by 8-byte stores. Not `*p = zeroed()`: LLVM makes that a
+/// call of a byte-loop `memset` in BPF (64 iterations for the route
+/// lookup's parameters, on every packet); volatile stores stay stores.
+#[inline(always)]
+fn zero_words<T>(p: *mut T) {
+    const { assert!(core::mem::size_of::<T>().is_multiple_of(8) && core::mem::align_of::<T>() >= 4) };
+    let words = p.cast::<u64>();
+    let mut i = 0;
+    while i < core::mem::size_of::<T>() / 8 {
+        // SAFETY: within `*p` (a multiple of 8 bytes); BPF stores need no
+        // alignment beyond the map value's, which is 8.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+        i += 1;
+    }
+}
+
 /// Looks the route up; returns (ROUTE_*, egress ifindex).
 #[inline(always)]
 fn route<C: Frame, F: Ip>(ctx: C, saddr: F::Addr, daddr: F::Addr, l4: &L4) -> (u8, u32) {
     let Some(p) = FIB_SCRATCH.get_ptr_mut(0) else {
         return (ROUTE_NONE, 0);
     };
+    zero_words(p);
     // SAFETY: this CPU's scratch entry, used by this run only.
     let params = unsafe { &mut *p };
-    *params = unsafe { core::mem::zeroed() };
     params.family = F::AF;
     params.l4_protocol = l4.proto;
     params.sport = l4.sport;
@@ -661,11 +694,14 @@ fn transmit<C: Frame, F: Ip>(ctx: C, state: u8) -> i32 {
     // SAFETY: as in `route`, which filled it earlier in this run.
     let params = unsafe { &*p };
     if state == ROUTE_RESOLVED {
-        let macs: [u8; 12] = {
-            let mut m = [0u8; 12];
-            m[..6].copy_from_slice(&params.dmac);
-            m[6..].copy_from_slice(&params.smac);
-            m
+        // Built without zeroing it first (a zeroed array is a `memset`
+        // call, see `zero_words`).
+        let macs: [u8; 12] = unsafe {
+            let mut m = core::mem::MaybeUninit::<[u8; 12]>::uninit();
+            let p = m.as_mut_ptr().cast::<u8>();
+            core::ptr::copy_nonoverlapping(params.dmac.as_ptr(), p, 6);
+            core::ptr::copy_nonoverlapping(params.smac.as_ptr(), p.add(6), 6);
+            m.assume_init()
         };
         if ctx.store(0, &macs).is_err() {
             return C::DROP;
@@ -778,16 +814,16 @@ fn established<C: Frame, F: Ip>(
     ctx: C,
     pkt: &Packet<F>,
     nat: *mut F::Nat,
-    out: &mut Translation<F>,
+    out: &mut MaybeUninit<Translation<F>>,
 ) -> i32 {
     let l4 = &pkt.l4;
     let (nsaddr, ndaddr, nsport, ndport, flags, last_seen) = F::nat_fields(unsafe { &*nat });
-    let now = unsafe { bpf_ktime_get_ns() };
-    if now.wrapping_sub(last_seen) > timeout_ns(flags, l4.proto) {
+    let now = clock();
+    if now.saturating_sub(last_seen) > timeout_ns(flags, l4.proto) {
         return EXPIRED;
     }
     let closing_now = closing(l4) && flags & FLOW_F_CLOSING == 0;
-    if closing_now || now.wrapping_sub(last_seen) > REFRESH_NS {
+    if closing_now || now.saturating_sub(last_seen) > REFRESH_NS {
         let new_flags = if closing(l4) {
             flags | FLOW_F_CLOSING
         } else {
@@ -807,12 +843,17 @@ fn established<C: Frame, F: Ip>(
         }
     }
     let (route, egress) = route::<C, F>(ctx, nsaddr, ndaddr, l4);
-    out.egress = egress;
-    out.saddr = nsaddr;
-    out.daddr = ndaddr;
-    out.sport = nsport;
-    out.dport = ndport;
-    out.route = route;
+    out.write(Translation {
+        saddr: nsaddr,
+        daddr: ndaddr,
+        sport: nsport,
+        dport: ndport,
+        route,
+        snat: flags & FLOW_F_SNAT != 0,
+        egress,
+        hash: 0,
+        now,
+    });
     count(external_counter::ESTABLISHED);
     TRANSLATE
 }
@@ -847,7 +888,7 @@ fn claim_snat_port<F: Ip>(
         }
         if let Some(existing) = unsafe { F::flows().get(key) } {
             let (_, _, _, _, flags, last_seen) = F::nat_fields(existing);
-            if now.wrapping_sub(last_seen) > timeout_ns(flags, proto)
+            if now.saturating_sub(last_seen) > timeout_ns(flags, proto)
                 && F::flows().insert(key, reply, 0).is_ok()
             {
                 return Some(port);
@@ -865,7 +906,7 @@ fn new_flow<C: Frame, F: Ip>(
     ctx: C,
     pkt: &Packet<F>,
     fe: &ExternalFrontendValue,
-    out: &mut Translation<F>,
+    out: &mut MaybeUninit<Translation<F>>,
 ) -> i32 {
     let (l4, saddr, daddr) = (&pkt.l4, pkt.saddr, pkt.daddr);
     if fe.count == 0 {
@@ -886,7 +927,7 @@ fn new_flow<C: Frame, F: Ip>(
     let backend = F::entry_addr(entry);
     // The route to the backend decides the masquerade address.
     let (route, egress) = route::<C, F>(ctx, saddr, backend, l4);
-    *out = Translation {
+    out.write(Translation {
         saddr,
         daddr: backend,
         sport: l4.sport,
@@ -895,8 +936,8 @@ fn new_flow<C: Frame, F: Ip>(
         snat: fe.flags & EXTERNAL_F_SNAT != 0,
         egress,
         hash,
-        now: unsafe { bpf_ktime_get_ns() },
-    };
+        now: clock(),
+    });
     RECORD
 }
 
@@ -1000,8 +1041,8 @@ fn icmp_error<C: Frame, F: Ip>(ctx: C) -> i32 {
         return C::PASS;
     };
     let (nsaddr, ndaddr, nsport, ndport, flags, last_seen) = F::nat_fields(nat);
-    let now = unsafe { bpf_ktime_get_ns() };
-    if now.wrapping_sub(last_seen) > timeout_ns(flags, proto) {
+    let now = clock();
+    if now.saturating_sub(last_seen) > timeout_ns(flags, proto) {
         return C::PASS;
     }
     // ICMPv4 quotes at least 8 bytes of the transport header: UDP's
@@ -1102,10 +1143,12 @@ fn rewrite_quoted_port<C: Frame>(
 fn finish_verdict<C: Frame, F: Ip>(
     ctx: C,
     pkt: &Packet<F>,
-    t: &Translation<F>,
+    t: &MaybeUninit<Translation<F>>,
     verdict: i32,
 ) -> i32 {
     if verdict == TRANSLATE {
+        // SAFETY: the steps that answer TRANSLATE wrote all of it.
+        let t = unsafe { t.assume_init_ref() };
         if !C::can_transmit(t.route, t.egress) {
             // XDP with a route it cannot send by: tc, next on this
             // interface, finds the flow (recorded above for a new one) and
@@ -1122,17 +1165,9 @@ fn finish_verdict<C: Frame, F: Ip>(
 #[inline(always)]
 fn handle<C: Frame, F: Ip>(ctx: C, role: Role, pkt: &Packet<F>) -> i32 {
     let l4 = &pkt.l4;
-    let mut t = Translation::<F> {
-        saddr: F::Addr::default(),
-        daddr: F::Addr::default(),
-        sport: 0,
-        dport: 0,
-        route: ROUTE_NONE,
-        snat: false,
-        egress: 0,
-        hash: 0,
-        now: 0,
-    };
+    // Written whole by the step that decides (not zeroed first: that is a
+    // `memset` call, see `zero_words`).
+    let mut t = MaybeUninit::<Translation<F>>::uninit();
     let key = F::flow(pkt.saddr, pkt.daddr, l4.sport, l4.dport, l4.proto);
     let frontend = if role == Role::External {
         F::frontend(pkt.daddr, l4.dport, l4.proto)
@@ -1159,11 +1194,15 @@ fn handle<C: Frame, F: Ip>(ctx: C, role: Role, pkt: &Packet<F>) -> i32 {
     match frontend {
         Some(fe) => {
             let mut verdict = new_flow::<C, F>(ctx, pkt, fe, &mut t);
-            if verdict == RECORD && t.snat {
-                verdict = masquerade::<C, F>(pkt, &mut t);
-            }
             if verdict == RECORD {
-                verdict = record::<F>(pkt, &t);
+                // SAFETY: `new_flow` wrote all of it when it answers RECORD.
+                let chosen = unsafe { t.assume_init_mut() };
+                if chosen.snat {
+                    verdict = masquerade::<C, F>(pkt, chosen);
+                }
+                if verdict == RECORD {
+                    verdict = record::<F>(pkt, chosen);
+                }
             }
             finish_verdict::<C, F>(ctx, pkt, &t, verdict)
         }

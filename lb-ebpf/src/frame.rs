@@ -22,6 +22,21 @@ use crate::maps::IFACE_ADDRS;
 /// `route`'s result when the next hop's MAC address is known.
 pub(crate) const ROUTE_RESOLVED: u8 = 1;
 
+/// A pointer to `off..off + size_of::<T>()` of the packet when that range
+/// lies in its linear part (`data`..`data_end`), checked as the verifier
+/// wants it (packet pointer plus a constant against the end), so that it
+/// may be read (and, in XDP, written) directly. A load helper costs a call
+/// and a copy per field, several times per packet; a direct read is one
+/// instruction. `None` leaves it to the helpers, which also reach paged
+/// data.
+#[inline(always)]
+fn linear<T>(data: usize, data_end: usize, off: usize) -> Option<*mut T> {
+    if data + off + core::mem::size_of::<T>() > data_end {
+        return None;
+    }
+    Some((data + off) as *mut T)
+}
+
 /// A packet in one of the hooks: loads and stores at offsets from the
 /// Ethernet header, checksum updates with `bpf_l3/l4_csum_replace`'s
 /// arguments, the route lookup and the redirect. A copy is one pointer, so
@@ -79,7 +94,14 @@ impl Frame for Tc {
 
     #[inline(always)]
     fn load<T>(self, off: usize) -> Result<T, c_long> {
-        TcContext::new(self.0).load(off)
+        // Read again each time: checksum and store helpers may move the
+        // packet data.
+        let (data, data_end) = unsafe { ((*self.0).data as usize, (*self.0).data_end as usize) };
+        match linear::<T>(data, data_end, off) {
+            // SAFETY: in bounds, checked above; packet bytes are plain data.
+            Some(p) => Ok(unsafe { core::ptr::read_unaligned(p) }),
+            None => TcContext::new(self.0).load(off),
+        }
     }
     #[inline(always)]
     fn store<T>(self, off: usize, v: &T) -> Result<(), c_long> {
@@ -156,6 +178,13 @@ fn csum_update(sum: u16, from: u64, to: u64, size: u64) -> u16 {
 }
 
 impl Xdp {
+    /// The frame's linear part (all of it, unless multi-buffer).
+    #[inline(always)]
+    fn linear<T>(self, off: usize) -> Option<*mut T> {
+        let (data, data_end) = unsafe { ((*self.0).data as usize, (*self.0).data_end as usize) };
+        linear::<T>(data, data_end, off)
+    }
+
     #[inline(always)]
     fn csum_replace(self, off: usize, from: u64, to: u64, flags: u64) -> Result<(), c_long> {
         let sum: u16 = self.load(off)?;
@@ -181,6 +210,10 @@ impl Frame for Xdp {
 
     #[inline(always)]
     fn load<T>(self, off: usize) -> Result<T, c_long> {
+        if let Some(p) = self.linear::<T>(off) {
+            // SAFETY: in bounds, checked by `linear`.
+            return Ok(unsafe { core::ptr::read_unaligned(p) });
+        }
         let mut v = core::mem::MaybeUninit::<T>::uninit();
         let ret = unsafe {
             bpf_xdp_load_bytes(
@@ -198,6 +231,12 @@ impl Frame for Xdp {
     }
     #[inline(always)]
     fn store<T>(self, off: usize, v: &T) -> Result<(), c_long> {
+        if let Some(p) = self.linear::<T>(off) {
+            // SAFETY: in bounds, checked by `linear`; an XDP frame has no
+            // checksum state or shared clones to keep in step.
+            unsafe { core::ptr::write_unaligned(p, core::ptr::read(v)) };
+            return Ok(());
+        }
         let ret = unsafe {
             bpf_xdp_store_bytes(
                 self.0,

@@ -447,7 +447,8 @@ impl Datapath {
                     sport,
                     dport,
                     proto: p,
-                    _pad: [0; 3],
+                    _pad0: 0,
+                    _pad1: 0,
                 };
                 self.maps.flows4.get(&key, 0).ok().map(|v| v.flags)
             }
@@ -458,7 +459,8 @@ impl Datapath {
                     sport,
                     dport,
                     proto: p,
-                    _pad: [0; 3],
+                    _pad0: 0,
+                    _pad1: 0,
                 };
                 self.maps.flows6.get(&key, 0).ok().map(|v| v.flags)
             }

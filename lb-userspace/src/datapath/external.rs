@@ -944,7 +944,8 @@ pub fn client_view(
                     sport,
                     dport,
                     proto,
-                    _pad: [0; 3],
+                    _pad0: 0,
+                    _pad1: 0,
                 },
                 0,
             )
@@ -966,7 +967,8 @@ pub fn client_view(
                     sport,
                     dport,
                     proto,
-                    _pad: [0; 3],
+                    _pad0: 0,
+                    _pad1: 0,
                 },
                 0,
             )
