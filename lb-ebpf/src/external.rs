@@ -31,7 +31,7 @@
 use aya_ebpf::{
     bindings::{
         BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, bpf_redir_neigh,
+        BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1,
     },
     helpers::generated::{bpf_csum_diff, bpf_ktime_get_coarse_ns},
     maps::lpm_trie::Key,
@@ -384,11 +384,14 @@ impl Ip for V4 {
     }
     #[inline(always)]
     fn neigh(params: &bpf_fib_lookup) -> bpf_redir_neigh {
-        let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
-        nh.nh_family = u32::from(AF_INET);
-        // After the lookup, ipv4_dst holds the next hop.
-        nh.__bindgen_anon_1.ipv4_nh = unsafe { params.__bindgen_anon_4.ipv4_dst };
-        nh
+        // Built whole, not zeroed first (see `zero_words`). After the
+        // lookup, ipv4_dst holds the next hop.
+        bpf_redir_neigh {
+            nh_family: u32::from(AF_INET),
+            __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
+                ipv6_nh: [unsafe { params.__bindgen_anon_4.ipv4_dst }, 0, 0, 0],
+            },
+        }
     }
     #[inline(always)]
     fn icmp_header<C: Frame>(ctx: C) -> Option<(u32, u32)> {
@@ -566,10 +569,12 @@ impl Ip for V6 {
     }
     #[inline(always)]
     fn neigh(params: &bpf_fib_lookup) -> bpf_redir_neigh {
-        let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
-        nh.nh_family = u32::from(AF_INET6);
-        nh.__bindgen_anon_1.ipv6_nh = unsafe { params.__bindgen_anon_4.ipv6_dst };
-        nh
+        bpf_redir_neigh {
+            nh_family: u32::from(AF_INET6),
+            __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
+                ipv6_nh: unsafe { params.__bindgen_anon_4.ipv6_dst },
+            },
+        }
     }
     #[inline(always)]
     fn icmp_header<C: Frame>(ctx: C) -> Option<([u32; 4], [u32; 4])> {

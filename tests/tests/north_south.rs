@@ -1162,6 +1162,44 @@ fn load_balancer_source_ranges_drop_other_sources() -> Result<()> {
 /// Case 5. Backends added (the EndpointSlices rewritten) while clients
 /// outside keep making short requests to both nodes' NodePorts (TCP, and
 /// UDP via node1): not one fails, and the new backends get traffic.
+/// Maglev tables depend only on their backends, so sets with the same
+/// backends share one: 40 dual-stack LoadBalancer Services on the same
+/// pods are 160 sets (family × protocol), more than the 64 tables the map
+/// holds at the default size, and every one of them is served from outside.
+#[test]
+fn services_on_the_same_pods_share_maglev_tables_past_the_maps_table_count() -> Result<()> {
+    require_root();
+    let _serial = serial();
+    const SERVICES: u8 = 40;
+    let mut c = Cluster::new()?;
+    let mut objs = Vec::new();
+    for i in 0..SERVICES {
+        let ingress = [format!("10.90.0.{}", i + 100), format!("fd90::{}", i + 100)];
+        let svc = lb_service(
+            &format!("many-{i}"),
+            100 + i,
+            30200 + u16::from(i),
+            "Cluster",
+            &[&ingress[0], &ingress[1]],
+        );
+        objs.extend(objects(&c.topo, svc, &["pod1", "pod2"]));
+    }
+    c.apply(&objs)?;
+    c.start_ferries()?;
+    for i in [0, SERVICES / 2, SERVICES - 1] {
+        for ip in [format!("10.90.0.{}", i + 100), format!("fd90::{}", i + 100)] {
+            let ip: IpAddr = ip.parse()?;
+            c.wait_frontend_everywhere(sa(ip, 80), &PROTOS)?;
+            let src = c.node("node1").client_peer_like(ip);
+            for proto in PROTOS {
+                let r = wait_answered(c.client(), proto, src, sa(ip, 80))?;
+                assert!(["pod1", "pod2"].contains(&r.server.as_str()), "{r:?}");
+            }
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn backends_added_under_external_load_lose_nothing() -> Result<()> {
     require_root();

@@ -465,17 +465,27 @@ impl External {
         let mut report = ExternalReport::default();
         let mut used = self.used_ids();
 
-        // 1. Tables for sets whose backends changed, under fresh ids.
+        // 1. Tables for sets whose backends changed, under fresh ids. A
+        // table depends only on its backends (the same list gives the same
+        // table on every node), so sets with the same backends share one:
+        // Services that select the same pods on the same port, and every
+        // set whose backends match a table already written. Written tables
+        // are never changed in place (a change gets a fresh id), so
+        // sharing one never moves another set's flows.
         let mut tables: HashMap<String, Table> = HashMap::new();
+        let mut by_backends: HashMap<Vec<Backend>, Table> = self
+            .installed
+            .tables
+            .values()
+            .map(|t| (t.backends.clone(), t.clone()))
+            .collect();
         for (key, set) in &desired.external_sets {
             let name = key.to_string();
             let backends = maglev_backends(set);
             if backends.is_empty() {
                 continue;
             }
-            if let Some(t) = self.installed.tables.get(&name)
-                && t.backends == backends
-            {
+            if let Some(t) = by_backends.get(&backends) {
                 tables.insert(name, t.clone());
                 continue;
             }
@@ -495,7 +505,9 @@ impl External {
             }
             used.insert(id);
             report.tables_written += 1;
-            tables.insert(name, Table { id, backends });
+            let table = Table { id, backends };
+            by_backends.insert(table.backends.clone(), table.clone());
+            tables.insert(name, table);
         }
 
         // 2. Source ranges, before the frontends that need them.
