@@ -78,6 +78,10 @@ impl Path {
     }
 }
 
+/// A connection this slow lost a packet on the way (TCP's first
+/// retransmission is after 1 s).
+const SLOW_NS: u64 = 100_000_000;
+
 /// One datapath at one scale.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Row {
@@ -85,6 +89,10 @@ pub struct Row {
     pub path: Path,
     pub p50_ns: u64,
     pub p99_ns: u64,
+    pub max_ns: u64,
+    /// Connections that took `SLOW_NS` or more (a lost SYN or SYN-ACK
+    /// costs a 1 s retransmission; the percentiles hide a few).
+    pub slow: usize,
     pub conns_per_sec: f64,
 }
 
@@ -203,6 +211,8 @@ fn measure(
         path,
         p50_ns: percentile(&lat, 50.0),
         p99_ns: percentile(&lat, 99.0),
+        max_ns: lat.last().copied().unwrap_or(0),
+        slow: lat.iter().filter(|ns| **ns >= SLOW_NS).count(),
         conns_per_sec: lat.len() as f64 / wall.as_secs_f64(),
     })
 }
@@ -299,8 +309,16 @@ fn run_topology(scales: &[usize], connections: usize, seed: u64) -> Result<Vec<R
                         "off"
                     };
                     // Dropped (stopped, `ferry cleanup`) before the next.
-                    let _ferry = start_ferry(&topo, &manifests, n, mode)?;
-                    measure(&topo, n, path, &lb_targets)?
+                    let mut ferry = start_ferry(&topo, &manifests, n, mode)?;
+                    let row = measure(&topo, n, path, &lb_targets)?;
+                    if let Ok(v) = ferry.ferry().north_south_json() {
+                        eprintln!(
+                            "bench-north-south: {n} Services, {}: counters {}",
+                            path.name(),
+                            v.get("counters").unwrap_or(&Value::Null)
+                        );
+                    }
+                    row
                 }
                 Path::Iptables => {
                     let _rules = Rules(node1);
@@ -334,7 +352,7 @@ fn run_topology(scales: &[usize], connections: usize, seed: u64) -> Result<Vec<R
 /// The figures as a Markdown table, with the targets per scale.
 pub fn markdown(rows: &[Row]) -> String {
     let mut s = String::from(
-        "| Services | datapath | p50 µs | p99 µs | conn/s | p50 / direct |\n|---:|---|---:|---:|---:|---:|\n",
+        "| Services | datapath | p50 µs | p99 µs | max µs | ≥ 100 ms | conn/s | p50 / direct |\n|---:|---|---:|---:|---:|---:|---:|---:|\n",
     );
     let find = |n: usize, p: Path| rows.iter().find(|r| r.services == n && r.path == p);
     for r in rows {
@@ -342,11 +360,13 @@ pub fn markdown(rows: &[Row]) -> String {
             .map_or(0, |d| d.p50_ns)
             .max(1);
         s.push_str(&format!(
-            "| {} | {} | {:.1} | {:.1} | {:.0} | {:.2}× |\n",
+            "| {} | {} | {:.1} | {:.1} | {:.0} | {} | {:.0} | {:.2}× |\n",
             r.services,
             r.path.name(),
             r.p50_ns as f64 / 1000.0,
             r.p99_ns as f64 / 1000.0,
+            r.max_ns as f64 / 1000.0,
+            r.slow,
             r.conns_per_sec,
             r.p50_ns as f64 / direct as f64,
         ));

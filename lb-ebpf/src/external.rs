@@ -33,7 +33,7 @@ use aya_ebpf::{
         BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH,
         BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1,
     },
-    helpers::generated::{bpf_csum_diff, bpf_ktime_get_coarse_ns},
+    helpers::generated::{bpf_csum_diff, bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
     maps::lpm_trie::Key,
     programs::{TcContext, XdpContext},
 };
@@ -74,8 +74,10 @@ const UDP_TIMEOUT_NS: u64 = 120 * NSEC_PER_SEC;
 const CLOSING_TIMEOUT_NS: u64 = 10 * NSEC_PER_SEC;
 /// An entry's `last_seen_ns` is written at most this often.
 const REFRESH_NS: u64 = NSEC_PER_SEC;
-/// Masquerade ports tried for a new flow before it is dropped.
-const SNAT_TRIES: u32 = 8;
+/// Masquerade ports tried (at random) for a new flow before it is dropped:
+/// with half the range taken, all 16 fail for one SYN in 65,536, and its
+/// retransmission tries 16 others.
+const SNAT_TRIES: u32 = 16;
 
 const TCP_FIN: u8 = 0x01;
 const TCP_RST: u8 = 0x04;
@@ -730,8 +732,6 @@ struct Translation<F: Ip> {
     snat: bool,
     /// The route's egress interface.
     egress: u32,
-    /// The flow's Maglev hash (the masquerade port search starts from it).
-    hash: u32,
     /// When `new_flow` ran: the entries' `last_seen_ns` (one clock read
     /// per new flow).
     now: u64,
@@ -856,7 +856,6 @@ fn established<C: Frame, F: Ip>(
         route,
         snat: flags & FLOW_F_SNAT != 0,
         egress,
-        hash: 0,
         now,
     });
     count(external_counter::ESTABLISHED);
@@ -868,7 +867,6 @@ fn established<C: Frame, F: Ip>(
 #[inline(always)]
 fn claim_snat_port<F: Ip>(
     cfg: &ExternalConfig,
-    hash: u32,
     backend: (F::Addr, u16),
     snat: F::Addr,
     proto: u8,
@@ -881,11 +879,17 @@ fn claim_snat_port<F: Ip>(
         return None;
     }
     let span = max - min + 1;
-    // checked_rem: the verifier refuses the panic path a plain `%` leaves
-    // (a call that never returns, at the end of the subprogram).
-    let start = hash.checked_rem(span)?;
-    for i in 0..SNAT_TRIES {
-        let port = ((min + (start + i).checked_rem(span)?) as u16).to_be();
+    for _ in 0..SNAT_TRIES {
+        // A random port each try, not a run from a start the flow
+        // determines: with linear probes, taken ports cluster, and a
+        // retransmitted SYN (same flow, same start) met the same full run
+        // for as long as those flows lived (a connection stalled 11 s at
+        // 44% of the range taken, in bench-north-south). The port is this
+        // node's own business, so nothing needs it deterministic.
+        // checked_rem: the verifier refuses the panic path a plain `%`
+        // leaves (a call that never returns, at the end of the subprogram).
+        let pick = unsafe { bpf_get_prandom_u32() }.checked_rem(span)?;
+        let port = ((min + pick) as u16).to_be();
         let key = F::flow(backend.0, snat, backend.1, port, proto);
         // BPF_NOEXIST: two CPUs cannot take the same port.
         if F::flows().insert(key, reply, 1).is_ok() {
@@ -940,7 +944,6 @@ fn new_flow<C: Frame, F: Ip>(
         route,
         snat: fe.flags & EXTERNAL_F_SNAT != 0,
         egress,
-        hash,
         now: clock(),
     });
     RECORD
@@ -966,15 +969,9 @@ fn masquerade<C: Frame, F: Ip>(pkt: &Packet<F>, t: &mut Translation<F>) -> i32 {
         FLOW_F_REPLY | FLOW_F_SNAT,
         now,
     );
-    let Some(port) = claim_snat_port::<F>(
-        cfg,
-        maglev_hash::finish(t.hash ^ 0x5bd1_e995),
-        (t.daddr, t.dport),
-        snat_addr,
-        l4.proto,
-        &reply,
-        now,
-    ) else {
+    let Some(port) =
+        claim_snat_port::<F>(cfg, (t.daddr, t.dport), snat_addr, l4.proto, &reply, now)
+    else {
         count(external_counter::DROP_SNAT_PORTS);
         return C::DROP;
     };
