@@ -68,22 +68,17 @@ impl InvalidLog {
     pub fn report(&mut self, invalid: &[InvalidObject]) {
         let now: HashSet<InvalidObject> = invalid.iter().cloned().collect();
         for obj in now.difference(&self.seen) {
-            match obj.cause {
-                ReportCause::Invalid => tracing::warn!(
-                    kind = %obj.kind,
-                    namespace = %obj.namespace,
-                    name = %obj.name,
-                    reason = %obj.reason,
-                    "skipping invalid object: {obj}"
-                ),
-                ReportCause::ExternalIpNotAllowed => tracing::warn!(
-                    kind = %obj.kind,
-                    namespace = %obj.namespace,
-                    name = %obj.name,
-                    reason = %obj.reason,
-                    "externalIP not allowed: {obj}"
-                ),
-            }
+            let what = match obj.cause {
+                ReportCause::Invalid => "skipping invalid object",
+                ReportCause::ExternalIpNotAllowed => "externalIP not allowed",
+            };
+            tracing::warn!(
+                kind = %obj.kind,
+                namespace = %obj.namespace,
+                name = %obj.name,
+                reason = %obj.reason,
+                "{what}: {obj}"
+            );
         }
         self.seen = now;
     }
