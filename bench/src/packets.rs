@@ -39,8 +39,8 @@ use aya::{
 };
 use etherparse::PacketBuilder;
 use lb_common::{
-    EXTERNAL_F_SNAT, ExternalConfig, ExternalFrontendValue, FLOW_F_REPLY, FLOW_F_SNAT, Flow4,
-    Flow4Nat, Frontend4Key, FrontendKind, InterfaceAddrs, MaglevEntry, PROTO_TCP, programs,
+    EXTERNAL_F_SNAT, ExternalBackend, ExternalConfig, ExternalFrontendValue, FLOW_F_REPLY,
+    FLOW_F_SNAT, Flow4, Flow4Nat, Frontend4Key, FrontendKind, InterfaceAddrs, PROTO_TCP, programs,
 };
 use lb_userspace::datapath::{self, external::ExternalMaps, inspect::monotonic_ns};
 use sandbox::{BpffsDir, Netns, ns_topology::sysctl};
@@ -170,18 +170,19 @@ impl Bench {
         }
         // One table of BACKENDS backends, round robin (the cost does not
         // depend on the table's contents).
-        for i in 0..MAGLEV_SIZE {
-            maps.maglev.set(
-                i,
-                MaglevEntry {
-                    addr: [addr(backend_ip(i % BACKENDS)), 0, 0, 0],
+        for i in 0..BACKENDS {
+            maps.write_backend(
+                i + 1,
+                ExternalBackend {
+                    addr: [addr(backend_ip(i)), 0, 0, 0],
                     port: 8080u16.to_be(),
                     flags: 0,
                     _pad: 0,
                 },
-                0,
             )?;
         }
+        let table: Vec<u32> = (0..MAGLEV_SIZE).map(|i| i % BACKENDS + 1).collect();
+        maps.write_table(0, &table)?;
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
         // rx_queue_index, egress_ifindex (data_end: the kernel takes the
         // frame's length).

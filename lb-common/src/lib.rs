@@ -29,7 +29,12 @@
 //! - `EXT_FRONTENDS4/6`: external frontend → [`ExternalFrontendValue`]
 //!   (Maglev table id, backend count, flags: kind, masquerade, source
 //!   ranges).
-//! - `MAGLEV`: flat array, table t at `t * maglev_size ..` → [`MaglevEntry`].
+//! - `MAGLEV`: array of maps, table id → that backend set's Maglev table,
+//!   an array of `maglev_size` external backend ids, created by the agent
+//!   for the set (so tables take memory for the sets that exist, none for
+//!   a fixed worst case).
+//! - `EXT_BACKENDS`: external backend id → [`ExternalBackend`] (address,
+//!   port, flags); ids are dense, 0 is never one.
 //! - `FLOWS4/6`: LRU, both directions of each flow, keyed by the 5-tuple as
 //!   it arrives → the 5-tuple it becomes ([`Flow4Nat`], [`Flow6Nat`]).
 //! - `SOURCE_RANGES4/6`: LPM trie of (LB frontend, source prefix).
@@ -104,6 +109,7 @@ pub mod maps {
     pub const EXTERNAL_FRONTENDS4: &str = "EXT_FRONTENDS4";
     pub const EXTERNAL_FRONTENDS6: &str = "EXT_FRONTENDS6";
     pub const MAGLEV: &str = "MAGLEV";
+    pub const EXTERNAL_BACKENDS: &str = "EXT_BACKENDS";
     pub const FLOWS4: &str = "FLOWS4";
     pub const FLOWS6: &str = "FLOWS6";
     pub const SOURCE_RANGES4: &str = "SOURCE_RANGES4";
@@ -126,6 +132,7 @@ pub mod maps {
         PerCpuArray = 6,
         LruHash = 9,
         LpmTrie = 11,
+        ArrayOfMaps = 12,
         SkStorage = 24,
     }
 
@@ -138,6 +145,9 @@ pub mod maps {
         pub value_size: u32,
         /// The capacity the object declares; 0 for socket-local storage.
         pub max_entries: u32,
+        /// For a map of maps: the inner maps' (type, value size, capacity,
+        /// flags); the key is a u32 index.
+        pub inner: Option<(MapType, u32, u32, u32)>,
         /// `map_flags` (see [`super::map_flags`]).
         pub flags: u32,
         /// Pinned under the agent's bpffs directory by name (everything
@@ -161,7 +171,36 @@ pub mod maps {
                 value_size: value_size as u32,
                 max_entries,
                 flags,
+                inner: None,
                 pinned: true,
+            }
+        }
+
+        /// BPF_MAP_TYPE_ARRAY_OF_MAPS of arrays (u32 index on both
+        /// levels) holding `value`s. The inner arrays carry
+        /// `map_flags::INNER_MAP`, so the agent may create them with
+        /// another capacity than this template's.
+        const fn array_of_arrays(
+            name: &'static str,
+            value: usize,
+            inner_max_entries: u32,
+            max_entries: u32,
+        ) -> Self {
+            Self {
+                inner: Some((
+                    MapType::Array,
+                    value as u32,
+                    inner_max_entries,
+                    map_flags::INNER_MAP,
+                )),
+                ..Self::new(
+                    name,
+                    MapType::ArrayOfMaps,
+                    4,
+                    4,
+                    max_entries,
+                    map_flags::ARRAY,
+                )
             }
         }
 
@@ -295,10 +334,17 @@ pub mod maps {
             size_of::<ExternalFrontendValue>(),
             capacity::EXTERNAL_FRONTENDS,
         ),
-        MapDef::array(
+        MapDef::array_of_arrays(
             MAGLEV,
-            size_of::<MaglevEntry>(),
-            capacity::MAGLEV_TABLE_SIZE * capacity::MAGLEV_TABLES,
+            4,
+            capacity::MAGLEV_TABLE_SIZE,
+            capacity::MAGLEV_TABLES,
+        ),
+        MapDef::hash(
+            EXTERNAL_BACKENDS,
+            4,
+            size_of::<ExternalBackend>(),
+            capacity::BACKENDS,
         ),
         MapDef::lru(
             FLOWS4,
@@ -459,6 +505,11 @@ pub mod map_flags {
     pub const LRU: u32 = 1 << 1;
     /// Arrays are preallocated and take no flags.
     pub const ARRAY: u32 = 0;
+    /// BPF_F_INNER_MAP (Linux 5.10, commit 4a8f87e60f6d): an inner array
+    /// of a map of maps may have another capacity than the template the
+    /// outer map was created with (the kernel then bounds-checks each
+    /// lookup against the inner map's own capacity).
+    pub const INNER_MAP: u32 = 1 << 12;
 }
 
 /// Default capacities. The agent may raise them at load time
@@ -544,11 +595,16 @@ pub mod capacity {
     /// Default Maglev table size: prime (Cilium's default; more than 100
     /// times the backends of any set keeps the spread within 1%).
     pub const MAGLEV_TABLE_SIZE: u32 = 16_381;
-    /// Default number of Maglev tables the `MAGLEV` array holds. One table
-    /// per external backend set with backends, plus one spare so that a
-    /// changed set is written into a fresh table before its frontends
-    /// switch to it.
-    pub const MAGLEV_TABLES: u32 = 64;
+    /// The largest table size `--maglev-table-size` takes (prime; Cilium's
+    /// largest too): sets of more than about 160 backends need a larger
+    /// table than the default for a 1% spread.
+    pub const MAGLEV_TABLE_SIZE_MAX: u32 = 131_071;
+    /// Maglev tables `MAGLEV` can refer to: one per distinct list of
+    /// external backends, plus one per set being changed (a changed set
+    /// gets a fresh table before its frontends switch to it). Tables are
+    /// created for the sets that exist (64 KiB each at the default size),
+    /// so this bounds only the outer array (8 bytes per entry).
+    pub const MAGLEV_TABLES: u32 = 65_536;
 }
 
 /// Key of `FRONTENDS4`: a Service frontend as the socket addresses it.
@@ -823,7 +879,7 @@ pub const EXTERNAL_F_SOURCE_RANGES: u16 = 1 << 9;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ExternalFrontendValue {
-    /// Maglev table: entries `table * size .. (table + 1) * size` of `MAGLEV`.
+    /// Maglev table: the index of the set's table in `MAGLEV`.
     pub table: u32,
     /// Backends in the set; 0: drop (no endpoint serves external traffic
     /// here).
@@ -833,10 +889,11 @@ pub struct ExternalFrontendValue {
     pub flags: u16,
 }
 
-/// Value of `MAGLEV`: one entry of a backend set's Maglev table.
+/// Value of `EXT_BACKENDS`: a backend of north-south traffic, as the
+/// entries of Maglev tables refer to it by id.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct MaglevEntry {
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExternalBackend {
     /// IPv4 in `addr[0]`, or IPv6 (network order words).
     pub addr: [u32; 4],
     /// Network order.
@@ -1013,7 +1070,7 @@ pub mod external_counter {
 const _: () = {
     use core::mem::size_of;
     assert!(size_of::<ExternalFrontendValue>() == 8);
-    assert!(size_of::<MaglevEntry>() == 20);
+    assert!(size_of::<ExternalBackend>() == 20);
     assert!(size_of::<Flow4>() == 16);
     assert!(size_of::<Flow6>() == 40);
     assert!(size_of::<Flow4Nat>() == 24);
@@ -1067,7 +1124,7 @@ mod pod {
     unsafe impl aya::Pod for ServiceName {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for ExternalFrontendValue {}
-    unsafe impl aya::Pod for MaglevEntry {}
+    unsafe impl aya::Pod for ExternalBackend {}
     unsafe impl aya::Pod for Flow4 {}
     unsafe impl aya::Pod for Flow6 {}
     unsafe impl aya::Pod for Flow4Nat {}

@@ -38,9 +38,9 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use lb_common::{
-    EXTERNAL_F_SNAT, EXTERNAL_F_SOURCE_RANGES, ExternalConfig, ExternalFrontendValue,
-    FLOW_F_CLOSING, FLOW_F_REPLY, FLOW_F_SNAT, Flow4, Flow4Nat, Flow6, Flow6Nat, Frontend4Key,
-    Frontend6Key, MaglevEntry, PROTO_TCP, PROTO_UDP, SOURCE_RANGE4_FRONTEND_BITS,
+    EXTERNAL_F_SNAT, EXTERNAL_F_SOURCE_RANGES, ExternalBackend, ExternalConfig,
+    ExternalFrontendValue, FLOW_F_CLOSING, FLOW_F_REPLY, FLOW_F_SNAT, Flow4, Flow4Nat, Flow6,
+    Flow6Nat, Frontend4Key, Frontend6Key, PROTO_TCP, PROTO_UDP, SOURCE_RANGE4_FRONTEND_BITS,
     SOURCE_RANGE6_FRONTEND_BITS, SourceRange4, SourceRange6, addr6_bytes, external_counter,
     maglev_hash,
 };
@@ -49,8 +49,8 @@ use core::mem::MaybeUninit;
 
 use crate::frame::{Frame, ROUTE_RESOLVED, Tc, Xdp};
 use crate::maps::{
-    EXT_CONFIG, EXT_COUNTERS, EXT_FRONTENDS4, EXT_FRONTENDS6, FIB_SCRATCH, FLOWS4, FLOWS6,
-    FlowTable, IFACE_ADDRS, MAGLEV, SOURCE_RANGES4, SOURCE_RANGES6,
+    EXT_BACKENDS, EXT_CONFIG, EXT_COUNTERS, EXT_FRONTENDS4, EXT_FRONTENDS6, FIB_SCRATCH, FLOWS4,
+    FLOWS6, FlowTable, IFACE_ADDRS, MAGLEV, SOURCE_RANGES4, SOURCE_RANGES6,
 };
 
 const ETH_HLEN: usize = 14;
@@ -185,18 +185,18 @@ fn config() -> Option<&'static ExternalConfig> {
 }
 
 #[inline(always)]
-fn maglev_entry(fe: &ExternalFrontendValue, hash: u32) -> Option<&'static MaglevEntry> {
+fn maglev_entry(fe: &ExternalFrontendValue, hash: u32) -> Option<&'static ExternalBackend> {
     let size = config()?.maglev_size;
-    if size == 0 {
+    // The table's own capacity bounds the index too (the kernel checks it:
+    // BPF_F_INNER_MAP); the size in EXT_CONFIG is what every node uses.
+    let id = *MAGLEV.get_value(fe.table, &hash.checked_rem(size)?)?;
+    // Id 0 is never a backend: an unwritten entry.
+    if id == 0 {
         return None;
     }
-    let entry = MAGLEV.get(
-        fe.table
-            .checked_mul(size)?
-            .checked_add(hash.checked_rem(size)?)?,
-    )?;
-    // An unwritten entry (port 0) is never a backend.
-    (entry.port != 0).then_some(entry)
+    // SAFETY: a lookup of a hash map; the value stays valid for this run
+    // (the kernel frees elements only after an RCU grace period).
+    unsafe { EXT_BACKENDS.get(id) }
 }
 
 /// The two families' packet and map specifics, so that the flow logic is
@@ -217,7 +217,7 @@ trait Ip {
     fn flows() -> &'static FlowTable<Self::Flow, Self::Nat>;
     fn frontend(addr: Self::Addr, port: u16, proto: u8) -> Option<&'static ExternalFrontendValue>;
     fn source_allowed(daddr: Self::Addr, dport: u16, proto: u8, saddr: Self::Addr) -> bool;
-    fn entry_addr(entry: &MaglevEntry) -> Self::Addr;
+    fn entry_addr(entry: &ExternalBackend) -> Self::Addr;
     fn hash_addr(addr: Self::Addr) -> u32;
     /// The masquerade address for packets leaving by `ifindex`.
     fn snat_addr(cfg: &ExternalConfig, ifindex: u32) -> Self::Addr;
@@ -312,7 +312,7 @@ impl Ip for V4 {
         SOURCE_RANGES4.get(&key).is_some()
     }
     #[inline(always)]
-    fn entry_addr(entry: &MaglevEntry) -> u32 {
+    fn entry_addr(entry: &ExternalBackend) -> u32 {
         entry.addr[0]
     }
     #[inline(always)]
@@ -489,7 +489,7 @@ impl Ip for V6 {
         SOURCE_RANGES6.get(&key).is_some()
     }
     #[inline(always)]
-    fn entry_addr(entry: &MaglevEntry) -> [u32; 4] {
+    fn entry_addr(entry: &ExternalBackend) -> [u32; 4] {
         entry.addr
     }
     #[inline(always)]

@@ -9,14 +9,15 @@
 
 use aya_ebpf::{
     bindings::bpf_fib_lookup,
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SkStorage},
+    btf_maps::{Array, ArrayOfMaps, HashMap, LpmTrie, LruHashMap, PerCpuArray, SkStorage},
     macros::btf_map,
 };
 use lb_common::{
-    AffinityKey, AffinityValue, Backend4, Backend6, Config, ExternalConfig, ExternalFrontendValue,
-    Flow4, Flow4Nat, Flow6, Flow6Nat, Frontend4Key, Frontend6Key, FrontendValue, InterfaceAddrs,
-    MaglevEntry, NodePortKey, ServiceCounters, ServiceName, SlotKey, SockPeers4, SockPeers6,
-    Socket4, Socket6, SourceRange4, SourceRange6, capacity, external_counter, map_flags, maps,
+    AffinityKey, AffinityValue, Backend4, Backend6, Config, ExternalBackend, ExternalConfig,
+    ExternalFrontendValue, Flow4, Flow4Nat, Flow6, Flow6Nat, Frontend4Key, Frontend6Key,
+    FrontendValue, InterfaceAddrs, NodePortKey, ServiceCounters, ServiceName, SlotKey, SockPeers4,
+    SockPeers6, Socket4, Socket6, SourceRange4, SourceRange6, capacity, external_counter,
+    map_flags, maps,
 };
 
 // Capacities and flags as the const generics of the BTF definitions take
@@ -29,7 +30,9 @@ const SOCKETS: usize = capacity::SOCKETS as usize;
 const AFFINITY_MAX: usize = capacity::AFFINITY as usize;
 const NODEPORTS: usize = capacity::NODEPORT_BINDS as usize;
 const EXT_FRONTENDS: usize = capacity::EXTERNAL_FRONTENDS as usize;
-const MAGLEV_ENTRIES: usize = (capacity::MAGLEV_TABLE_SIZE * capacity::MAGLEV_TABLES) as usize;
+const MAGLEV_TABLE: usize = capacity::MAGLEV_TABLE_SIZE as usize;
+const MAGLEV_TABLES: usize = capacity::MAGLEV_TABLES as usize;
+const INNER_MAP: usize = map_flags::INNER_MAP as usize;
 const FLOWS: usize = capacity::FLOWS as usize;
 const RANGES: usize = capacity::SOURCE_RANGES as usize;
 const INTERFACES: usize = capacity::INTERFACES as usize;
@@ -101,10 +104,15 @@ pub(crate) static EXT_FRONTENDS6: HashMap<
     EXT_FRONTENDS,
     LOOKUP,
 > = HashMap::new();
-/// Flat: table t is entries `t * size .. (t + 1) * size`, so a new flow
-/// costs one array access after the frontend lookup.
+/// One Maglev table per distinct backend list, created by the agent with
+/// the configured size (the template's capacity is only the default:
+/// `INNER_MAP`). A new flow costs two array lookups (outer, inner; both
+/// inlined by the verifier) and one hash lookup of the backend.
+pub(crate) type MaglevTable = Array<u32, MAGLEV_TABLE, INNER_MAP>;
 #[btf_map]
-pub(crate) static MAGLEV: Array<MaglevEntry, MAGLEV_ENTRIES> = Array::new();
+pub(crate) static MAGLEV: ArrayOfMaps<MaglevTable, MAGLEV_TABLES> = ArrayOfMaps::new();
+#[btf_map]
+pub(crate) static EXT_BACKENDS: HashMap<u32, ExternalBackend, BACKENDS, LOOKUP> = HashMap::new();
 #[btf_map]
 pub(crate) static FLOWS4: FlowTable<Flow4, Flow4Nat> = FlowTable::new();
 #[btf_map]

@@ -73,8 +73,8 @@ pub struct NorthSouthArgs {
     #[arg(long, value_enum, default_value_t = crate::datapath::xdp::XdpMode::Auto)]
     pub xdp_mode: crate::datapath::xdp::XdpMode,
     /// Entries of each Service's Maglev table: a prime; larger tables
-    /// spread flows more evenly, smaller ones leave room for more tables
-    /// in the same map.
+    /// spread flows more evenly (keep it above 100 times the backends of
+    /// the largest Service), and each takes 4 bytes per entry.
     #[arg(long, default_value_t = lb_common::capacity::MAGLEV_TABLE_SIZE, value_parser = parse_maglev_size)]
     pub maglev_table_size: u32,
     /// Source ports for masquerading (externalTrafficPolicy Cluster), as
@@ -85,14 +85,13 @@ pub struct NorthSouthArgs {
     pub masquerade_ports: (u16, u16),
 }
 
-/// A prime from 251 to the Maglev map's capacity of one table of the
-/// default size times the table count.
+/// A prime from 251 to 131,071 (`capacity::MAGLEV_TABLE_SIZE_MAX`).
 pub fn parse_maglev_size(text: &str) -> Result<u32, String> {
     let n: u32 = text
         .trim()
         .parse()
         .map_err(|_| format!("{text:?} is not a number"))?;
-    let max = lb_common::capacity::MAGLEV_TABLE_SIZE;
+    let max = lb_common::capacity::MAGLEV_TABLE_SIZE_MAX;
     if !(251..=max).contains(&n) || !crate::datapath::maglev::is_prime(n) {
         return Err(format!("{n} is not a prime from 251 to {max}"));
     }
@@ -292,7 +291,9 @@ mod tests {
     fn maglev_sizes_and_port_ranges() {
         assert_eq!(parse_maglev_size("16381"), Ok(16381));
         assert_eq!(parse_maglev_size("251"), Ok(251));
-        for bad in ["16380", "250", "65537", "x", ""] {
+        assert_eq!(parse_maglev_size("131071"), Ok(131_071));
+        // 131,101 is prime, past the largest size.
+        for bad in ["16380", "250", "131101", "x", ""] {
             assert!(parse_maglev_size(bad).is_err(), "{bad:?}");
         }
         assert_eq!(parse_port_range("61000-65535"), Ok((61000, 65535)));

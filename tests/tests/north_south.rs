@@ -1200,6 +1200,120 @@ fn services_on_the_same_pods_share_maglev_tables_past_the_maps_table_count() -> 
     Ok(())
 }
 
+/// Every distinct backend list gets a Maglev table of its own, created
+/// for it: 70 dual-stack LoadBalancer Services, each on its own subset of
+/// the three pods and target port, are 140 distinct lists (family ×
+/// subset × port; TCP and UDP of one Service share theirs), more than
+/// twice the 64 tables the flat map of the default size held before
+/// tables became maps of their own. Every Service is served from outside
+/// by the pods of its subset on its port. Then 60 Services go: their
+/// tables are freed (the slots emptied), so a node holds memory for the
+/// sets that exist.
+#[test]
+fn distinct_backend_sets_each_get_a_table_and_give_it_back() -> Result<()> {
+    require_root();
+    let _serial = serial();
+    const SERVICES: u8 = 70;
+    const KEPT: u8 = 10;
+    const PODS: [&str; 3] = ["pod1", "pod1b", "pod2"];
+    let mut c = Cluster::new()?;
+    // Target ports 8100.. on every pod (PORT's servers are the Cluster's).
+    let mut servers = Vec::new();
+    for port in 0..SERVICES.div_ceil(7) {
+        servers.push(c.topo.start_servers(8100 + u16::from(port))?);
+    }
+    let service = |i: u8| {
+        let pods: Vec<&str> = (0..3)
+            .filter(|b| (i % 7 + 1) & (1 << b) != 0)
+            .map(|b| PODS[b])
+            .collect();
+        let port = 8100 + u16::from(i / 7);
+        let name = format!("distinct-{i}");
+        let ingress = [format!("10.90.0.{}", i + 100), format!("fd90::{}", i + 100)];
+        let svc = dual_stack_node_port(&name, 100 + i, "Cluster")
+            .port(
+                ServicePort::tcp(80)
+                    .name("tcp")
+                    .target(port)
+                    .node_port(30200 + u16::from(i)),
+            )
+            .port(
+                ServicePort::udp(80)
+                    .name("udp")
+                    .target(port)
+                    .node_port(30200 + u16::from(i)),
+            )
+            .type_("LoadBalancer")
+            .load_balancer_ingress(&[&ingress[0], &ingress[1]]);
+        let mut objs = vec![svc.to_value()];
+        objs.extend(slices_with(
+            &c.topo,
+            &name,
+            &pods,
+            &[("tcp", port, "TCP"), ("udp", port, "UDP")],
+        ));
+        (objs, pods, ingress)
+    };
+    let all: Vec<_> = (0..SERVICES).map(service).collect();
+    c.apply(
+        &all.iter()
+            .flat_map(|(o, _, _)| o.clone())
+            .collect::<Vec<_>>(),
+    )?;
+    c.start_ferries()?;
+    for (i, (_, pods, ingress)) in all.iter().enumerate() {
+        for ip in ingress {
+            let ip: IpAddr = ip.parse()?;
+            if i == 0 {
+                c.wait_frontend_everywhere(sa(ip, 80), &PROTOS)?;
+            }
+            let src = c.node("node1").client_peer_like(ip);
+            for proto in PROTOS {
+                let r = wait_answered(c.client(), proto, src, sa(ip, 80))?;
+                assert!(
+                    pods.contains(&r.server.as_str()),
+                    "distinct-{i} {ip} {proto:?} answered by {r:?}, not one of {pods:?}"
+                );
+            }
+        }
+    }
+    let tables = |c: &mut Cluster| -> Result<u64> {
+        let ns = c.node_ferry("node1").ferry().north_south_json()?;
+        ns["maglev_tables"]
+            .as_u64()
+            .with_context(|| format!("no maglev_tables in {ns}"))
+    };
+    assert_eq!(tables(&mut c)?, 2 * u64::from(SERVICES));
+
+    c.apply(
+        &all[..usize::from(KEPT)]
+            .iter()
+            .flat_map(|(o, _, _)| o.clone())
+            .collect::<Vec<_>>(),
+    )?;
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while tables(&mut c)? != 2 * u64::from(KEPT) {
+        ensure!(
+            Instant::now() < deadline,
+            "tables of removed Services are still held: {}",
+            tables(&mut c)?
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The Services that stay are still served.
+    let (_, pods, ingress) = &all[usize::from(KEPT) - 1];
+    let ip: IpAddr = ingress[0].parse()?;
+    let r = wait_answered(
+        c.client(),
+        Proto::Tcp,
+        c.node("node1").client_peer_like(ip),
+        sa(ip, 80),
+    )?;
+    assert!(pods.contains(&r.server.as_str()), "{r:?}");
+    drop(servers);
+    Ok(())
+}
+
 #[test]
 fn backends_added_under_external_load_lose_nothing() -> Result<()> {
     require_root();

@@ -28,9 +28,9 @@ use aya::{
 };
 use etherparse::{IcmpEchoHeader, Icmpv4Type, Icmpv6Type, PacketBuilder, icmpv4, icmpv6};
 use lb_common::{
-    EXTERNAL_F_SNAT, EXTERNAL_F_SOURCE_RANGES, ExternalConfig, ExternalFrontendValue,
-    FLOW_F_CLOSING, Flow4, Flow6, Frontend4Key, Frontend6Key, FrontendKind, InterfaceAddrs,
-    MaglevEntry, PROTO_TCP, PROTO_UDP, SOURCE_RANGE4_FRONTEND_BITS, SOURCE_RANGE6_FRONTEND_BITS,
+    EXTERNAL_F_SNAT, EXTERNAL_F_SOURCE_RANGES, ExternalBackend, ExternalConfig,
+    ExternalFrontendValue, FLOW_F_CLOSING, Flow4, Flow6, Frontend4Key, Frontend6Key, FrontendKind,
+    InterfaceAddrs, PROTO_TCP, PROTO_UDP, SOURCE_RANGE4_FRONTEND_BITS, SOURCE_RANGE6_FRONTEND_BITS,
     SourceRange4, SourceRange6, external_counter, programs,
 };
 use lb_userspace::datapath::{self, external::ExternalMaps};
@@ -356,17 +356,17 @@ impl Datapath {
         Ok(())
     }
 
-    /// Table `id`: every entry the one backend (port 8080).
+    /// Table `id`: every entry the one backend (port 8080), external
+    /// backend id `id + 1`.
     fn table(&mut self, id: u32, backend: IpAddr) -> Result<()> {
-        let entry = MaglevEntry {
+        let entry = ExternalBackend {
             addr: words(backend),
             port: 8080u16.to_be(),
             flags: 0,
             _pad: 0,
         };
-        for i in 0..MAGLEV_SIZE {
-            self.maps.maglev.set(id * MAGLEV_SIZE + i, entry, 0)?;
-        }
+        self.maps.write_backend(id + 1, entry)?;
+        self.maps.write_table(id, &[id + 1; MAGLEV_SIZE as usize])?;
         Ok(())
     }
 

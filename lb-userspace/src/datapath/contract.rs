@@ -112,6 +112,18 @@ fn check_map(def: &MapDef, map: &Map, problems: &mut Vec<String>) {
     differs("value size", map.value_size(), def.value_size);
     differs("max entries", map.max_entries(), def.max_entries);
     differs("flags", map.map_flags(), def.flags);
+    match (def.inner, map.inner()) {
+        (None, None) => {}
+        (Some((map_type, value_size, max_entries, flags)), Some(inner)) => {
+            differs("inner type", inner.map_type(), map_type as u32);
+            differs("inner key size", inner.key_size(), 4);
+            differs("inner value size", inner.value_size(), value_size);
+            differs("inner max entries", inner.max_entries(), max_entries);
+            differs("inner flags", inner.map_flags(), flags);
+        }
+        (Some(_), None) => differs("inner maps", 0, 1),
+        (None, Some(_)) => differs("inner maps", 1, 0),
+    }
     // Pinned maps are told apart from those of earlier versions by their
     // BTF types (see the loader), so every map must be a BTF map.
     if !matches!(map, Map::Btf(_)) {
@@ -165,6 +177,7 @@ pub(crate) fn aya_map_type(map_type: MapType) -> aya::maps::MapType {
         MapType::PerCpuArray => Aya::PerCpuArray,
         MapType::LruHash => Aya::LruHash,
         MapType::LpmTrie => Aya::LpmTrie,
+        MapType::ArrayOfMaps => Aya::ArrayOfMaps,
         MapType::SkStorage => Aya::SkStorage,
     }
 }

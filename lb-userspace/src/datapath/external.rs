@@ -3,12 +3,15 @@
 //!
 //! Mark and sweep, make before break, like the socket maps (`sync`):
 //! 1. a set whose backends changed gets a Maglev table under a fresh table
-//!    id (a table in use is never rewritten, so a new flow never meets a
-//!    half-written one);
+//!    id, after its backends' entries in `EXT_BACKENDS` (a table in use is
+//!    never rewritten, so a new flow never meets a half-written one; see
+//!    `tables`);
 //! 2. source ranges that frontends will need are inserted;
 //! 3. each frontend switches to its table, count and flags in one update;
-//! 4. then frontends, ranges and tables nobody uses go, and flow table
-//!    entries towards backends that left every set are deleted (kube-proxy
+//! 4. then frontends, ranges and tables nobody uses go, then the backend
+//!    entries no table refers to (removing a table waits for the program
+//!    runs that may still hold it, see `tables`), and flow table entries
+//!    towards backends that left every set are deleted (kube-proxy
 //!    clears conntrack for UDP endpoints that went away; a TCP flow to a
 //!    removed backend is not kept alive either: its next packet is a new
 //!    flow, and the new backend resets it).
@@ -20,13 +23,15 @@ use aya::maps::lpm_trie::Key;
 use aya::maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, MapError, PerCpuArray};
 use lb_common::{
     BACKEND_F_LOCAL, BACKEND_F_TERMINATING, EXTERNAL_F_SNAT, EXTERNAL_F_SOURCE_RANGES,
-    ExternalConfig, ExternalFrontendValue, FLOW_F_REPLY, FRONTEND_F_DROP, Flow4, Flow4Nat, Flow6,
-    Flow6Nat, Frontend4Key, Frontend6Key, InterfaceAddrs, MaglevEntry, SOURCE_RANGE4_FRONTEND_BITS,
-    SOURCE_RANGE6_FRONTEND_BITS, SourceRange4, SourceRange6, external_counter, maps as names,
+    ExternalBackend, ExternalConfig, ExternalFrontendValue, FLOW_F_REPLY, FRONTEND_F_DROP, Flow4,
+    Flow4Nat, Flow6, Flow6Nat, Frontend4Key, Frontend6Key, InterfaceAddrs,
+    SOURCE_RANGE4_FRONTEND_BITS, SOURCE_RANGE6_FRONTEND_BITS, SourceRange4, SourceRange6,
+    external_counter, maps as names,
 };
 
 use super::maglev;
 use super::paths::BpffsDir;
+use super::tables::{self, TableError};
 use crate::model::{Backend, BackendSet, DesiredState, EmptyOutcome, FrontendAddr, Protocol};
 
 /// How the north-south datapath is configured.
@@ -55,17 +60,21 @@ pub enum ExternalError {
     },
     #[error("writing {what}: {source}")]
     Write { what: String, source: MapError },
-    #[error(
-        "no free Maglev table for {set} (the map holds {capacity} tables of this size; a smaller --maglev-table-size holds more)"
-    )]
+    #[error("{0}")]
+    Table(#[from] TableError),
+    #[error("no free Maglev table for {set}: all {capacity} are in use")]
     NoTable { set: String, capacity: u32 },
+    #[error("no free external backend id for {backend}: all {capacity} are in use")]
+    NoBackendId { backend: String, capacity: u32 },
 }
 
 /// Typed handles on the north-south maps.
 pub struct ExternalMaps {
     pub frontends4: BpfHashMap<MapData, Frontend4Key, ExternalFrontendValue>,
     pub frontends6: BpfHashMap<MapData, Frontend6Key, ExternalFrontendValue>,
-    pub maglev: Array<MapData, MaglevEntry>,
+    /// An array of maps (see `tables`).
+    pub maglev: MapData,
+    pub backends: BpfHashMap<MapData, u32, ExternalBackend>,
     pub flows4: BpfHashMap<MapData, Flow4, Flow4Nat>,
     pub flows6: BpfHashMap<MapData, Flow6, Flow6Nat>,
     pub ranges4: LpmTrie<MapData, SourceRange4, u8>,
@@ -82,7 +91,7 @@ fn open(bpffs: &BpffsDir, name: &'static str) -> Result<aya::maps::Map, External
     Ok(match name {
         names::FLOWS4 | names::FLOWS6 => Map::LruHashMap(data),
         names::SOURCE_RANGES4 | names::SOURCE_RANGES6 => Map::LpmTrie(data),
-        names::MAGLEV | names::EXTERNAL_CONFIG => Map::Array(data),
+        names::EXTERNAL_CONFIG => Map::Array(data),
         names::EXTERNAL_COUNTERS => Map::PerCpuArray(data),
         _ => Map::HashMap(data),
     })
@@ -102,7 +111,13 @@ impl ExternalMaps {
         Ok(Self {
             frontends4: typed!(bpffs, names::EXTERNAL_FRONTENDS4),
             frontends6: typed!(bpffs, names::EXTERNAL_FRONTENDS6),
-            maglev: typed!(bpffs, names::MAGLEV),
+            maglev: MapData::from_pin(bpffs.map(names::MAGLEV)).map_err(|source| {
+                ExternalError::Open {
+                    name: names::MAGLEV,
+                    source,
+                }
+            })?,
+            backends: typed!(bpffs, names::EXTERNAL_BACKENDS),
             flows4: typed!(bpffs, names::FLOWS4),
             flows6: typed!(bpffs, names::FLOWS6),
             ranges4: typed!(bpffs, names::SOURCE_RANGES4),
@@ -111,6 +126,40 @@ impl ExternalMaps {
             config: typed!(bpffs, names::EXTERNAL_CONFIG),
             counters: typed!(bpffs, names::EXTERNAL_COUNTERS),
         })
+    }
+
+    /// Writes external backend `id`.
+    pub fn write_backend(
+        &mut self,
+        id: u32,
+        backend: ExternalBackend,
+    ) -> Result<(), ExternalError> {
+        self.backends
+            .insert(id, backend, 0)
+            .map_err(|source| ExternalError::Write {
+                what: format!("EXT_BACKENDS {id}"),
+                source,
+            })
+    }
+
+    /// Puts a table of these external backend ids in slot `id` of `MAGLEV`.
+    pub fn write_table(&mut self, id: u32, entries: &[u32]) -> Result<(), ExternalError> {
+        let filled = tables::fill(id, entries)?;
+        match tables::install(&self.maglev, vec![filled]).pop() {
+            Some((_, e)) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// The backend entry `index` of table `id` leads to.
+    pub fn table_backend(&self, id: u32, index: u32) -> Option<ExternalBackend> {
+        let backend = tables::entry(&self.maglev, id, index)?;
+        self.backends.get(&backend, 0).ok()
+    }
+
+    /// The slots of `MAGLEV` that hold a table.
+    pub fn table_ids(&self) -> Vec<u32> {
+        tables::occupied(&self.maglev, lb_common::capacity::MAGLEV_TABLES)
     }
 
     /// `EXT_COUNTERS`, summed over CPUs, by name.
@@ -130,8 +179,8 @@ impl ExternalMaps {
     }
 }
 
-/// A backend as the Maglev table holds it.
-fn entry_of(b: &Backend) -> MaglevEntry {
+/// A backend as `EXT_BACKENDS` holds it.
+fn entry_of(b: &Backend) -> ExternalBackend {
     let mut addr = [0u32; 4];
     match b.ip {
         IpAddr::V4(v4) => addr[0] = u32::from_ne_bytes(v4.octets()),
@@ -148,7 +197,7 @@ fn entry_of(b: &Backend) -> MaglevEntry {
     if b.local {
         flags |= BACKEND_F_LOCAL;
     }
-    MaglevEntry {
+    ExternalBackend {
         addr,
         port: b.port.to_be(),
         flags,
@@ -191,11 +240,61 @@ struct Range {
     prefix_len: u8,
 }
 
+/// External backend ids: dense, from 1, one per distinct entry (address,
+/// port, flags), which an id never changes (so tables that share a
+/// backend share its id, and an adopted id can be kept as it is).
+#[derive(Default)]
+struct BackendIds {
+    by_entry: HashMap<ExternalBackend, u32>,
+    free: Vec<u32>,
+    next: u32,
+}
+
+impl BackendIds {
+    fn from_map(entries: impl Iterator<Item = (u32, ExternalBackend)>) -> Self {
+        let by_entry: HashMap<ExternalBackend, u32> = entries.map(|(id, e)| (e, id)).collect();
+        let max = by_entry.values().copied().max().unwrap_or(0);
+        let taken: HashSet<u32> = by_entry.values().copied().collect();
+        Self {
+            free: (1..=max).rev().filter(|i| !taken.contains(i)).collect(),
+            next: max + 1,
+            by_entry,
+        }
+    }
+
+    /// The id of `entry`, and whether it is new (not in the map yet).
+    fn get_or_take(&mut self, entry: ExternalBackend) -> Option<(u32, bool)> {
+        if let Some(id) = self.by_entry.get(&entry) {
+            return Some((*id, false));
+        }
+        self.next = self.next.max(1);
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None if self.next <= lb_common::capacity::BACKENDS => {
+                self.next += 1;
+                self.next - 1
+            }
+            None => return None,
+        };
+        self.by_entry.insert(entry, id);
+        Some((id, true))
+    }
+
+    fn release(&mut self, entry: &ExternalBackend) {
+        if let Some(id) = self.by_entry.remove(entry) {
+            self.free.push(id);
+        }
+    }
+}
+
 /// What the north-south maps hold, as this agent wrote them.
 #[derive(Default)]
 pub struct ExternalInstalled {
     /// By set name.
     tables: HashMap<String, Table>,
+    /// Slots of `MAGLEV` a previous agent left, freed after the first pass.
+    adopted_tables: HashSet<u32>,
+    backend_ids: BackendIds,
     frontends: HashMap<FrontendAddr, ExternalFrontendValue>,
     ranges: HashSet<Range>,
     /// Backends (address, port, protocol number) of every table, for the
@@ -300,7 +399,7 @@ impl External {
     /// tables are kept.
     pub fn start(bpffs: &BpffsDir, settings: ExternalSettings) -> Result<Self, ExternalError> {
         let maps = ExternalMaps::open(bpffs)?;
-        let tables_capacity = maps.maglev.len() / settings.maglev_size.max(1);
+        let tables_capacity = lb_common::capacity::MAGLEV_TABLES;
         let mut this = Self {
             maps,
             settings,
@@ -431,6 +530,9 @@ impl External {
             }
         }
         self.installed.frontends = frontends;
+        self.installed.adopted_tables = self.maps.table_ids().into_iter().collect();
+        self.installed.backend_ids =
+            BackendIds::from_map(self.maps.backends.iter().filter_map(Result::ok));
     }
 
     fn used_ids(&self) -> HashSet<u32> {
@@ -440,24 +542,94 @@ impl External {
             .filter(|v| v.count > 0)
             .map(|v| v.table)
             .chain(self.installed.tables.values().map(|t| t.id))
+            .chain(self.installed.adopted_tables.iter().copied())
             .collect()
     }
 
-    fn write_table(&mut self, id: u32, backends: &[Backend]) -> Result<(), ExternalError> {
-        let identities: Vec<Vec<u8>> = backends.iter().map(identity).collect();
-        let table = maglev::table(&identities, self.settings.maglev_size);
-        let entries: Vec<MaglevEntry> = backends.iter().map(entry_of).collect();
-        let base = id * self.settings.maglev_size;
-        for (i, b) in table.iter().enumerate() {
-            self.maps
-                .maglev
-                .set(base + i as u32, entries[*b as usize], 0)
-                .map_err(|source| ExternalError::Write {
-                    what: format!("MAGLEV table {id}"),
-                    source,
-                })?;
+    /// The Maglev table of `backends` for slot `id`, filled, after the
+    /// `EXT_BACKENDS` entries it refers to.
+    fn fill_table(
+        &mut self,
+        id: u32,
+        backends: &[Backend],
+    ) -> Result<tables::Filled, ExternalError> {
+        let mut ids = Vec::with_capacity(backends.len());
+        for b in backends {
+            let entry = entry_of(b);
+            let Some((backend_id, new)) = self.installed.backend_ids.get_or_take(entry) else {
+                return Err(ExternalError::NoBackendId {
+                    backend: format!("{}:{}", b.ip, b.port),
+                    capacity: lb_common::capacity::BACKENDS,
+                });
+            };
+            if new && let Err(e) = self.maps.write_backend(backend_id, entry) {
+                self.installed.backend_ids.release(&entry);
+                return Err(e);
+            }
+            ids.push(backend_id);
         }
-        Ok(())
+        let identities: Vec<Vec<u8>> = backends.iter().map(identity).collect();
+        let table: Vec<u32> = maglev::table(&identities, self.settings.maglev_size)
+            .iter()
+            .map(|b| ids[*b as usize])
+            .collect();
+        Ok(tables::fill(id, &table)?)
+    }
+
+    /// Empties the slots of tables no frontend uses any more, then deletes
+    /// the backends no table refers to.
+    fn sweep_tables(
+        &mut self,
+        tables: &HashMap<String, Table>,
+        frontends: &HashMap<FrontendAddr, ExternalFrontendValue>,
+    ) {
+        let written: HashSet<u32> = tables.values().map(|t| t.id).collect();
+        // A frontend whose switch failed still points at its old table.
+        let kept: HashSet<u32> = frontends
+            .values()
+            .filter(|v| v.count > 0)
+            .map(|v| v.table)
+            .chain(written.iter().copied())
+            .collect();
+        let old: HashSet<u32> = self
+            .installed
+            .tables
+            .values()
+            .map(|t| t.id)
+            .chain(self.installed.adopted_tables.drain())
+            .collect();
+        let gone: Vec<u32> = old.difference(&kept).copied().collect();
+        let errors = tables::remove(&self.maps.maglev, &gone);
+        for e in &errors {
+            tracing::warn!(error = %e, "north-south: a table nobody uses stays");
+        }
+        // A kept table that is not this pass's has backends not all known
+        // here (a previous agent's), and so has a table that could not be
+        // removed: then no backend goes in this pass.
+        if kept != written || !errors.is_empty() {
+            return;
+        }
+        let used: HashSet<ExternalBackend> = tables
+            .values()
+            .flat_map(|t| t.backends.iter().map(entry_of))
+            .collect();
+        let unused: HashSet<ExternalBackend> = self
+            .installed
+            .backend_ids
+            .by_entry
+            .keys()
+            .filter(|e| !used.contains(e))
+            .copied()
+            .collect();
+        for e in unused {
+            let id = self.installed.backend_ids.by_entry[&e];
+            match self.maps.backends.remove(&id) {
+                Ok(()) | Err(MapError::KeyNotFound) => self.installed.backend_ids.release(&e),
+                Err(err) => {
+                    tracing::warn!(error = %err, id, "north-south: an unused backend entry stays");
+                }
+            }
+        }
     }
 
     /// Brings the maps to `desired`'s external frontends.
@@ -466,18 +638,21 @@ impl External {
         let mut used = self.used_ids();
 
         // 1. Tables for sets whose backends changed, under fresh ids. A
-        // table depends only on its backends (the same list gives the same
-        // table on every node), so sets with the same backends share one:
-        // Services that select the same pods on the same port, and every
-        // set whose backends match a table already written. Written tables
-        // are never changed in place (a change gets a fresh id), so
-        // sharing one never moves another set's flows.
+        // table depends only on its backends' entries (address, port,
+        // flags: the same list gives the same table on every node), so
+        // sets with the same entries share one: a Service's TCP and UDP
+        // ports on the same target port, Services that select the same
+        // pods on the same port, and every set whose entries match a table
+        // already written. Written tables are never changed in place (a
+        // change gets a fresh id), so sharing one never moves another
+        // set's flows.
         let mut tables: HashMap<String, Table> = HashMap::new();
-        let mut by_backends: HashMap<Vec<Backend>, Table> = self
+        let mut filled = Vec::new();
+        let mut by_entries: HashMap<Vec<ExternalBackend>, u32> = self
             .installed
             .tables
             .values()
-            .map(|t| (t.backends.clone(), t.clone()))
+            .map(|t| (t.backends.iter().map(entry_of).collect(), t.id))
             .collect();
         for (key, set) in &desired.external_sets {
             let name = key.to_string();
@@ -485,8 +660,9 @@ impl External {
             if backends.is_empty() {
                 continue;
             }
-            if let Some(t) = by_backends.get(&backends) {
-                tables.insert(name, t.clone());
+            let entries: Vec<ExternalBackend> = backends.iter().map(entry_of).collect();
+            if let Some(&id) = by_entries.get(&entries) {
+                tables.insert(name, Table { id, backends });
                 continue;
             }
             let Some(id) = (0..self.tables_capacity).find(|i| !used.contains(i)) else {
@@ -499,15 +675,23 @@ impl External {
                 );
                 continue;
             };
-            if let Err(e) = self.write_table(id, &backends) {
-                report.errors.push(e.to_string());
-                continue;
+            match self.fill_table(id, &backends) {
+                Ok(f) => filled.push(f),
+                Err(e) => {
+                    report.errors.push(e.to_string());
+                    continue;
+                }
             }
             used.insert(id);
             report.tables_written += 1;
-            let table = Table { id, backends };
-            by_backends.insert(table.backends.clone(), table.clone());
-            tables.insert(name, table);
+            by_entries.insert(entries, id);
+            tables.insert(name, Table { id, backends });
+        }
+        // All of them in one batch: each update waits a grace period.
+        for (id, e) in tables::install(&self.maps.maglev, filled) {
+            report.errors.push(e.to_string());
+            report.tables_written -= 1;
+            tables.retain(|_, t| t.id != id);
         }
 
         // 2. Source ranges, before the frontends that need them.
@@ -621,6 +805,7 @@ impl External {
             .flat_map(|t| t.backends.iter())
             .map(|b| (b.ip, b.port, b.protocol.number()))
             .collect();
+        self.sweep_tables(&tables, &frontends);
         let departed = !self.installed.swept_once
             || self
                 .installed
@@ -630,13 +815,11 @@ impl External {
         if departed {
             report.flows_swept = self.sweep_flows(&backends);
         }
-        self.installed = ExternalInstalled {
-            tables,
-            frontends,
-            ranges,
-            backends,
-            swept_once: true,
-        };
+        self.installed.tables = tables;
+        self.installed.frontends = frontends;
+        self.installed.ranges = ranges;
+        self.installed.backends = backends;
+        self.installed.swept_once = true;
         report
     }
 
@@ -796,12 +979,19 @@ pub struct Section {
     pub frontends: Vec<ExternalView>,
     /// Packet counters (`EXT_COUNTERS`), summed over CPUs.
     pub counters: BTreeMap<&'static str, u64>,
+    /// Maglev tables in `MAGLEV` (one per distinct backend list, and
+    /// those of the sets being changed).
+    pub maglev_tables: usize,
+    /// Entries of `EXT_BACKENDS`.
+    pub external_backends: usize,
 }
 
 pub fn section(maps: &ExternalMaps) -> Section {
     Section {
         frontends: views(maps),
         counters: maps.counters().into_iter().collect(),
+        maglev_tables: maps.table_ids().len(),
+        external_backends: maps.backends.keys().filter_map(Result::ok).count(),
     }
 }
 
@@ -835,6 +1025,11 @@ pub fn table(maps: &ExternalMaps) -> String {
         .map(|(name, n)| format!("{name}={n}"))
         .collect();
     out.push_str(&format!("packets: {}\n", counters.join(" ")));
+    out.push_str(&format!(
+        "maglev tables: {}, external backends: {}\n",
+        maps.table_ids().len(),
+        maps.backends.keys().filter_map(Result::ok).count()
+    ));
     out
 }
 
@@ -932,11 +1127,8 @@ pub fn client_view(
     };
     let hash = lb_common::maglev_hash::flow(addr_hash, sport, dport, proto);
     let size = maps.config.get(&0, 0).map_or(0, |c| c.maglev_size);
-    if let Some(index) = value
-        .table
-        .checked_mul(size)
-        .and_then(|base| base.checked_add(hash.checked_rem(size)?))
-        && let Ok(entry) = maps.maglev.get(&index, 0)
+    if let Some(index) = hash.checked_rem(size)
+        && let Some(entry) = maps.table_backend(value.table, index)
         && entry.port != 0
     {
         let ip = match f.ip {

@@ -103,7 +103,10 @@ fn expected_layout(name: &str) -> Option<Layout> {
         value_size: def.value_size,
         max_entries: def.max_entries,
         flags: def.flags,
-        typed: true,
+        // A map of maps is created without BTF key/value types (its values
+        // are map fds, which BTF does not describe), so only its shape
+        // tells it apart.
+        typed: def.inner.is_none(),
     })
 }
 

@@ -23,6 +23,7 @@ pub mod sync;
 mod sync_tests;
 #[cfg(test)]
 mod sync_timing;
+pub mod tables;
 pub mod tc;
 pub mod xdp;
 
