@@ -70,6 +70,11 @@ pub struct BenchArgs {
     /// Small scales and few repetitions: a smoke test of the tooling.
     #[arg(long)]
     quick: bool,
+    /// Only the socket-path sections (connections, connect4's run time,
+    /// programming): no agent change and no north-south sections. For
+    /// comparing a change of the connect path before and after.
+    #[arg(long)]
+    socket_only: bool,
     /// Numbers of Services (default: 1,1000,10000,30000,100000; quick:
     /// 1,1000).
     #[arg(long, value_delimiter = ',')]
@@ -187,6 +192,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     let opts =
         crate::Options {
             quick: q,
+            socket_only: a.socket_only,
             change_scale: a.change_scale.unwrap_or(if q {
                 *scales.iter().max().expect("not empty")
             } else {

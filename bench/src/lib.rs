@@ -91,6 +91,8 @@ impl fmt::Display for Dp {
 #[derive(Clone, Debug, Serialize)]
 pub struct Options {
     pub quick: bool,
+    /// Skip the agent-change and north-south sections.
+    pub socket_only: bool,
     pub scales: Vec<usize>,
     /// Largest scale the iptables datapath runs at.
     pub iptables_max: usize,
@@ -288,7 +290,8 @@ pub fn run(opts: Options) -> Result<PathBuf> {
     };
     let started = Instant::now();
     let mut outcome = run_in_sandbox(&opts, &mut results.results);
-    if outcome.is_ok() && opts.datapaths.contains(&Dp::Ferry) {
+    let more = !opts.socket_only && opts.datapaths.contains(&Dp::Ferry);
+    if outcome.is_ok() && more {
         eprintln!(
             "[bench] one change through ferry agent at {} Services",
             opts.change_scale
@@ -299,7 +302,7 @@ pub fn run(opts: Options) -> Result<PathBuf> {
             Err(e) => outcome = Err(e.context("one change through ferry agent")),
         }
     }
-    if outcome.is_ok() && opts.datapaths.contains(&Dp::Ferry) {
+    if outcome.is_ok() && more {
         eprintln!("[bench] north-south: cost per packet (tc and XDP)");
         let scales: Vec<u32> = opts.scales.iter().map(|n| *n as u32).collect();
         match packets::run(&scales, opts.new_flows, opts.seed) {
@@ -308,7 +311,7 @@ pub fn run(opts: Options) -> Result<PathBuf> {
         }
     }
     let ns_scales = north_south_scales(&opts.scales);
-    if outcome.is_ok() && opts.datapaths.contains(&Dp::Ferry) && !ns_scales.is_empty() {
+    if outcome.is_ok() && more && !ns_scales.is_empty() {
         eprintln!("[bench] north-south: new connections from outside the node");
         match north_south::run(&ns_scales, opts.north_south_connections, opts.seed) {
             Ok(rows) => results.north_south = Some(rows),

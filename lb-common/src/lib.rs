@@ -11,8 +11,12 @@
 //! The layout, one family at a time:
 //! - `FRONTENDS4/6`: frontend (address, port, protocol) → [`FrontendValue`]
 //!   (service id, backend count, flags).
-//! - `SLOTS`: (service id, slot 1..=count) → backend id.
-//! - `BACKENDS4/6`: backend id → address, port, state.
+//! - `SLOTS`: (service id, slot 1..=count) → the backend in that slot,
+//!   whole ([`Slot`]: id, address, port, flags), so that a connect costs
+//!   two lookups (frontend, slot) and not three.
+//! - `BACKENDS4/6`: backend id → address, port, state: the agent's registry
+//!   of backend ids (restart, `ferry services`); the programs never read
+//!   it.
 //! - `CLUSTER_IPS4/6`: every ClusterIP → service id, so that a connect to a
 //!   known ClusterIP on a port the Service does not define is refused.
 //! - `SOCK_PEERS4/6`: socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`):
@@ -293,7 +297,12 @@ pub mod maps {
             size_of::<FrontendValue>(),
             capacity::FRONTENDS,
         ),
-        MapDef::hash(SLOTS, size_of::<SlotKey>(), 4, capacity::SLOTS),
+        MapDef::hash(
+            SLOTS,
+            size_of::<SlotKey>(),
+            size_of::<Slot>(),
+            capacity::SLOTS,
+        ),
         MapDef::hash(BACKENDS4, 4, size_of::<Backend4>(), capacity::BACKENDS),
         MapDef::hash(BACKENDS6, 4, size_of::<Backend6>(), capacity::BACKENDS),
         MapDef::hash(CLUSTER_IPS4, 4, 4, capacity::FRONTENDS),
@@ -691,6 +700,39 @@ pub struct SlotKey {
     pub slot: u32,
 }
 
+/// Value of `SLOTS`: the backend a slot holds, with everything a connect
+/// needs, so that the forward path reads no third map. A backend id's
+/// content never changes (a changed backend gets a new id), so the slot's
+/// copy and `BACKENDS4/6` always agree.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Slot {
+    /// Key of `BACKENDS4/6`; sessionAffinity compares it.
+    pub backend_id: u32,
+    /// IPv6 address, or an IPv4 address as `::ffff:a.b.c.d` (its bytes in
+    /// network order).
+    pub addr: [u8; 16],
+    /// Port, network byte order.
+    pub port: u16,
+    pub proto: u8,
+    /// `BACKEND_F_*`.
+    pub flags: u8,
+}
+
+/// `::ffff:a.b.c.d`: how [`Slot::addr`] holds an IPv4 address.
+#[inline(always)]
+pub const fn addr4_mapped(a: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
+}
+
+/// The IPv4 address of a [`Slot::addr`] (its last four bytes).
+#[inline(always)]
+pub const fn addr4_of_mapped(a: &[u8; 16]) -> [u8; 4] {
+    [a[12], a[13], a[14], a[15]]
+}
+
 /// The backend is serving but terminating (used only as a fallback).
 pub const BACKEND_F_TERMINATING: u8 = 1 << 0;
 /// The backend runs on this node.
@@ -1083,6 +1125,7 @@ const _: () = {
     assert!(size_of::<Frontend6Key>() == 20);
     assert!(size_of::<FrontendValue>() == 16);
     assert!(size_of::<SlotKey>() == 8);
+    assert!(size_of::<Slot>() == 24);
     assert!(size_of::<Backend4>() == 8);
     assert!(size_of::<Backend6>() == 20);
     assert!(size_of::<SockPeer4>() == 16);
@@ -1109,6 +1152,7 @@ mod pod {
     unsafe impl aya::Pod for Frontend6Key {}
     unsafe impl aya::Pod for FrontendValue {}
     unsafe impl aya::Pod for SlotKey {}
+    unsafe impl aya::Pod for Slot {}
     unsafe impl aya::Pod for Backend4 {}
     unsafe impl aya::Pod for Backend6 {}
     unsafe impl aya::Pod for SockPeer4 {}

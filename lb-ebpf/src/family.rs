@@ -3,13 +3,13 @@
 
 use aya_ebpf::btf_maps::SkStorage;
 use lb_common::{
-    Backend4, Backend6, Frontend4Key, Frontend6Key, FrontendValue, SockPeer4, SockPeer6,
-    SockPeers4, SockPeers6, Socket4, Socket6, addr6_bytes, addr6_words, capacity,
+    Frontend4Key, Frontend6Key, FrontendValue, Slot, SockPeer4, SockPeer6, SockPeers4, SockPeers6,
+    Socket4, Socket6, addr4_of_mapped, addr6_bytes, addr6_words, capacity,
 };
 
 use crate::maps::{
-    BACKENDS4, BACKENDS6, CLUSTER_IPS4, CLUSTER_IPS6, FRONTENDS4, FRONTENDS6, SOCK_PEERS4,
-    SOCK_PEERS6, SOCKETS4, SOCKETS6,
+    CLUSTER_IPS4, CLUSTER_IPS6, FRONTENDS4, FRONTENDS6, SOCK_PEERS4, SOCK_PEERS6, SOCKETS4,
+    SOCKETS6,
 };
 
 /// One remembered translation, in the family's hot-path address form.
@@ -26,7 +26,6 @@ pub(crate) struct Peer<A> {
 pub(crate) trait Family {
     /// An address in network byte order, as the socket hooks present it.
     type Addr: Copy + PartialEq + 'static;
-    type Backend: 'static;
     /// One remembered translation as the maps store it (`SockPeer4/6`).
     type Entry: 'static;
     /// The socket-local storage value.
@@ -36,14 +35,13 @@ pub(crate) trait Family {
 
     /// The frontend entry of (address, port, protocol).
     fn frontend(addr: Self::Addr, port: u16, proto: u8) -> Option<&'static FrontendValue>;
-    fn backend(id: u32) -> Option<&'static Self::Backend>;
     fn cluster_ip(addr: Self::Addr) -> Option<u32>;
     fn peers() -> &'static SkStorage<Self::Peers>;
     /// The socket table entry a socket with this cookie may hold.
     fn socket(cookie: u64) -> *mut Self::Socket;
 
-    /// Address and port (network order) of a backend.
-    fn backend_addr(backend: &Self::Backend) -> (Self::Addr, u16);
+    /// Address and port (network order) of the backend in a slot.
+    fn slot_backend(slot: &Slot) -> (Self::Addr, u16);
 
     /// # Safety
     /// `s` points to a live socket table entry.
@@ -83,7 +81,6 @@ pub(crate) fn ring(i: u32) -> usize {
 
 impl Family for V4 {
     type Addr = u32;
-    type Backend = Backend4;
     type Entry = SockPeer4;
     type Peers = SockPeers4;
     type Socket = Socket4;
@@ -99,10 +96,6 @@ impl Family for V4 {
         unsafe { FRONTENDS4.get(key) }
     }
     #[inline(always)]
-    fn backend(id: u32) -> Option<&'static Backend4> {
-        unsafe { BACKENDS4.get(id) }
-    }
-    #[inline(always)]
     fn cluster_ip(addr: u32) -> Option<u32> {
         unsafe { CLUSTER_IPS4.get(addr.to_ne_bytes()).copied() }
     }
@@ -111,8 +104,8 @@ impl Family for V4 {
         &SOCK_PEERS4
     }
     #[inline(always)]
-    fn backend_addr(backend: &Backend4) -> (u32, u16) {
-        (u32::from_ne_bytes(backend.addr), backend.port)
+    fn slot_backend(slot: &Slot) -> (u32, u16) {
+        (u32::from_ne_bytes(addr4_of_mapped(&slot.addr)), slot.port)
     }
     #[inline(always)]
     fn socket(cookie: u64) -> *mut Socket4 {
@@ -163,7 +156,6 @@ impl Family for V4 {
 
 impl Family for V6 {
     type Addr = [u32; 4];
-    type Backend = Backend6;
     type Entry = SockPeer6;
     type Peers = SockPeers6;
     type Socket = Socket6;
@@ -179,10 +171,6 @@ impl Family for V6 {
         unsafe { FRONTENDS6.get(key) }
     }
     #[inline(always)]
-    fn backend(id: u32) -> Option<&'static Backend6> {
-        unsafe { BACKENDS6.get(id) }
-    }
-    #[inline(always)]
     fn cluster_ip(addr: [u32; 4]) -> Option<u32> {
         unsafe { CLUSTER_IPS6.get(addr6_bytes(addr)).copied() }
     }
@@ -191,8 +179,8 @@ impl Family for V6 {
         &SOCK_PEERS6
     }
     #[inline(always)]
-    fn backend_addr(backend: &Backend6) -> ([u32; 4], u16) {
-        (addr6_words(backend.addr), backend.port)
+    fn slot_backend(slot: &Slot) -> ([u32; 4], u16) {
+        (addr6_words(slot.addr), slot.port)
     }
     #[inline(always)]
     fn socket(cookie: u64) -> *mut Socket6 {

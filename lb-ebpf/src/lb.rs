@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use lb_common::{
-    AffinityKey, AffinityValue, FRONTEND_F_AFFINITY, FRONTEND_F_DROP, FrontendValue, SlotKey,
+    AffinityKey, AffinityValue, FRONTEND_F_AFFINITY, FRONTEND_F_DROP, FrontendValue, Slot, SlotKey,
     capacity,
 };
 
@@ -60,14 +60,16 @@ fn count(service_id: u32, refused: bool) {
     }
 }
 
+/// The backend in a slot of a set, copied out of the map (the agent may
+/// replace the entry while we run; a copy is one consistent version).
 #[inline(always)]
-fn backend_at(service_id: u32, slot: u32) -> Option<u32> {
+fn backend_at(service_id: u32, slot: u32) -> Option<Slot> {
     unsafe { SLOTS.get(SlotKey { service_id, slot }).copied() }
 }
 
-/// Picks a slot in 1..=count and returns (slot, backend id).
+/// Picks a slot in 1..=count and returns it with its backend.
 #[inline(always)]
-fn pick_slot(ctx: *mut c_void, fe: &FrontendValue, pick: Pick) -> Option<(u32, u32)> {
+fn pick_slot(ctx: *mut c_void, fe: &FrontendValue, pick: Pick) -> Option<(u32, Slot)> {
     let count = u32::from(fe.count);
     let r = match pick {
         Pick::Random => unsafe { bpf_get_prandom_u32() },
@@ -78,14 +80,14 @@ fn pick_slot(ctx: *mut c_void, fe: &FrontendValue, pick: Pick) -> Option<(u32, u
         }
     };
     let slot = (r % count) + 1;
-    backend_at(fe.service_id, slot).map(|id| (slot, id))
+    backend_at(fe.service_id, slot).map(|b| (slot, b))
 }
 
 /// sessionAffinity ClientIP: the client (its network namespace) keeps its
 /// backend while the timeout has not passed since its last connect and the
 /// backend is still in the set; otherwise a new one is chosen and recorded.
 #[inline(always)]
-fn pick_with_affinity(ctx: *mut c_void, fe: &FrontendValue, pick: Pick) -> Option<u32> {
+fn pick_with_affinity(ctx: *mut c_void, fe: &FrontendValue, pick: Pick) -> Option<Slot> {
     let key = AffinityKey {
         netns_cookie: unsafe { bpf_get_netns_cookie(ctx) },
         service_id: fe.service_id,
@@ -100,25 +102,27 @@ fn pick_with_affinity(ctx: *mut c_void, fe: &FrontendValue, pick: Pick) -> Optio
         // one aligned 8-byte store that cannot tear.
         let entry = unsafe { core::ptr::read_volatile(prev) };
         let fresh = now.wrapping_sub(entry.last_used_ns) <= timeout_ns;
-        let still_member = entry.slot >= 1
+        if fresh
+            && entry.slot >= 1
             && entry.slot <= u32::from(fe.count)
-            && backend_at(fe.service_id, entry.slot) == Some(entry.backend_id);
-        if fresh && still_member {
+            && let Some(b) = backend_at(fe.service_id, entry.slot)
+            && b.backend_id == entry.backend_id
+        {
             unsafe {
                 core::ptr::write_volatile(core::ptr::addr_of_mut!((*prev).last_used_ns), now);
             };
-            return Some(entry.backend_id);
+            return Some(b);
         }
     }
-    let (slot, backend_id) = pick_slot(ctx, fe, pick)?;
+    let (slot, backend) = pick_slot(ctx, fe, pick)?;
     let value = AffinityValue {
-        backend_id,
+        backend_id: backend.backend_id,
         slot,
         last_used_ns: now,
     };
     // Best effort: without an entry the next connect simply picks again.
     let _ = AFFINITY.insert(key, value, 0);
-    Some(backend_id)
+    Some(backend)
 }
 
 /// The forward path: frontend → backend.
@@ -151,19 +155,19 @@ pub(crate) fn forward<F: Family>(
         };
         return Verdict::Refuse(errno);
     }
-    let backend_id = if fe.flags & FRONTEND_F_AFFINITY != 0 {
+    let backend = if fe.flags & FRONTEND_F_AFFINITY != 0 {
         pick_with_affinity(ctx, &fe, pick)
     } else {
-        pick_slot(ctx, &fe, pick).map(|(_, id)| id)
+        pick_slot(ctx, &fe, pick).map(|(_, b)| b)
     };
-    // The agent writes backends before slots and slots before the count,
-    // so a miss here means the maps were changed behind its back: refuse
-    // rather than send the packet to a virtual address.
-    let Some(backend) = backend_id.and_then(F::backend) else {
+    // The agent writes slots before the count, so a miss here means the
+    // maps were changed behind its back: refuse rather than send the
+    // packet to a virtual address.
+    let Some(backend) = backend else {
         count(fe.service_id, true);
         return Verdict::Refuse(ECONNREFUSED);
     };
-    let (baddr, bport) = F::backend_addr(backend);
+    let (baddr, bport) = F::slot_backend(&backend);
     let entry = Peer {
         frontend: addr,
         frontend_port: port,

@@ -15,9 +15,9 @@ use aya_ebpf::{
 use lb_common::{
     AffinityKey, AffinityValue, Backend4, Backend6, Config, ExternalBackend, ExternalConfig,
     ExternalFrontendValue, Flow4, Flow4Nat, Flow6, Flow6Nat, Frontend4Key, Frontend6Key,
-    FrontendValue, InterfaceAddrs, NodePortKey, ServiceCounters, ServiceName, SlotKey, SockPeers4,
-    SockPeers6, Socket4, Socket6, SourceRange4, SourceRange6, capacity, external_counter,
-    map_flags, maps,
+    FrontendValue, InterfaceAddrs, NodePortKey, ServiceCounters, ServiceName, Slot, SlotKey,
+    SockPeers4, SockPeers6, Socket4, Socket6, SourceRange4, SourceRange6, capacity,
+    external_counter, map_flags, maps,
 };
 
 // Capacities and flags as the const generics of the BTF definitions take
@@ -55,7 +55,9 @@ pub(crate) static FRONTENDS4: Frontends4 = Frontends4::new();
 #[btf_map]
 pub(crate) static FRONTENDS6: Frontends6 = Frontends6::new();
 #[btf_map]
-pub(crate) static SLOTS: HashMap<SlotKey, u32, SLOTS_MAX, LOOKUP> = HashMap::new();
+pub(crate) static SLOTS: HashMap<SlotKey, Slot, SLOTS_MAX, LOOKUP> = HashMap::new();
+/// The agent's registry of backend ids; the programs read the copy each
+/// slot holds (`lb_common::Slot`), never this.
 #[btf_map]
 pub(crate) static BACKENDS4: Backends4 = Backends4::new();
 #[btf_map]

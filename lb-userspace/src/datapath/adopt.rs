@@ -41,7 +41,7 @@ pub fn read_installed(maps: &Maps) -> Result<Installed, ReadError> {
     let mut installed = Installed::default();
 
     let mut slots: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-    for (key, backend_id) in all(names::SLOTS, maps.slots.iter())? {
+    for (key, slot) in all(names::SLOTS, maps.slots.iter())? {
         if key.slot == 0 {
             continue;
         }
@@ -50,7 +50,7 @@ pub fn read_installed(maps: &Maps) -> Result<Installed, ReadError> {
         if v.len() <= i {
             v.resize(i + 1, 0);
         }
-        v[i] = backend_id;
+        v[i] = slot.backend_id;
     }
     for (id, name) in all(names::SERVICE_NAMES, maps.names.iter())? {
         let set_slots = slots.remove(&id).unwrap_or_default();

@@ -5,7 +5,7 @@
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use lb_common::{
     AffinityKey, AffinityValue, Backend4, Backend6, Config, Frontend4Key, Frontend6Key,
-    FrontendValue, NodePortKey, ServiceCounters, ServiceName, SlotKey, Socket4, Socket6,
+    FrontendValue, NodePortKey, ServiceCounters, ServiceName, Slot, SlotKey, Socket4, Socket6,
     maps as names,
 };
 use thiserror::Error;
@@ -27,7 +27,7 @@ pub enum MapsError {
 pub struct Maps {
     pub frontends4: HashMap<MapData, Frontend4Key, FrontendValue>,
     pub frontends6: HashMap<MapData, Frontend6Key, FrontendValue>,
-    pub slots: HashMap<MapData, SlotKey, u32>,
+    pub slots: HashMap<MapData, SlotKey, Slot>,
     pub backends4: HashMap<MapData, u32, Backend4>,
     pub backends6: HashMap<MapData, u32, Backend6>,
     pub cluster_ips4: HashMap<MapData, [u8; 4], u32>,

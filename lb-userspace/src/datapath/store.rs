@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use aya::maps::{MapError, PerCpuValues};
-use lb_common::{Backend4, Backend6, FrontendValue, NodePortKey, ServiceCounters, SlotKey};
+use lb_common::{Backend4, Backend6, FrontendValue, NodePortKey, ServiceCounters, Slot, SlotKey};
 
 use super::{
     convert::{ip4_to_map, ip6_to_map, name_to_map, port_to_map},
@@ -29,7 +29,14 @@ pub trait Store {
     type Error: std::fmt::Display;
     fn put_backend(&mut self, id: u32, addr: &BackendAddr) -> Result<(), Self::Error>;
     fn del_backend(&mut self, id: u32, addr: &BackendAddr) -> Result<(), Self::Error>;
-    fn put_slot(&mut self, service_id: u32, slot: u32, backend_id: u32) -> Result<(), Self::Error>;
+    /// Puts backend `backend_id` (whose address is `addr`) in a slot.
+    fn put_slot(
+        &mut self,
+        service_id: u32,
+        slot: u32,
+        backend_id: u32,
+        addr: &BackendAddr,
+    ) -> Result<(), Self::Error>;
     fn del_slot(&mut self, service_id: u32, slot: u32) -> Result<(), Self::Error>;
     fn put_frontend(&mut self, fe: &FrontendAddr, value: &FrontendValue)
     -> Result<(), Self::Error>;
@@ -42,6 +49,20 @@ pub trait Store {
     fn del_name(&mut self, service_id: u32) -> Result<(), Self::Error>;
     /// Zeroes a service id's counters before the id is reused.
     fn reset_counters(&mut self, service_id: u32) -> Result<(), Self::Error>;
+}
+
+/// A slot's value: the backend whole, an IPv4 address in its mapped form.
+pub fn slot_value(backend_id: u32, addr: &BackendAddr) -> Slot {
+    Slot {
+        backend_id,
+        addr: match addr.ip {
+            IpAddr::V4(ip) => lb_common::addr4_mapped(ip4_to_map(ip)),
+            IpAddr::V6(ip) => ip6_to_map(ip),
+        },
+        port: port_to_map(addr.port),
+        proto: addr.protocol.number(),
+        flags: addr.flags,
+    }
 }
 
 fn node_port_key(port: u16, protocol: Protocol) -> NodePortKey {
@@ -115,9 +136,18 @@ impl Store for Maps {
         })
     }
 
-    fn put_slot(&mut self, service_id: u32, slot: u32, backend_id: u32) -> Result<(), MapError> {
-        self.slots
-            .insert(SlotKey { service_id, slot }, backend_id, 0)
+    fn put_slot(
+        &mut self,
+        service_id: u32,
+        slot: u32,
+        backend_id: u32,
+        addr: &BackendAddr,
+    ) -> Result<(), MapError> {
+        self.slots.insert(
+            SlotKey { service_id, slot },
+            slot_value(backend_id, addr),
+            0,
+        )
     }
 
     fn del_slot(&mut self, service_id: u32, slot: u32) -> Result<(), MapError> {

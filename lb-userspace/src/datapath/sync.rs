@@ -637,10 +637,12 @@ impl<'a, S: Store> Writer<'a, S> {
                 continue;
             }
             let slot = i as u32 + 1;
+            // The slot holds a copy of the backend (`lb_common::Slot`).
+            let addr = refs.addrs[backend_id];
             if !rec(
                 &mut self.report,
                 || format!("{name}: slot {slot}"),
-                self.store.put_slot(installed.id, slot, *backend_id),
+                self.store.put_slot(installed.id, slot, *backend_id, &addr),
             ) {
                 return None;
             }

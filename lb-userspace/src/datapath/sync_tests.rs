@@ -19,7 +19,8 @@ use crate::model::{
 #[derive(Default)]
 pub(super) struct MemStore {
     backends: HashMap<u32, BackendAddr>,
-    slots: HashMap<(u32, u32), u32>,
+    /// The backend id and the copy of its address each slot holds.
+    slots: HashMap<(u32, u32), (u32, BackendAddr)>,
     frontends: HashMap<FrontendAddr, FrontendValue>,
     cluster_ips: HashMap<IpAddr, u32>,
     names: HashMap<u32, String>,
@@ -44,9 +45,14 @@ impl MemStore {
                         "after {op}: {fe} count {} but slot {slot} empty",
                         v.count
                     )),
-                    Some(b) if !self.backends.contains_key(b) => self.violations.push(format!(
-                        "after {op}: {fe} slot {slot} → missing backend {b}"
-                    )),
+                    // The datapath reads the slot's copy: it must be what
+                    // the id stands for in the registry.
+                    Some((b, a)) if self.backends.get(b) != Some(a) => {
+                        self.violations.push(format!(
+                            "after {op}: {fe} slot {slot} → backend {b} {a:?}, registry {:?}",
+                            self.backends.get(b)
+                        ));
+                    }
                     Some(_) => {}
                 }
             }
@@ -68,8 +74,7 @@ impl MemStore {
         };
         let mut out: Vec<_> = (1..=u32::from(v.count))
             .filter_map(|s| self.slots.get(&(v.service_id, s)))
-            .filter_map(|b| self.backends.get(b))
-            .map(|a| (a.ip, a.port))
+            .map(|(_, a)| (a.ip, a.port))
             .collect();
         out.sort();
         out
@@ -93,9 +98,15 @@ impl Store for MemStore {
     fn del_backend(&mut self, id: u32, _addr: &BackendAddr) -> Result<(), String> {
         op!(self, "del_backend", { self.backends.remove(&id) })
     }
-    fn put_slot(&mut self, service_id: u32, slot: u32, backend_id: u32) -> Result<(), String> {
+    fn put_slot(
+        &mut self,
+        service_id: u32,
+        slot: u32,
+        backend_id: u32,
+        addr: &BackendAddr,
+    ) -> Result<(), String> {
         op!(self, "put_slot", {
-            self.slots.insert((service_id, slot), backend_id)
+            self.slots.insert((service_id, slot), (backend_id, *addr))
         })
     }
     fn del_slot(&mut self, service_id: u32, slot: u32) -> Result<(), String> {
@@ -342,7 +353,7 @@ fn one_endpoint_ready_in_one_service_and_terminating_in_another_keeps_both_views
 fn adopt(store: &MemStore) -> Installed {
     let mut installed = Installed::default();
     let mut slots: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-    for ((id, slot), backend) in &store.slots {
+    for ((id, slot), (backend, _)) in &store.slots {
         let v = slots.entry(*id).or_default();
         let i = *slot as usize - 1;
         if v.len() <= i {
@@ -382,7 +393,7 @@ type Contents = (
 fn contents(store: &MemStore) -> Contents {
     (
         store.backends.iter().map(|(k, v)| (*k, *v)).collect(),
-        store.slots.iter().map(|(k, v)| (*k, *v)).collect(),
+        store.slots.iter().map(|(k, v)| (*k, v.0)).collect(),
         (store.frontends.iter())
             .map(|(k, v)| (*k, (v.service_id, v.count, v.flags)))
             .collect(),
