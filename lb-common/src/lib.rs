@@ -49,6 +49,13 @@
 //! byte order too, so the same convention holds.
 #![no_std]
 
+// The host tests use std (collections for the fakes); the crate itself
+// does not.
+#[cfg(test)]
+extern crate std;
+
+pub mod socket_lb;
+
 /// The bytes of an IPv6 address held as four network-order words (as the
 /// socket hooks and packet headers give it).
 #[inline(always)]

@@ -1,10 +1,11 @@
-//! The two address families behind one interface, so that the forward and
-//! reverse paths are written once.
+//! The two address families' maps behind one interface, so that the
+//! kernel's [`lb_common::socket_lb::SocketEnv`] (`lb.rs`) is written once.
 
 use aya_ebpf::btf_maps::SkStorage;
 use lb_common::{
-    Frontend4Key, Frontend6Key, FrontendValue, Slot, SockPeer4, SockPeer6, SockPeers4, SockPeers6,
-    Socket4, Socket6, addr4_of_mapped, addr6_bytes, addr6_words, capacity,
+    Frontend4Key, Frontend6Key, FrontendValue, SockPeer4, SockPeer6, SockPeers4, SockPeers6,
+    Socket4, Socket6, addr6_bytes, addr6_words, capacity,
+    socket_lb::{AddrFamily, Inet4, Inet6, Peer},
 };
 
 use crate::maps::{
@@ -12,20 +13,12 @@ use crate::maps::{
     SOCKETS6,
 };
 
-/// One remembered translation, in the family's hot-path address form.
-#[derive(Clone, Copy)]
-pub(crate) struct Peer<A> {
-    pub frontend: A,
-    pub frontend_port: u16,
-    pub backend: A,
-    pub backend_port: u16,
-    /// 0: unused entry.
-    pub service_id: u32,
-}
+/// An address of a family.
+pub(crate) type Addr<F> = <<F as Family>::Inet as AddrFamily>::Addr;
 
-pub(crate) trait Family {
-    /// An address in network byte order, as the socket hooks present it.
-    type Addr: Copy + PartialEq + 'static;
+pub(crate) trait Family: 'static {
+    /// The address family as the decisions see it.
+    type Inet: AddrFamily;
     /// One remembered translation as the maps store it (`SockPeer4/6`).
     type Entry: 'static;
     /// The socket-local storage value.
@@ -34,14 +27,11 @@ pub(crate) trait Family {
     type Socket: 'static;
 
     /// The frontend entry of (address, port, protocol).
-    fn frontend(addr: Self::Addr, port: u16, proto: u8) -> Option<&'static FrontendValue>;
-    fn cluster_ip(addr: Self::Addr) -> Option<u32>;
+    fn frontend(addr: Addr<Self>, port: u16, proto: u8) -> Option<&'static FrontendValue>;
+    fn cluster_ip(addr: Addr<Self>) -> Option<u32>;
     fn peers() -> &'static SkStorage<Self::Peers>;
     /// The socket table entry a socket with this cookie may hold.
-    fn socket(cookie: u64) -> *mut Self::Socket;
-
-    /// Address and port (network order) of the backend in a slot.
-    fn slot_backend(slot: &Slot) -> (Self::Addr, u16);
+    fn socket(cookie: u64) -> Option<*mut Self::Socket>;
 
     /// # Safety
     /// `s` points to a live socket table entry.
@@ -62,25 +52,17 @@ pub(crate) trait Family {
     /// `e` points into a live map value. Another CPU may write the same
     /// entry (two threads sending on one socket), so entries are only ever
     /// read and written through copies, never referenced.
-    unsafe fn read(e: *const Self::Entry) -> Peer<Self::Addr>;
+    unsafe fn read(e: *const Self::Entry) -> Peer<Addr<Self>>;
     /// # Safety
     /// As [`Family::read`].
-    unsafe fn write(e: *mut Self::Entry, peer: Peer<Self::Addr>);
+    unsafe fn write(e: *mut Self::Entry, peer: Peer<Addr<Self>>);
 }
 
 pub(crate) struct V4;
 pub(crate) struct V6;
 
-/// Slot index of a ring position: `SOCK_PEERS` is a power of two, so the
-/// mask both wraps and proves the bound to the verifier.
-#[inline(always)]
-pub(crate) fn ring(i: u32) -> usize {
-    const _: () = assert!(capacity::SOCK_PEERS.is_power_of_two());
-    (i as usize) & (capacity::SOCK_PEERS - 1)
-}
-
 impl Family for V4 {
-    type Addr = u32;
+    type Inet = Inet4;
     type Entry = SockPeer4;
     type Peers = SockPeers4;
     type Socket = Socket4;
@@ -104,15 +86,11 @@ impl Family for V4 {
         &SOCK_PEERS4
     }
     #[inline(always)]
-    fn slot_backend(slot: &Slot) -> (u32, u16) {
-        (u32::from_ne_bytes(addr4_of_mapped(&slot.addr)), slot.port)
-    }
-    #[inline(always)]
-    fn socket(cookie: u64) -> *mut Socket4 {
+    fn socket(cookie: u64) -> Option<*mut Socket4> {
         // The mask keeps the index in bounds; the array lookup is inlined
         // by the verifier into an address computation.
         let i = (cookie & (u64::from(capacity::SOCKETS) - 1)) as u32;
-        SOCKETS4.get_ptr_mut(i).unwrap_or(core::ptr::null_mut())
+        SOCKETS4.get_ptr_mut(i)
     }
     #[inline(always)]
     unsafe fn socket_cookie(s: *mut Socket4) -> *mut u64 {
@@ -131,7 +109,7 @@ impl Family for V4 {
         unsafe { core::ptr::addr_of_mut!((*peers).next) }
     }
     #[inline(always)]
-    unsafe fn read(e: *const SockPeer4) -> Peer<Self::Addr> {
+    unsafe fn read(e: *const SockPeer4) -> Peer<Addr<Self>> {
         let p: SockPeer4 = unsafe { e.read() };
         Peer {
             frontend: u32::from_ne_bytes(p.frontend_addr),
@@ -142,7 +120,7 @@ impl Family for V4 {
         }
     }
     #[inline(always)]
-    unsafe fn write(e: *mut SockPeer4, peer: Peer<Self::Addr>) {
+    unsafe fn write(e: *mut SockPeer4, peer: Peer<Addr<Self>>) {
         let p = SockPeer4 {
             frontend_addr: u32::to_ne_bytes(peer.frontend),
             backend_addr: u32::to_ne_bytes(peer.backend),
@@ -155,7 +133,7 @@ impl Family for V4 {
 }
 
 impl Family for V6 {
-    type Addr = [u32; 4];
+    type Inet = Inet6;
     type Entry = SockPeer6;
     type Peers = SockPeers6;
     type Socket = Socket6;
@@ -179,15 +157,11 @@ impl Family for V6 {
         &SOCK_PEERS6
     }
     #[inline(always)]
-    fn slot_backend(slot: &Slot) -> ([u32; 4], u16) {
-        (addr6_words(slot.addr), slot.port)
-    }
-    #[inline(always)]
-    fn socket(cookie: u64) -> *mut Socket6 {
+    fn socket(cookie: u64) -> Option<*mut Socket6> {
         // The mask keeps the index in bounds; the array lookup is inlined
         // by the verifier into an address computation.
         let i = (cookie & (u64::from(capacity::SOCKETS) - 1)) as u32;
-        SOCKETS6.get_ptr_mut(i).unwrap_or(core::ptr::null_mut())
+        SOCKETS6.get_ptr_mut(i)
     }
     #[inline(always)]
     unsafe fn socket_cookie(s: *mut Socket6) -> *mut u64 {
@@ -206,7 +180,7 @@ impl Family for V6 {
         unsafe { core::ptr::addr_of_mut!((*peers).next) }
     }
     #[inline(always)]
-    unsafe fn read(e: *const SockPeer6) -> Peer<Self::Addr> {
+    unsafe fn read(e: *const SockPeer6) -> Peer<Addr<Self>> {
         let p: SockPeer6 = unsafe { e.read() };
         Peer {
             frontend: addr6_words(p.frontend_addr),
@@ -217,7 +191,7 @@ impl Family for V6 {
         }
     }
     #[inline(always)]
-    unsafe fn write(e: *mut SockPeer6, peer: Peer<Self::Addr>) {
+    unsafe fn write(e: *mut SockPeer6, peer: Peer<Addr<Self>>) {
         let p = SockPeer6 {
             frontend_addr: addr6_bytes(peer.frontend),
             backend_addr: addr6_bytes(peer.backend),

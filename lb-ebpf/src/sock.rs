@@ -1,5 +1,6 @@
 //! Program entry points: thin wrappers that read the socket address, ask
-//! `lb` for a verdict and write it back.
+//! `lb_common::socket_lb` for a verdict (in the kernel's environment,
+//! `lb::Sock`) and write it back.
 
 use aya_ebpf::{
     bindings::{bpf_sock, bpf_sock_addr},
@@ -7,11 +8,14 @@ use aya_ebpf::{
     macros::{cgroup_sock, cgroup_sock_addr},
     programs::{SockAddrContext, SockContext},
 };
-use lb_common::{NodePortKey, PROTO_TCP, PROTO_UDP};
+use lb_common::{
+    NodePortKey, PROTO_TCP, PROTO_UDP,
+    socket_lb::{self, Pick, Verdict},
+};
 
 use crate::{
     family::{V4, V6},
-    lb::{self, Pick, Verdict},
+    lb::Sock,
     maps::{CONFIG, NODEPORT_BINDS},
 };
 
@@ -104,7 +108,8 @@ fn forward4(ctx: &SockAddrContext, pick: Pick) -> i32 {
         return ALLOW;
     };
     let addr = unsafe { (*sa).user_ip4 };
-    match lb::forward::<V4>(sa.cast(), addr, read_port(sa), proto, pick) {
+    let env = Sock::<V4>::new(sa.cast());
+    match socket_lb::forward(&env, addr, read_port(sa), proto, pick) {
         Verdict::Pass => ALLOW,
         Verdict::Translate(baddr, bport) => {
             write4(sa, baddr, bport);
@@ -123,7 +128,8 @@ fn forward6(ctx: &SockAddrContext, pick: Pick) -> i32 {
     let addr = read_ip6(sa);
     let port = read_port(sa);
     if let Some(addr4) = v4_mapped(&addr) {
-        return match lb::forward::<V4>(sa.cast(), addr4, port, proto, pick) {
+        let env = Sock::<V4>::new(sa.cast());
+        return match socket_lb::forward(&env, addr4, port, proto, pick) {
             Verdict::Pass => ALLOW,
             Verdict::Translate(baddr, bport) => {
                 write6(sa, mapped(baddr), bport);
@@ -132,7 +138,8 @@ fn forward6(ctx: &SockAddrContext, pick: Pick) -> i32 {
             Verdict::Refuse(errno) => deny(errno),
         };
     }
-    match lb::forward::<V6>(sa.cast(), addr, port, proto, pick) {
+    let env = Sock::<V6>::new(sa.cast());
+    match socket_lb::forward(&env, addr, port, proto, pick) {
         Verdict::Pass => ALLOW,
         Verdict::Translate(baddr, bport) => {
             write6(sa, baddr, bport);
@@ -149,7 +156,8 @@ fn reverse4(ctx: &SockAddrContext) -> i32 {
         return ALLOW;
     };
     let addr = unsafe { (*sa).user_ip4 };
-    if let Some((faddr, fport)) = lb::reverse::<V4>(sa.cast(), addr, read_port(sa), proto) {
+    let env = Sock::<V4>::new(sa.cast());
+    if let Some((faddr, fport)) = socket_lb::reverse(&env, addr, read_port(sa), proto) {
         write4(sa, faddr, fport);
     }
     ALLOW
@@ -164,10 +172,13 @@ fn reverse6(ctx: &SockAddrContext) -> i32 {
     let addr = read_ip6(sa);
     let port = read_port(sa);
     if let Some(addr4) = v4_mapped(&addr) {
-        if let Some((faddr, fport)) = lb::reverse::<V4>(sa.cast(), addr4, port, proto) {
+        let env = Sock::<V4>::new(sa.cast());
+        if let Some((faddr, fport)) = socket_lb::reverse(&env, addr4, port, proto) {
             write6(sa, mapped(faddr), fport);
         }
-    } else if let Some((faddr, fport)) = lb::reverse::<V6>(sa.cast(), addr, port, proto) {
+    } else if let Some((faddr, fport)) =
+        socket_lb::reverse(&Sock::<V6>::new(sa.cast()), addr, port, proto)
+    {
         write6(sa, faddr, fport);
     }
     ALLOW
@@ -259,9 +270,9 @@ pub(crate) fn ferry_post_bind6(ctx: SockContext) -> i32 {
 #[cgroup_sock(sock_release)]
 pub(crate) fn ferry_sock_release(ctx: SockContext) -> i32 {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
-    lb::forget::<V4>(cookie);
+    socket_lb::forget(&Sock::<V4>::new(ctx.sock.cast()), cookie);
     if unsafe { (*ctx.sock).family } == AF_INET6 {
-        lb::forget::<V6>(cookie);
+        socket_lb::forget(&Sock::<V6>::new(ctx.sock.cast()), cookie);
     }
     ALLOW
 }
